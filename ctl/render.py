@@ -1,0 +1,167 @@
+"""Turning status, items and events into lines a person reads (the JSON forms are the data)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from trainer.item import Item
+
+
+def size(n: int | None) -> str:
+    if n is None:
+        return "?"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, s = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{s:02d}s"
+    hours, m = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours}h{m:02d}m"
+    return f"{hours // 24}d{hours % 24:02d}h"
+
+
+def _daemon_line(daemon: dict) -> str:
+    live = daemon["liveness"]
+    if live == "running":
+        line = f"running (pid {daemon['pid']}), {daemon['state']}"
+        if daemon.get("reason"):
+            line += f": {daemon['reason']}"
+        return line
+    if live == "unresponsive":
+        age = duration(daemon["heartbeat_age_s"]) if daemon["heartbeat_age_s"] is not None else "never"
+        return (f"UNRESPONSIVE (pid {daemon['pid']} holds the lock, last heartbeat {age} ago, "
+                f"last state {daemon['last_state']})")
+    line = "not running"
+    if daemon.get("last_state") and daemon["last_state"] not in ("stopped",):
+        line += (f" (its state file last said {daemon['last_state']!r}, pid {daemon['last_pid']}: "
+                 f"it died without shutting down)")
+    return line
+
+
+def _item_line(item: dict) -> str:
+    parts = [f"{item.get('id')} {item.get('name') or ''}".rstrip()]
+    if item.get("step") is not None and item.get("total") is not None:
+        progress = f"step {item['step']}/{item['total']}"
+        if item.get("percent") is not None:
+            progress += f" ({item['percent']}%)"
+        parts.append(progress)
+    if isinstance(item.get("loss"), (int, float)):
+        parts.append(f"loss {item['loss']:.4f}")
+    if isinstance(item.get("tokens_per_s"), (int, float)):
+        parts.append(f"{item['tokens_per_s']:,.0f} tok/s")
+    if item.get("eta_s") is not None:
+        parts.append(f"ETA {duration(item['eta_s'])}")
+    return "  ".join(parts)
+
+
+def status_lines(status: dict) -> list[str]:
+    q = status["queues"]
+    lines = [f"daemon      {_daemon_line(status['daemon'])}"]
+    if status["paused"]:
+        reason = f": {status['pause_reason']}" if status.get("pause_reason") else ""
+        lines.append(f"paused      yes{reason} (trainctl resume to continue)")
+    if status["item"]:
+        lines.append(f"item        {_item_line(status['item'])}")
+    lines.append(
+        f"queues      pending {q['pending']} (high {q['pending.high']}, normal {q['pending.normal']}, "
+        f"low {q['pending.low']}) · active {q['active']} · held {q['held']} · failed {q['failed']} "
+        f"· done {q['done']}"
+    )
+    if status["requests"]:
+        lines.append(f"requests    {', '.join(status['requests'])} (waiting for the daemon)")
+    checkpoint = status.get("last_checkpoint")
+    if checkpoint:
+        lines.append(f"checkpoint  {checkpoint if isinstance(checkpoint, str) else _kv(checkpoint)}")
+    disk = status["disk"]
+    lines.append(f"disk        {size(disk['free_bytes'])} free of {size(disk['total_bytes'])}")
+    error = status.get("last_error")
+    if error:
+        lines.append(f"last error  {error if isinstance(error, str) else _kv(error)}")
+    if status["daemon"].get("state_problem"):
+        lines.append(f"warning     {status['daemon']['state_problem']}")
+    return lines
+
+
+def _kv(data: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in data.items())
+
+
+def item_dict(item: Item) -> dict:
+    """An item as JSON: where it is and everything its metadata says."""
+    out: dict = {"id": item.id, "state": item.state.value,
+                 "priority": item.priority.value if item.priority else None, "path": str(item.path)}
+    if item.meta is not None:
+        meta = item.meta
+        out.update(name=meta.name, source=meta.source, sha256=meta.sha256, size=meta.size,
+                   records=meta.records, enqueued_at=meta.enqueued_at, attempts=meta.attempts,
+                   errors=[e.__dict__ for e in meta.errors], cursor=meta.cursor,
+                   not_before=meta.not_before)
+    else:
+        out["problem"] = item.meta_problem
+    return out
+
+
+def item_table(items: list[Item]) -> list[str]:
+    rows = [("ID", "STATE", "PRIO", "TRIES", "RECORDS", "SIZE", "NAME")]
+    for item in items:
+        meta = item.meta
+        state = item.state.value
+        rows.append((
+            item.id, state, item.priority.value if item.priority else "-",
+            str(meta.attempts) if meta else "?", f"{meta.records:,}" if meta else "?",
+            size(meta.size) if meta else "?",
+            (meta.name + (f"  [{meta.last_error.message}]" if state == "failed" and meta.last_error else ""))
+            if meta else f"({item.meta_problem})",
+        ))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    return ["  ".join(c.ljust(w) for c, w in zip(r[:-1], widths)) + "  " + r[-1] for r in rows]
+
+
+def item_lines(item: dict, history: list[dict]) -> list[str]:
+    lines = [f"{'id':<12}{item['id']}", f"{'state':<12}{item['state']}"]
+    for key in ("priority", "name", "source", "records", "size", "sha256", "enqueued_at", "attempts",
+                "not_before", "cursor", "problem"):
+        value = item.get(key)
+        if value is None:
+            continue
+        if key == "size":
+            value = f"{size(value)} ({value:,} bytes)"
+        lines.append(f"{key:<12}{value}")
+    lines.append(f"{'path':<12}{item['path']}")
+    for error in item.get("errors") or []:
+        lines.append(f"{'error':<12}{error['at']}  [{error['kind']}, attempt {error['attempt']}] {error['message']}")
+    for event in history:
+        lines.append(f"{'event':<12}{event_line(event, with_id=False)}")
+    return lines
+
+
+def event_line(event: dict, *, with_id: bool = True) -> str:
+    skip = {"t", "event", "id"}
+    details = " ".join(f"{k}={v}" for k, v in event.items() if k not in skip and v is not None)
+    who = f" {event.get('id')}" if with_id and event.get("id") else ""
+    return f"{event.get('t')}  {event.get('event'):<9}{who}  {details}".rstrip()
+
+
+def parse_when(text: str, now: datetime) -> datetime:
+    """'--since' values: an ISO date/time, or an age like 90s, 30m, 2h, 7d."""
+    from datetime import timedelta
+
+    from trainer.timefmt import parse_iso
+
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if text and text[-1] in units and text[:-1].replace(".", "", 1).isdigit():
+        return now - timedelta(seconds=float(text[:-1]) * units[text[-1]])
+    return parse_iso(text)

@@ -1,0 +1,187 @@
+"""The control protocol: trainctl's requests and the daemon's state, sender beside receiver.
+
+Requests are files in ``control/``, each published atomically:
+
+- ``pause.json``: level-triggered. Present means "be paused"; it survives daemon restarts,
+  and ``resume`` removes it. Two concurrent pauses simply leave one file.
+- ``skip.json``: names the item it is for, so a late skip can never hit the next item.
+- ``stop.json``: finish the current step, checkpoint, exit 0.
+
+When several are pending the daemon obeys **stop, then skip, then pause** (``decide``).
+
+The daemon publishes ``run/daemon.json`` (state, pid, heartbeat, progress). Whether it is
+alive is never taken from that file alone: a crashed daemon leaves it saying "training".
+Liveness is the daemon lock being held, and the heartbeat being fresh.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import datetime
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from trainer.fsutil import write_atomic
+from trainer.layout import Layout
+from trainer.states import Liveness
+from trainer.timefmt import iso, parse_iso, utc_now
+
+STATE_SCHEMA = 1
+
+
+class Request(str, Enum):
+    STOP = "stop"
+    SKIP = "skip"
+    PAUSE = "pause"
+
+
+def _request_path(layout: Layout, request: Request) -> Path:
+    return layout.control / f"{request.value}.json"
+
+
+def _send(layout: Layout, request: Request, **fields: Any) -> dict:
+    body = {"request": request.value, "at": iso(utc_now()), "by_pid": os.getpid(), **fields}
+    write_atomic(layout.tmp, _request_path(layout, request), orjson.dumps(body) + b"\n")
+    return body
+
+
+def _clear(layout: Layout, request: Request) -> bool:
+    try:
+        os.unlink(_request_path(layout, request))
+    except FileNotFoundError:
+        return False
+    return True
+
+
+# --- sent by trainctl ----------------------------------------------------------------------
+
+def send_pause(layout: Layout, reason: str | None = None) -> dict:
+    return _send(layout, Request.PAUSE, reason=reason)
+
+
+def send_resume(layout: Layout) -> bool:
+    """Lift a pause; False if there was none."""
+    return _clear(layout, Request.PAUSE)
+
+
+def send_skip(layout: Layout, item_id: str, reason: str | None = None) -> dict:
+    return _send(layout, Request.SKIP, item=item_id, reason=reason)
+
+
+def send_stop(layout: Layout, reason: str | None = None) -> dict:
+    return _send(layout, Request.STOP, reason=reason)
+
+
+# --- read by the daemon (every optimizer step: one listdir, then only what exists) ----------
+
+@dataclass(frozen=True)
+class Requests:
+    pause: dict | None = None
+    skip: dict | None = None
+    stop: dict | None = None
+
+
+def _load_request(path: Path) -> dict | None:
+    try:
+        body = orjson.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, orjson.JSONDecodeError):
+        body = {}
+    # A damaged request still counts (its presence is the request), without its details.
+    return body if isinstance(body, dict) else {}
+
+
+def read_requests(layout: Layout) -> Requests:
+    try:
+        names = set(os.listdir(layout.control))
+    except FileNotFoundError:
+        return Requests()
+    found = {}
+    for request in Request:
+        name = f"{request.value}.json"
+        if name in names:
+            found[request.value] = _load_request(layout.control / name)
+    return Requests(**found)
+
+
+class Action(str, Enum):
+    NONE = "none"
+    STOP = "stop"
+    SKIP = "skip"
+    PAUSE = "pause"
+
+
+def decide(requests: Requests, active_id: str | None) -> Action:
+    """What the daemon does after this optimizer step: stop beats skip beats pause."""
+    if requests.stop is not None:
+        return Action.STOP
+    if requests.skip is not None and active_id is not None and requests.skip.get("item") == active_id:
+        return Action.SKIP
+    if requests.pause is not None:
+        return Action.PAUSE
+    return Action.NONE
+
+
+def clear_skip(layout: Layout) -> bool:
+    return _clear(layout, Request.SKIP)
+
+
+def clear_stop(layout: Layout) -> bool:
+    return _clear(layout, Request.STOP)
+
+
+# --- the daemon's state file ---------------------------------------------------------------
+
+def write_state(layout: Layout, state: dict) -> None:
+    """Publish the daemon's state (the daemon adds heartbeat and pid; see ``daemon_state``)."""
+    write_atomic(layout.tmp, layout.daemon_state, orjson.dumps({"schema": STATE_SCHEMA, **state}) + b"\n")
+
+
+def daemon_state(state: str, *, pid: int, started_at: datetime, now: datetime, **fields: Any) -> dict:
+    """The daemon state record: state, pid, start and heartbeat times, then any of
+    item (id, name, step, total, loss, tokens_per_s), last_checkpoint, last_error, reason."""
+    return {"state": state, "pid": pid, "started_at": iso(started_at), "heartbeat_at": iso(now), **fields}
+
+
+def read_state(layout: Layout) -> tuple[dict | None, str | None]:
+    """The daemon's last published state, or why it cannot be read (never raises on garbage)."""
+    try:
+        data = orjson.loads(layout.daemon_state.read_bytes())
+    except FileNotFoundError:
+        return None, None
+    except PermissionError:
+        return None, f"{layout.daemon_state}: permission denied"
+    except (OSError, orjson.JSONDecodeError) as exc:
+        return None, f"{layout.daemon_state}: unreadable ({exc})"
+    if not isinstance(data, dict) or data.get("schema") != STATE_SCHEMA:
+        return None, f"{layout.daemon_state}: not a daemon state record"
+    return data, None
+
+
+def heartbeat_age(state: dict | None, now: datetime) -> float | None:
+    """Seconds since the daemon's last heartbeat; None if unknown."""
+    if not state or not isinstance(state.get("heartbeat_at"), str):
+        return None
+    try:
+        return (now - parse_iso(state["heartbeat_at"])).total_seconds()
+    except ValueError:
+        return None
+
+
+def liveness(lock_holder: int | None, state: dict | None, now: datetime, stale_after_s: float) -> Liveness:
+    """Running only if the lock is held *and* the heartbeat is fresh.
+
+    A heartbeat from the future (the clock jumped back) counts as fresh: the lock already
+    proves a live process, and a clock jump must not make it look hung.
+    """
+    if lock_holder is None:
+        return Liveness.NOT_RUNNING
+    age = heartbeat_age(state, now)
+    if age is None or age > stale_after_s:
+        return Liveness.UNRESPONSIVE
+    return Liveness.RUNNING

@@ -1,0 +1,113 @@
+"""Crash-safe publishing: stage in ``tmp/``, fsync, rename into place, fsync the directory.
+
+A reader never sees a half-written file: it sees the old version or the new one. Every
+staging file or directory is flock()ed by its writer for as long as it lives, so the
+daemon's recovery sweep can tell debris (lock free) from a live writer's work (lock held).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import secrets
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+FILE_MODE = 0o640  # group-readable: trainctl users share the daemon's group
+DIR_MODE = 0o2770  # group-writable and setgid, so new entries keep the daemon's group
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or unlink in ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(staging: Path, dest: Path, data: bytes, *, mode: int = FILE_MODE) -> None:
+    """Publish ``data`` as ``dest``: write in ``staging``, fsync, rename, fsync(dest's dir)."""
+    tmp = staging / f"{dest.name}.{secrets.token_hex(6)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # marks the file as live for sweep_staging
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+        os.rename(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    finally:
+        os.close(fd)
+    fsync_dir(dest.parent)
+
+
+def rename_durably(src: Path, dest: Path) -> None:
+    """Rename and make both directory entries durable (the old one vanishes, the new appears)."""
+    os.rename(src, dest)
+    fsync_dir(dest.parent)
+    if src.parent != dest.parent:
+        fsync_dir(src.parent)
+
+
+class StagingDir:
+    """A directory under ``tmp/`` that its creator holds a lock on until it is published."""
+
+    def __init__(self, staging: Path, name: str) -> None:
+        self.path = staging / name
+        os.mkdir(self.path, DIR_MODE)
+        os.chmod(self.path, DIR_MODE)  # mkdir's mode is filtered by the umask
+        self._fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        self.published = False
+
+    def publish(self, dest: Path) -> None:
+        rename_durably(self.path, dest)
+        self.published = True
+
+    def close(self) -> None:
+        """Remove the directory unless it was published, then drop the lock."""
+        if not self.published:
+            shutil.rmtree(self.path, ignore_errors=True)
+        os.close(self._fd)
+
+    def __enter__(self) -> "StagingDir":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def is_locked_by_someone(path: Path) -> bool:
+    """True when a live process holds an flock on ``path`` (never follows a symlink)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            return True
+        raise
+    finally:
+        os.close(fd)  # closing drops the lock we may just have taken
+    return False
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path) -> Iterator[int]:
+    """Hold an exclusive flock on ``path`` (created if missing) for the ``with`` body."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o660)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield fd
+    finally:
+        os.close(fd)

@@ -1,0 +1,186 @@
+"""The inbox: a drop zone for cp/scp, and how a complete file in it becomes an item.
+
+Only regular files are considered; dotfiles, ``*.tmp`` and ``*.part`` are names writers use
+while a copy is in progress, so they are never touched (hence: copy to ``inbox/.name``, then
+``mv`` it to ``inbox/name``). Nothing in the inbox is ever followed or opened before it has
+been renamed into our own staging directory, so a symlink, fifo or device is left alone.
+
+A file is taken once complete: it arrived by rename (the daemon's inotify watch says so),
+or its size and mtime have not changed for the settle period.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from trainer import events
+from trainer.config import SpoolConfig
+from trainer.fsutil import StagingDir, rename_durably, write_atomic
+from trainer.ids import new_id
+from trainer.item import DATA_NAME, META_NAME, ItemError, ItemMeta
+from trainer.layout import Layout
+from trainer.states import Event, ItemState, Priority
+from trainer.timefmt import iso, utc_now
+from trainer.validate import Problem, Report, validate_stream
+
+IN_PROGRESS_SUFFIXES = (".tmp", ".part")
+ORIGIN_NAME = "origin.json"  # in a staging dir: "this data came from inbox/<name>"
+MAX_REREADS = 3  # a file still growing after this many reads is rejected, not looped on
+
+
+def is_candidate_name(name: str) -> bool:
+    return not name.startswith(".") and not name.endswith(IN_PROGRESS_SUFFIXES)
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What a scan saw of an inbox file, and since when (monotonic) it has looked so."""
+
+    size: int
+    mtime_ns: int
+    inode: int
+    unchanged_since: float
+
+    def same_file_state(self, other: "Observation") -> bool:
+        return (self.size, self.mtime_ns, self.inode) == (other.size, other.mtime_ns, other.inode)
+
+
+def is_settled(seen: Observation, now_wall: float, now_mono: float, settle_s: float) -> bool:
+    """A file is complete once unchanged for ``settle_s``.
+
+    Unchanged is judged on the monotonic clock across scans (immune to clock jumps), or,
+    on the first sight of a file, from an mtime at least ``settle_s`` in the past (a file
+    that sat there while the daemon was down need not wait again). An mtime in the future
+    (the clock jumped back) proves nothing, so such a file waits out the monotonic period.
+    """
+    if now_mono - seen.unchanged_since >= settle_s:
+        return True
+    age = now_wall - seen.mtime_ns / 1e9
+    return age >= settle_s
+
+
+class InboxScanner:
+    """Remembers what each inbox file looked like, to tell finished copies from ongoing ones."""
+
+    def __init__(self, inbox: Path, settle_s: float) -> None:
+        self.inbox = inbox
+        self.settle_s = settle_s
+        self._seen: dict[str, Observation] = {}
+
+    def ready(self, now_wall: float, now_mono: float, renamed: frozenset[str] = frozenset()) -> list[str]:
+        """Names of complete files, oldest mtime first; ``renamed``: names known to have
+        arrived by rename (from inotify's IN_MOVED_TO), taken at once."""
+        current: dict[str, Observation] = {}
+        with os.scandir(self.inbox) as entries:
+            for entry in entries:
+                if not is_candidate_name(entry.name):
+                    continue
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                if not stat.S_ISREG(st.st_mode):
+                    continue  # symlinks, fifos, devices, directories: never followed or opened
+                seen = Observation(st.st_size, st.st_mtime_ns, st.st_ino, now_mono)
+                before = self._seen.get(entry.name)
+                if before is not None and before.same_file_state(seen):
+                    seen = before
+                current[entry.name] = seen
+        self._seen = current
+        ready = [
+            name for name, seen in current.items()
+            if name in renamed or is_settled(seen, now_wall, now_mono, self.settle_s)
+        ]
+        return sorted(ready, key=lambda name: (current[name].mtime_ns, name))
+
+
+@dataclass(frozen=True)
+class Ingested:
+    item_id: str
+    state: ItemState  # PENDING when valid, FAILED (kept, with the reasons) when not
+    name: str
+    problems: tuple[str, ...] = ()
+
+
+def _validate_staged(path: Path, limits: SpoolConfig) -> Report:
+    """Validate the staged file; re-read it if it grew meanwhile (a writer still appending)."""
+    for _ in range(MAX_REREADS):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except PermissionError:
+            return _single_problem("cannot read the file (permission denied): make it readable "
+                                   "by the trainer group (chmod g+r), then trainctl retry ID")
+        try:
+            report = validate_stream(lambda n: os.read(fd, n), max_line_bytes=limits.max_line_bytes,
+                                     max_file_bytes=limits.max_file_bytes)
+            if os.fstat(fd).st_size == report.size or report.size > limits.max_file_bytes:
+                return report
+        finally:
+            os.close(fd)
+    return _single_problem("the file kept changing while it was read: finish writing it "
+                           "elsewhere (or as inbox/.name), then mv it into the inbox")
+
+
+def _single_problem(reason: str) -> Report:
+    return Report(records=0, size=0, sha256="", problems=(Problem(0, reason),), problem_count=1)
+
+
+def ingest(layout: Layout, name: str, limits: SpoolConfig, priority: Priority = Priority.NORMAL) -> Ingested | None:
+    """Take ``inbox/name`` into the queue; ``None`` if it vanished or is not a regular file.
+
+    The file is renamed (not copied) into a locked staging dir that records where it came
+    from, so a crash at any point either leaves it in the inbox or lets the recovery sweep
+    put it back. An invalid file is kept as a failed item with its problems, never dropped.
+    """
+    item_id = new_id()
+    with StagingDir(layout.tmp, item_id) as stage:
+        write_atomic(stage.path, stage.path / ORIGIN_NAME, orjson.dumps({"inbox_name": name}))
+        staged = stage.path / DATA_NAME
+        try:
+            rename_durably(layout.inbox / name, staged)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return None
+        if not stat.S_ISREG(os.lstat(staged).st_mode):
+            # Swapped for something else between scan and rename: not ours to open.
+            restore_to_inbox(layout, staged, name)
+            return None
+        report = _validate_staged(staged, limits)
+        state = ItemState.PENDING if report.ok else ItemState.FAILED
+        meta = ItemMeta(
+            id=item_id, name=name, source="inbox", sha256=report.sha256, size=report.size,
+            records=report.records, enqueued_at=iso(utc_now()), priority=priority,
+        )
+        problems = tuple(report.describe(name))
+        if not report.ok:
+            meta = meta.with_error(ItemError(at=meta.enqueued_at, kind="invalid",
+                                             message="; ".join(problems[:3])))
+        write_atomic(stage.path, stage.path / META_NAME, meta.to_json())
+        dest = layout.state_dir(state, priority if report.ok else None) / item_id
+        stage.publish(dest)
+    try:
+        os.unlink(dest / ORIGIN_NAME)
+    except FileNotFoundError:
+        pass
+    if report.ok:
+        events.append(layout, Event.ENQUEUED, item_id, name=name, source="inbox",
+                      priority=priority.value, records=meta.records, size=meta.size, sha256=meta.sha256)
+    else:
+        events.append(layout, Event.REJECTED, item_id, name=name, source="inbox",
+                      reason=meta.errors[-1].message, problems=report.problem_count)
+    return Ingested(item_id, state, name, problems)
+
+
+def restore_to_inbox(layout: Layout, path: Path, name: str) -> str:
+    """Put a staged inbox file back under its name (or a free variant of it); return that."""
+    candidate, n = name, 0
+    while os.path.lexists(layout.inbox / candidate):
+        n += 1
+        stem, dot, ext = name.rpartition(".")
+        candidate = f"{stem}.restored-{n}.{ext}" if dot and stem else f"{name}.restored-{n}"
+    rename_durably(path, layout.inbox / candidate)
+    return candidate

@@ -1,0 +1,143 @@
+"""An item's metadata (``meta.json`` beside its ``data.jsonl``) and how it is read back.
+
+Metadata is replaced whole by an atomic rename, never edited in place. A ``meta.json`` that
+cannot be read (a disk fault, a hand edit) never crashes a reader: the item is still listed,
+with the reason, and can still be held, retried or removed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from trainer.states import ItemState, Priority
+
+META_SCHEMA = 1
+DATA_NAME = "data.jsonl"
+META_NAME = "meta.json"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ItemError:
+    """One failure of an item: when, how, and what the person can do about it."""
+
+    at: str
+    message: str
+    kind: str  # "invalid" | "transient" | "permanent" | "skipped"
+    attempt: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class ItemMeta:
+    id: str
+    name: str  # the file's original name, for people
+    source: str  # "enqueue" | "inbox"
+    sha256: str
+    size: int
+    records: int
+    enqueued_at: str
+    priority: Priority
+    attempts: int = 0  # interrupted or failed training runs so far
+    errors: tuple[ItemError, ...] = ()
+    # Where training stands in this file; the engine owns its content (issue: training engine).
+    cursor: dict[str, Any] | None = None
+    not_before: str | None = None  # a retry waits until then (UTC ISO time)
+    schema: int = META_SCHEMA
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(dataclasses.asdict(self), option=orjson.OPT_INDENT_2) + b"\n"
+
+    def with_error(self, error: ItemError) -> "ItemMeta":
+        return dataclasses.replace(self, errors=(*self.errors, error))
+
+    @property
+    def last_error(self) -> ItemError | None:
+        return self.errors[-1] if self.errors else None
+
+
+class CorruptMeta(ValueError):
+    """meta.json exists but does not hold valid metadata."""
+
+
+_REQUIRED = {
+    "id": str, "name": str, "source": str, "sha256": str, "size": int, "records": int,
+    "enqueued_at": str, "priority": str, "attempts": int,
+}
+
+
+def parse_meta(raw: bytes) -> ItemMeta:
+    """Parse meta.json bytes; raise ``CorruptMeta`` saying what is wrong."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise CorruptMeta(f"not JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise CorruptMeta("not a JSON object")
+    if data.get("schema") != META_SCHEMA:
+        raise CorruptMeta(f"unknown metadata schema {data.get('schema')!r}")
+    for key, kind in _REQUIRED.items():
+        if not isinstance(data.get(key), kind) or isinstance(data.get(key), bool):
+            raise CorruptMeta(f"field {key!r} missing or not a {kind.__name__}")
+    try:
+        priority = Priority(data["priority"])
+        errors = tuple(
+            ItemError(at=str(e["at"]), message=str(e["message"]), kind=str(e["kind"]),
+                      attempt=int(e.get("attempt", 0)))
+            for e in data.get("errors") or ()
+        )
+    except (ValueError, TypeError, KeyError) as exc:
+        raise CorruptMeta(f"bad priority or errors ({exc})") from None
+    cursor = data.get("cursor")
+    not_before = data.get("not_before")
+    if cursor is not None and not isinstance(cursor, dict):
+        raise CorruptMeta("field 'cursor' is not an object")
+    if not_before is not None and not isinstance(not_before, str):
+        raise CorruptMeta("field 'not_before' is not a string")
+    return ItemMeta(
+        id=data["id"], name=data["name"], source=data["source"], sha256=data["sha256"],
+        size=data["size"], records=data["records"], enqueued_at=data["enqueued_at"],
+        priority=priority, attempts=data["attempts"], errors=errors, cursor=cursor,
+        not_before=not_before,
+    )
+
+
+@dataclass(frozen=True)
+class Item:
+    """An item as found on disk: where it is, and its metadata if it could be read."""
+
+    id: str
+    state: ItemState
+    priority: Priority | None  # from the directory when pending, else from the metadata
+    path: Path
+    meta: ItemMeta | None = None
+    meta_problem: str | None = field(default=None, compare=False)
+
+    @property
+    def data_path(self) -> Path:
+        return self.path / DATA_NAME
+
+    @property
+    def meta_path(self) -> Path:
+        return self.path / META_NAME
+
+
+def load_item(path: Path, state: ItemState, priority: Priority | None) -> Item:
+    """Read an item directory; an unreadable meta.json becomes ``meta_problem``, not an error."""
+    item_id = path.name
+    try:
+        meta = parse_meta((path / META_NAME).read_bytes())
+    except FileNotFoundError:
+        if not path.is_dir():
+            raise
+        return Item(item_id, state, priority, path, None, "meta.json is missing")
+    except PermissionError:
+        return Item(item_id, state, priority, path, None, f"{path / META_NAME}: permission denied")
+    except (CorruptMeta, OSError) as exc:
+        return Item(item_id, state, priority, path, None, f"meta.json unreadable: {exc}")
+    if meta.id != item_id:
+        return Item(item_id, state, priority, path, None, f"meta.json names another id {meta.id!r}")
+    return Item(item_id, state, priority if priority is not None else meta.priority, path, meta)

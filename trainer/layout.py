@@ -1,0 +1,191 @@
+"""The base directory: where everything lives, how it is created and how it is checked.
+
+    BASE/
+      FORMAT              format name and version, checked by every reader
+      config.toml         the config (trainctl init writes a commented default)
+      inbox/              drop zone for cp/scp (copy to inbox/.name, then mv)
+      pending/high|normal|low/ID/   queued items, FIFO by id within a priority
+      active/ID/          the one item the daemon has claimed
+      held/ID/  failed/ID/  done/ID/
+      tmp/                writers stage here, then rename into place
+      control/            requests from trainctl (pause.json, skip.json, stop.json)
+      run/                daemon.json (the daemon's state), daemon.lock, spool.lock
+      events.jsonl        append-only event log
+
+Each item is a directory ``ID/`` holding ``data.jsonl`` (the queued copy) and
+``meta.json``. The directory an item is in is its state; every state change is one rename.
+Everything sits on one filesystem so that every rename is atomic.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from trainer.errors import FormatMismatch, LayoutError, NotABaseDir
+from trainer.fsutil import DIR_MODE, fsync_dir, write_atomic
+from trainer.states import ItemState, Priority
+
+FORMAT_NAME = "trainer-base"
+FORMAT_VERSION = 1
+BASE_DIR_ENV = "TRAINER_BASE_DIR"
+
+
+@dataclass(frozen=True)
+class Layout:
+    root: Path
+
+    @property
+    def format_file(self) -> Path:
+        return self.root / "FORMAT"
+
+    @property
+    def config_file(self) -> Path:
+        return self.root / "config.toml"
+
+    @property
+    def inbox(self) -> Path:
+        return self.root / "inbox"
+
+    @property
+    def tmp(self) -> Path:
+        return self.root / "tmp"
+
+    @property
+    def control(self) -> Path:
+        return self.root / "control"
+
+    @property
+    def run(self) -> Path:
+        return self.root / "run"
+
+    @property
+    def events(self) -> Path:
+        return self.root / "events.jsonl"
+
+    @property
+    def daemon_state(self) -> Path:
+        return self.run / "daemon.json"
+
+    @property
+    def daemon_lock(self) -> Path:
+        return self.run / "daemon.lock"
+
+    @property
+    def spool_lock(self) -> Path:
+        return self.run / "spool.lock"
+
+    def pending(self, priority: Priority) -> Path:
+        return self.root / "pending" / priority.value
+
+    def state_dir(self, state: ItemState, priority: Priority | None = None) -> Path:
+        """The directory holding items in ``state`` (pending needs its priority)."""
+        if state is ItemState.PENDING:
+            if priority is None:
+                raise ValueError("pending items live in one directory per priority")
+            return self.pending(priority)
+        return self.root / state.value
+
+    def item_dirs(self) -> list[Path]:
+        """Every directory that holds items, pending first in service order."""
+        dirs = [self.pending(p) for p in Priority.in_service_order()]
+        return dirs + [self.state_dir(s) for s in ItemState if s is not ItemState.PENDING]
+
+    def spool_dirs(self) -> list[Path]:
+        """Every directory that renames cross: they must share one filesystem."""
+        return [self.inbox, self.tmp, self.control, self.run, *self.item_dirs()]
+
+
+def _read_format(path: Path) -> dict:
+    try:
+        data = orjson.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise
+    except (orjson.JSONDecodeError, OSError) as exc:
+        raise FormatMismatch(f"{path}: unreadable format marker ({exc}); restore it or re-run trainctl init") from exc
+    if not isinstance(data, dict):
+        raise FormatMismatch(f"{path}: unreadable format marker (not a JSON object)")
+    return data
+
+
+def check_format(layout: Layout) -> None:
+    """Refuse a base dir of another format or version, with what to do about it."""
+    try:
+        data = _read_format(layout.format_file)
+    except FileNotFoundError:
+        if not layout.root.is_dir():
+            raise NotABaseDir(
+                f"{layout.root}: no such directory: create it with trainctl init "
+                f"--base-dir {layout.root} (or set {BASE_DIR_ENV})"
+            ) from None
+        raise NotABaseDir(
+            f"{layout.root}: not a trainer base dir (no FORMAT file): run trainctl init "
+            f"--base-dir {layout.root}"
+        ) from None
+    except PermissionError as exc:
+        raise NotABaseDir(f"{layout.format_file}: permission denied") from exc
+    if data.get("format") != FORMAT_NAME or data.get("version") != FORMAT_VERSION:
+        raise FormatMismatch(
+            f"{layout.root}: on-disk format {data.get('format')!r} version "
+            f"{data.get('version')!r}, but this trainer understands {FORMAT_NAME!r} version "
+            f"{FORMAT_VERSION}: use the trainer release that wrote it, or migrate the base dir"
+        )
+
+
+def check_one_filesystem(layout: Layout) -> None:
+    """Every spool dir must exist and share the base dir's filesystem (renames are atomic)."""
+    root_dev = os.stat(layout.root).st_dev
+    for path in layout.spool_dirs():
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            raise LayoutError(f"{path}: missing: run trainctl init to repair the layout") from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise LayoutError(f"{path}: not a directory (a symlink or a file?): restore it as a directory")
+        if st.st_dev != root_dev:
+            raise LayoutError(
+                f"{path}: on another filesystem than {layout.root}: renames across filesystems "
+                f"are not atomic; keep every spool dir inside one filesystem (no mounts in it)"
+            )
+
+
+def open_base(root: Path) -> Layout:
+    """A checked base dir: right format version, complete layout, one filesystem."""
+    layout = Layout(Path(root).absolute())
+    check_format(layout)
+    check_one_filesystem(layout)
+    return layout
+
+
+def _make_dir(path: Path) -> None:
+    try:
+        os.mkdir(path, DIR_MODE)
+    except FileExistsError:
+        return
+    os.chmod(path, DIR_MODE)  # mkdir's mode is filtered by the umask; the group must write
+
+
+def init_base(root: Path, config_text: str) -> tuple[Layout, bool]:
+    """Create (or complete) the layout; never touches existing items, config or data.
+
+    Returns the layout and whether the base dir was new.
+    """
+    layout = Layout(Path(root).absolute())
+    existed = layout.format_file.exists()
+    if existed:
+        check_format(layout)
+    layout.root.mkdir(parents=True, exist_ok=True)
+    for path in (layout.root / "pending", *layout.spool_dirs()):
+        _make_dir(path)
+    if not layout.config_file.exists():
+        write_atomic(layout.tmp, layout.config_file, config_text.encode())
+    if not existed:
+        marker = orjson.dumps({"format": FORMAT_NAME, "version": FORMAT_VERSION})
+        write_atomic(layout.tmp, layout.format_file, marker + b"\n", mode=0o644)
+    fsync_dir(layout.root)
+    check_one_filesystem(layout)
+    return layout, not existed

@@ -1,0 +1,87 @@
+"""One daemon per base dir: an exclusive flock on ``run/daemon.lock``.
+
+The kernel drops the lock when the process dies, however it dies, so there is no stale pid
+file to clean up; the pid written inside is for display only. trainctl asks whether a daemon
+is running by probing the lock, never by trusting a pid or a state file.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import time
+from pathlib import Path
+
+from trainer.errors import TrainerError
+from trainer.layout import Layout
+
+
+class AlreadyRunning(TrainerError):
+    """Another daemon holds this base dir's lock."""
+
+
+class DaemonLock:
+    """One daemon per base dir: an exclusive flock the kernel drops when the process dies,
+    so there is no stale pid file to clean. The pid inside is for display only."""
+
+    def __init__(self, layout: Layout) -> None:
+        self.path = layout.daemon_lock
+        self._fd: int | None = None
+
+    def acquire(self, attempts: int = 20, pause_s: float = 0.05) -> None:
+        # trainctl probes the lock with a shared lock held for microseconds; retrying
+        # briefly keeps such a probe from being mistaken for a second daemon.
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o640)
+        for attempt in range(attempts):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    os.close(fd)
+                    raise
+                if attempt == attempts - 1:
+                    os.close(fd)
+                    holder = read_lock_pid(self.path)
+                    raise AlreadyRunning(
+                        f"another trainer daemon (pid {holder if holder else 'unknown'}) already "
+                        f"runs on {self.path.parent.parent}: stop it first, or use another base dir"
+                    ) from None
+                time.sleep(pause_s)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def read_lock_pid(path: Path) -> int | None:
+    try:
+        text = path.read_text(errors="replace").strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def lock_holder(layout: Layout) -> int | None:
+    """The pid of the daemon holding the lock (0 if it cannot be read), or None if free.
+
+    Probes with a non-blocking *shared* lock, dropped at once; it never blocks a daemon.
+    """
+    try:
+        fd = os.open(layout.daemon_lock, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            return read_lock_pid(layout.daemon_lock) or 0
+        raise
+    finally:
+        os.close(fd)
+    return None

@@ -1,0 +1,64 @@
+"""The names of states, as plain ``str`` enums so they serialise as themselves."""
+
+from enum import Enum
+
+
+class Priority(str, Enum):
+    """Pending items are served high before normal before low, FIFO within each."""
+
+    HIGH = "high"
+    NORMAL = "normal"
+    LOW = "low"
+
+    @classmethod
+    def in_service_order(cls) -> tuple["Priority", ...]:
+        return (cls.HIGH, cls.NORMAL, cls.LOW)
+
+
+class ItemState(str, Enum):
+    """Where an item is: the directory it sits in *is* its state."""
+
+    PENDING = "pending"
+    ACTIVE = "active"
+    HELD = "held"
+    FAILED = "failed"
+    DONE = "done"
+
+
+class DaemonState(str, Enum):
+    """What the daemon says it is doing, in its state file."""
+
+    STARTING = "starting"
+    IDLE = "idle"
+    TRAINING = "training"
+    PAUSED = "paused"
+    BLOCKED = "blocked"
+    CONSOLIDATING = "consolidating"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+class Liveness(str, Enum):
+    """What `trainctl status` concludes about the daemon, from its lock and heartbeat."""
+
+    RUNNING = "running"  # lock held, heartbeat fresh
+    UNRESPONSIVE = "unresponsive"  # lock held, heartbeat stale: hung or stuck in a long call
+    NOT_RUNNING = "not-running"  # lock free: no daemon (a crash leaves a stale state file)
+
+
+class Event(str, Enum):
+    """Kinds of lines in the event log."""
+
+    ENQUEUED = "enqueued"
+    CLAIMED = "claimed"
+    REQUEUED = "requeued"
+    DONE = "done"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    HELD = "held"
+    RELEASED = "released"
+    REMOVED = "removed"
+    RETRIED = "retried"
+    MOVED = "moved"
+    REJECTED = "rejected"  # an inbox file that failed validation (kept, as a failed item)
+    RESTORED = "restored"  # a half-ingested inbox file put back after a crash

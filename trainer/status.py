@@ -1,0 +1,90 @@
+"""What `trainctl status` reports, assembled from the lock, the state file and the spool.
+
+``collect`` reads; ``summarize`` decides. The daemon is called alive only when it holds the
+lock *and* its heartbeat is fresh: a killed daemon's state file says "training" forever.
+"""
+
+from __future__ import annotations
+
+import shutil
+from datetime import datetime
+
+from trainer import control, spool
+from trainer.config import Config
+from trainer.layout import Layout
+from trainer.lock import lock_holder
+from trainer.states import Liveness
+
+STATUS_SCHEMA = 1
+
+
+def eta_seconds(progress: dict) -> float | None:
+    """Time left for the current item, from its step rate; None until it is known."""
+    step, total, per_step = progress.get("step"), progress.get("total"), progress.get("seconds_per_step")
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (step, total, per_step))
+    if not numbers or total <= 0 or per_step <= 0:
+        return None
+    return max(0.0, (total - step) * per_step)
+
+
+def _progress(state: dict | None, active: dict | None) -> dict | None:
+    item = state.get("item") if state else None
+    if isinstance(item, dict):
+        progress = dict(item)
+        step, total = progress.get("step"), progress.get("total")
+        if isinstance(step, (int, float)) and isinstance(total, (int, float)) and total > 0:
+            progress["percent"] = round(100.0 * step / total, 1)
+        progress["eta_s"] = eta_seconds(progress)
+        return progress
+    return active
+
+
+def summarize(
+    *, holder: int | None, state: dict | None, state_problem: str | None,
+    requests: control.Requests, queues: dict, active: dict | None, disk: dict,
+    now: datetime, stale_after_s: float, base_dir: str,
+) -> dict:
+    live = control.liveness(holder, state, now, stale_after_s)
+    alive = live is not Liveness.NOT_RUNNING
+    last_state = state.get("state") if state else None
+    daemon = {
+        "liveness": live.value,
+        "pid": holder if alive else None,
+        # A dead daemon has no state; what its file last said is shown as history only.
+        "state": last_state if alive else None,
+        "last_state": last_state,
+        "last_pid": state.get("pid") if state else None,
+        "reason": state.get("reason") if state and alive else None,
+        "started_at": state.get("started_at") if state else None,
+        "heartbeat_age_s": control.heartbeat_age(state, now),
+        "state_problem": state_problem,
+    }
+    return {
+        "schema_version": STATUS_SCHEMA,
+        "base_dir": base_dir,
+        "daemon": daemon,
+        "paused": requests.pause is not None,
+        "pause_reason": (requests.pause or {}).get("reason"),
+        "requests": [name for name in ("stop", "skip", "pause") if getattr(requests, name) is not None],
+        "item": _progress(state if alive else None, active),
+        "queues": queues,
+        "last_checkpoint": state.get("last_checkpoint") if state else None,
+        "last_error": state.get("last_error") if state else None,
+        "disk": disk,
+    }
+
+
+def collect(layout: Layout, config: Config, now: datetime) -> dict:
+    state, problem = control.read_state(layout)
+    current = spool.active_item(layout)
+    active = None
+    if current is not None:
+        active = {"id": current.id, "name": current.meta.name if current.meta else None,
+                  "records": current.meta.records if current.meta else None}
+    usage = shutil.disk_usage(layout.root)
+    return summarize(
+        holder=lock_holder(layout), state=state, state_problem=problem,
+        requests=control.read_requests(layout), queues=spool.counts(layout), active=active,
+        disk={"free_bytes": usage.free, "total_bytes": usage.total},
+        now=now, stale_after_s=config.daemon.stale_after_seconds, base_dir=str(layout.root),
+    )

@@ -1,0 +1,73 @@
+"""Cleaning ``tmp/`` after a crash, without touching the work of live writers.
+
+Run by the daemon before it reports ready. A staging entry whose flock is still held
+belongs to a live process (a trainctl enqueue in progress) and is left alone; so is one
+younger than ``min_age_s`` (its writer may be between creating and locking it, a window of microseconds). Everything else is
+debris, except a half-ingested inbox file: that is the user's only copy, so it goes back
+to the inbox.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+
+from trainer import events
+from trainer.fsutil import is_locked_by_someone
+from trainer.inbox import ORIGIN_NAME, restore_to_inbox
+from trainer.item import DATA_NAME
+from trainer.layout import Layout
+from trainer.states import Event
+
+import orjson
+
+
+@dataclass
+class SweepReport:
+    removed: list[str] = field(default_factory=list)
+    restored: list[str] = field(default_factory=list)  # names given back to the inbox
+    skipped_live: list[str] = field(default_factory=list)
+
+
+def _origin_name(staging: os.PathLike) -> str | None:
+    try:
+        data = orjson.loads((staging / ORIGIN_NAME).read_bytes())  # type: ignore[operator]
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    name = data.get("inbox_name") if isinstance(data, dict) else None
+    # Only a plain file name: a crafted origin must not move data outside the inbox.
+    if isinstance(name, str) and name and "/" not in name and name not in (".", ".."):
+        return name
+    return None
+
+
+def sweep_tmp(layout: Layout, min_age_s: float = 2.0, now: float | None = None) -> SweepReport:
+    report = SweepReport()
+    now = time.time() if now is None else now
+    with os.scandir(layout.tmp) as entries:
+        listed = list(entries)
+    for entry in listed:
+        path = layout.tmp / entry.name
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        if now - st.st_mtime < min_age_s or is_locked_by_someone(path):
+            report.skipped_live.append(entry.name)
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            origin = _origin_name(path)
+            data = path / DATA_NAME
+            if origin is not None and os.path.lexists(data):
+                restored = restore_to_inbox(layout, data, origin)
+                events.append(layout, Event.RESTORED, None, name=restored, staging=entry.name)
+                report.restored.append(restored)
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        report.removed.append(entry.name)
+    return report
