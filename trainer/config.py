@@ -170,7 +170,8 @@ def reference_markdown() -> str:
     """The body of docs/configuration.md's reference section."""
     out = []
     for name, section_cls in SECTIONS.items():
-        out += [f"### `[{name}]`", "", section_cls.__doc__.split(":", 1)[1].strip(), ""]
+        summary = section_cls.__doc__.split(":", 1)[1].strip()
+        out += [f"### `[{name}]`", "", summary[0].upper() + summary[1:], ""]
         out += ["| key | default | meaning |", "|---|---|---|"]
         for spec in dataclasses.fields(section_cls):
             out.append(

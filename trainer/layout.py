@@ -103,7 +103,7 @@ class Layout:
 def _read_format(path: Path) -> dict:
     try:
         data = orjson.loads(path.read_bytes())
-    except FileNotFoundError:
+    except (FileNotFoundError, PermissionError):
         raise
     except (orjson.JSONDecodeError, OSError) as exc:
         raise FormatMismatch(f"{path}: unreadable format marker ({exc}); restore it or re-run trainctl init") from exc
@@ -126,8 +126,6 @@ def check_format(layout: Layout) -> None:
             f"{layout.root}: not a trainer base dir (no FORMAT file): run trainctl init "
             f"--base-dir {layout.root}"
         ) from None
-    except PermissionError as exc:
-        raise NotABaseDir(f"{layout.format_file}: permission denied") from exc
     if data.get("format") != FORMAT_NAME or data.get("version") != FORMAT_VERSION:
         raise FormatMismatch(
             f"{layout.root}: on-disk format {data.get('format')!r} version "

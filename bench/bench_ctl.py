@@ -1,0 +1,131 @@
+"""trainctl's speed, measured side by side in one run.
+
+    .venv/bin/python bench/bench_ctl.py [--items 10000] [--files 1000] [--runs 15]
+
+- `trainctl status` and `trainctl list` wall time (real subprocesses) with 0 and with
+  --items pending items, next to `python -c pass` and a bare import of trainctl's
+  dependencies (click + orjson + psutil) as the floor;
+- `trainctl enqueue` of --files small valid files in one call: per-file cost, next to a
+  plain copy of the same files with fsync (the floor for crash-safe queueing).
+Prints a markdown table to paste into docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from trainer import spool  # noqa: E402
+from trainer.config import Config, default_config_toml  # noqa: E402
+from trainer.layout import init_base  # noqa: E402
+from trainer.states import Priority  # noqa: E402
+
+
+def wall(argv: list[str], runs: int) -> float:
+    """Median wall seconds of running argv to completion."""
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def trainctl(base: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "ctl", "--base-dir", str(base), *args]
+
+
+def fill(base: Path, items: int, sample: Path) -> None:
+    layout, _ = init_base(base, default_config_toml())
+    limits = Config().spool
+    priorities = list(Priority)
+    for n in range(items):
+        spool.enqueue(layout, sample, limits=limits, priority=priorities[n % 3])
+
+
+def make_files(directory: Path, count: int) -> list[Path]:
+    directory.mkdir()
+    paths = []
+    for n in range(count):
+        path = directory / f"f{n:05d}.jsonl"
+        path.write_text(f'{{"messages": [{{"role": "user", "content": "q{n}"}}, '
+                        f'{{"role": "assistant", "content": "a{n}"}}]}}\n' * 5)
+        paths.append(path)
+    return paths
+
+
+def copy_with_fsync(paths: list[Path], dest: Path) -> None:
+    dest.mkdir()
+    for path in paths:
+        target = dest / path.name
+        shutil.copyfile(path, target)
+        fd = os.open(target, os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+    fd = os.open(dest, os.O_RDONLY)
+    os.fsync(fd)
+    os.close(fd)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--items", type=int, default=10_000)
+    parser.add_argument("--files", type=int, default=1_000)
+    parser.add_argument("--runs", type=int, default=15)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-ctl-"))
+    try:
+        sample = work / "sample.jsonl"
+        sample.write_text('{"text": "hello"}\n')
+        empty, full = work / "empty", work / "full"
+        fill(empty, 0, sample)
+        start = time.perf_counter()
+        fill(full, args.items, sample)
+        fill_s = time.perf_counter() - start
+
+        floor = wall([sys.executable, "-c", "pass"], args.runs)
+        deps = wall([sys.executable, "-c", "import click, orjson, psutil"], args.runs)
+        rows = [("`python -c pass`", floor), ("import click+orjson+psutil", deps)]
+        for label, base in (("0", empty), (f"{args.items:,}", full)):
+            rows.append((f"`trainctl status`, {label} pending", wall(trainctl(base, "status"), args.runs)))
+        rows.append((f"`trainctl status --json`, {args.items:,} pending", wall(trainctl(full, "status", "--json"), args.runs)))
+        rows.append((f"`trainctl list`, {args.items:,} pending", wall(trainctl(full, "list"), max(3, args.runs // 5))))
+
+        files = make_files(work / "files", args.files)
+        start = time.perf_counter()
+        copy_with_fsync(files, work / "copied")
+        copy_s = time.perf_counter() - start
+        start = time.perf_counter()
+        result = subprocess.run(trainctl(empty, "enqueue", "-q", *map(str, files)), cwd=REPO)
+        enqueue_s = time.perf_counter() - start
+        assert result.returncode == 0
+
+        print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}\n")
+        print("| what | median wall time | vs `python -c pass` |")
+        print("|---|---|---|")
+        for label, seconds in rows:
+            print(f"| {label} | {seconds * 1000:.0f} ms | {seconds / floor:.1f}x |")
+        print()
+        print("| enqueue | total | per file | vs copy+fsync |")
+        print("|---|---|---|---|")
+        print(f"| copy + fsync, {args.files:,} files (floor) | {copy_s:.2f} s | {copy_s / args.files * 1000:.2f} ms | 1.0x |")
+        print(f"| `trainctl enqueue` of {args.files:,} files, one call | {enqueue_s:.2f} s | "
+              f"{enqueue_s / args.files * 1000:.2f} ms | {enqueue_s / copy_s:.1f}x |")
+        print(f"\n(filling {args.items:,} items through the library took {fill_s:.1f} s, "
+              f"{fill_s / max(args.items, 1) * 1000:.2f} ms per item)")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

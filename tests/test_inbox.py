@@ -1,0 +1,221 @@
+"""The inbox: only complete regular files are taken; nothing else is followed or opened."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import write_jsonl
+from trainer import events, spool
+from trainer.inbox import InboxScanner, Observation, ingest, is_settled
+from trainer.states import ItemState
+from trainer.sweep import sweep_tmp
+
+
+def _scan(layout, settle=5.0, renamed=frozenset(), scanner=None, now_mono=None):
+    scanner = scanner or InboxScanner(layout.inbox, settle)
+    return scanner.ready(time.time(), time.monotonic() if now_mono is None else now_mono, renamed), scanner
+
+
+def _old(path, seconds=60):
+    past = time.time() - seconds
+    os.utime(path, (past, past))
+
+
+def test_settled_file_is_taken_and_becomes_a_pending_item(layout, limits, chat_file):
+    src = chat_file(records=3)
+    dropped = layout.inbox / "a.jsonl"
+    os.rename(src, dropped)
+    _old(dropped)
+    ready, _ = _scan(layout)
+    assert ready == ["a.jsonl"]
+    taken = ingest(layout, "a.jsonl", limits)
+    assert taken.state is ItemState.PENDING
+    assert not dropped.exists(), "the inbox file becomes the item (moved, not copied)"
+    item = spool.find(layout, taken.item_id)
+    assert item.meta.source == "inbox" and item.meta.records == 3 and item.meta.name == "a.jsonl"
+    assert sorted(os.listdir(item.path)) == ["data.jsonl", "meta.json"]
+
+
+def test_a_file_still_being_written_is_not_taken_until_it_settles(layout, tmp_path):
+    path = layout.inbox / "growing.jsonl"
+    writer = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\n"
+        "with open(sys.argv[1], 'w') as f:\n"
+        "    for i in range(30):\n"
+        "        f.write('{\"text\": \"line %d\"}\\n' % i); f.flush(); time.sleep(0.02)\n"
+    ), str(path)])
+    scanner = InboxScanner(layout.inbox, settle_s=0.5)
+    try:
+        seen_while_writing = []
+        while writer.poll() is None:
+            seen_while_writing += scanner.ready(time.time(), time.monotonic())
+            time.sleep(0.01)
+    finally:
+        writer.wait(10)
+    assert seen_while_writing == [], "taken while the writer was still writing"
+    deadline = time.monotonic() + 5
+    while not (ready := scanner.ready(time.time(), time.monotonic())):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert ready == ["growing.jsonl"]
+
+
+def test_a_renamed_file_is_taken_at_once(layout, chat_file):
+    os.rename(chat_file(), layout.inbox / "fresh.jsonl")  # mtime is now: not settled by age
+    ready, _ = _scan(layout)
+    assert ready == []
+    ready, _ = _scan(layout, renamed=frozenset({"fresh.jsonl"}))
+    assert ready == ["fresh.jsonl"]
+
+
+@pytest.mark.parametrize("name", [".hidden.jsonl", "copying.jsonl.tmp", "upload.part"])
+def test_in_progress_names_are_never_taken(layout, chat_file, name):
+    path = layout.inbox / name
+    os.rename(chat_file(), path)
+    _old(path)
+    assert _scan(layout, renamed=frozenset({name}))[0] == []
+
+
+def test_symlinks_fifos_and_directories_are_never_followed_or_opened(layout, tmp_path, limits):
+    secret = write_jsonl(tmp_path / "outside.jsonl", [{"text": "secret"}])
+    os.symlink(secret, layout.inbox / "link.jsonl")
+    os.mkfifo(layout.inbox / "pipe.jsonl")
+    (layout.inbox / "dir.jsonl").mkdir()
+    for name in ("link.jsonl", "pipe.jsonl", "dir.jsonl"):
+        os.utime(layout.inbox / name, (0, 0), follow_symlinks=False)
+    assert _scan(layout, renamed=frozenset({"link.jsonl", "pipe.jsonl", "dir.jsonl"}))[0] == []
+    # Even if asked to ingest one directly, nothing outside is read and nothing blocks.
+    assert ingest(layout, "pipe.jsonl", limits) is None
+    assert ingest(layout, "link.jsonl", limits) is None
+    assert os.path.islink(layout.inbox / "link.jsonl") and secret.read_text()
+    assert os.path.exists(layout.inbox / "pipe.jsonl")
+    assert spool.counts(layout)["pending"] == 0 and os.listdir(layout.tmp) == []
+
+
+def test_an_invalid_inbox_file_is_kept_as_a_failed_item_with_its_reasons(layout, limits, tmp_path):
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"text": "fine"}, {"messages": "nope"}])
+    os.rename(bad, layout.inbox / "bad.jsonl")
+    taken = ingest(layout, "bad.jsonl", limits)
+    assert taken.state is ItemState.FAILED
+    item = spool.find(layout, taken.item_id)
+    assert item.meta.errors[0].kind == "invalid" and "bad.jsonl:2" in item.meta.errors[0].message
+    assert item.data_path.read_bytes() == (
+        b'{"text":"fine"}\n{"messages":"nope"}\n'), "the user's bytes are kept"
+    assert [e["event"] for e in events.read(layout).events] == ["rejected"]
+
+
+def test_an_empty_inbox_file_fails_with_a_reason(layout, limits):
+    (layout.inbox / "empty.jsonl").write_bytes(b"")
+    taken = ingest(layout, "empty.jsonl", limits)
+    assert taken.state is ItemState.FAILED
+    assert "empty" in spool.find(layout, taken.item_id).meta.errors[0].message
+
+
+def test_an_unreadable_inbox_file_fails_with_the_fix(layout, limits, chat_file):
+    if os.geteuid() == 0:
+        pytest.skip("root reads any file; the permission check needs an ordinary user")
+    path = layout.inbox / "private.jsonl"
+    os.rename(chat_file(), path)
+    os.chmod(path, 0)
+    taken = ingest(layout, "private.jsonl", limits)
+    assert taken.state is ItemState.FAILED
+    assert "chmod g+r" in spool.find(layout, taken.item_id).meta.errors[0].message
+
+
+def test_settling_survives_clock_jumps():
+    mono = 1000.0
+    fresh = Observation(size=10, mtime_ns=int(2_000_000_000 * 1e9), inode=1, unchanged_since=mono)
+    # mtime far in the future (the clock jumped back): only the monotonic period counts.
+    assert not is_settled(fresh, now_wall=1_000_000_000.0, now_mono=mono + 1, settle_s=5)
+    assert is_settled(fresh, now_wall=1_000_000_000.0, now_mono=mono + 5, settle_s=5)
+    old = Observation(size=10, mtime_ns=int(999_999_000 * 1e9), inode=1, unchanged_since=mono)
+    assert is_settled(old, now_wall=1_000_000_000.0, now_mono=mono, settle_s=5)
+
+
+def test_a_changed_file_restarts_its_settle_period(layout):
+    path = layout.inbox / "x.jsonl"
+    path.write_text('{"text": "a"}\n')
+    scanner = InboxScanner(layout.inbox, settle_s=5)
+    t0 = time.monotonic()
+    assert scanner.ready(time.time(), t0) == []
+    with open(path, "a") as fh:
+        fh.write('{"text": "b"}\n')
+    assert scanner.ready(time.time(), t0 + 4) == []
+    assert scanner.ready(time.time(), t0 + 8) == [], "changed at t0+4: settles at t0+9"
+    assert scanner.ready(time.time(), t0 + 9.5) == ["x.jsonl"]
+
+
+def test_a_crash_mid_ingest_gives_the_file_back_to_the_inbox(layout, limits, chat_file):
+    """Kill -9 a process right after it moved an inbox file into staging."""
+    src = chat_file(records=2)
+    original = src.read_bytes()
+    os.rename(src, layout.inbox / "precious.jsonl")
+    code = (
+        "import os, sys\n"
+        "from pathlib import Path\n"
+        "import trainer.inbox as inbox\n"
+        "from trainer.layout import open_base\n"
+        "from trainer.config import Config\n"
+        "def die(*a, **k): os.kill(os.getpid(), 9)\n"
+        "inbox._validate_staged = die\n"
+        "inbox.ingest(open_base(Path(sys.argv[1])), 'precious.jsonl', Config().spool)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(layout.root)])
+    assert proc.returncode == -9
+    assert not (layout.inbox / "precious.jsonl").exists()
+    assert len(os.listdir(layout.tmp)) == 1, "the file sits in staging"
+    report = sweep_tmp(layout, min_age_s=0)
+    assert report.restored == ["precious.jsonl"]
+    assert (layout.inbox / "precious.jsonl").read_bytes() == original
+    assert os.listdir(layout.tmp) == []
+
+
+def test_sweep_leaves_a_live_writers_staging_alone(layout, tmp_path):
+    code = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from trainer.fsutil import StagingDir\n"
+        "s = StagingDir(Path(sys.argv[1]), 'live')\n"
+        "print('staged', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    writer = subprocess.Popen([sys.executable, "-c", code, str(layout.tmp)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "staged"
+        (layout.tmp / "debris.tmp").write_text("x")
+        (layout.tmp / "dead").mkdir()
+        report = sweep_tmp(layout, min_age_s=0)
+        assert sorted(report.removed) == ["dead", "debris.tmp"]
+        assert report.skipped_live == ["live"]
+        assert (layout.tmp / "live").is_dir()
+    finally:
+        writer.kill()
+        writer.wait()
+        writer.stdout.close()
+
+
+def test_restoring_never_overwrites_a_new_file_of_the_same_name(layout, limits, tmp_path):
+    staging = layout.tmp / "20261128T000000.000000Z-00000000"
+    staging.mkdir()
+    (staging / "origin.json").write_bytes(b'{"inbox_name": "a.jsonl"}')
+    (staging / "data.jsonl").write_bytes(b"old\n")
+    (layout.inbox / "a.jsonl").write_bytes(b"new\n")
+    report = sweep_tmp(layout, min_age_s=0)
+    assert report.restored == ["a.restored-1.jsonl"]
+    assert (layout.inbox / "a.jsonl").read_bytes() == b"new\n"
+    assert (layout.inbox / "a.restored-1.jsonl").read_bytes() == b"old\n"
+
+
+def test_a_crafted_origin_cannot_move_data_outside_the_inbox(layout, tmp_path):
+    staging = layout.tmp / "x"
+    staging.mkdir()
+    (staging / "origin.json").write_bytes(b'{"inbox_name": "../../escaped"}')
+    (staging / "data.jsonl").write_bytes(b"data\n")
+    sweep_tmp(layout, min_age_s=0)
+    assert not (layout.root.parent / "escaped").exists()
+    assert os.listdir(layout.inbox) == []

@@ -1,0 +1,208 @@
+"""The spool's contract, on the real spool in a temp dir."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from datetime import timedelta
+
+import pytest
+
+from conftest import write_jsonl
+from trainer import events, spool
+from trainer.errors import InvalidData, NoSuchItem, WrongState
+from trainer.item import META_NAME
+from trainer.states import Event, ItemState, Priority
+from trainer.timefmt import utc_now
+
+
+def _event_kinds(layout, item_id=None):
+    return [e["event"] for e in events.read(layout, item_id=item_id).events]
+
+
+def test_enqueue_copies_the_file_and_records_its_metadata(layout, limits, chat_file):
+    src = chat_file(records=5)
+    before = src.read_bytes()
+    meta = spool.enqueue(layout, src, limits=limits)
+    item = spool.find(layout, meta.id)
+    assert item.state is ItemState.PENDING and item.priority is Priority.NORMAL
+    assert item.data_path.read_bytes() == before
+    assert src.read_bytes() == before, "the user's file is never modified"
+    assert meta.sha256 == hashlib.sha256(before).hexdigest()
+    assert (meta.size, meta.records, meta.attempts, meta.name) == (len(before), 5, 0, src.name)
+    assert _event_kinds(layout, meta.id) == ["enqueued"]
+
+
+def test_invalid_file_adds_nothing_and_leaves_no_debris(layout, limits, tmp_path):
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"text": "ok"}, {"nope": 1}])
+    with pytest.raises(InvalidData) as caught:
+        spool.enqueue(layout, bad, limits=limits)
+    assert any(":2:" in line for line in caught.value.details)
+    assert spool.counts(layout)["pending"] == 0
+    assert os.listdir(layout.tmp) == []
+    assert _event_kinds(layout) == []
+
+
+@pytest.mark.parametrize("make", ["missing", "directory", "fifo"])
+def test_non_regular_sources_are_refused_without_blocking(layout, limits, tmp_path, make):
+    path = tmp_path / "thing"
+    if make == "directory":
+        path.mkdir()
+    elif make == "fifo":
+        os.mkfifo(path)  # opening it for reading must not wait for a writer
+    with pytest.raises(InvalidData):
+        spool.enqueue(layout, path, limits=limits)
+    assert os.listdir(layout.tmp) == []
+
+
+def test_claims_serve_high_before_normal_before_low_and_fifo_within(layout, limits, chat_file):
+    low = spool.enqueue(layout, chat_file(), limits=limits, priority=Priority.LOW).id
+    n1 = spool.enqueue(layout, chat_file(), limits=limits).id
+    high = spool.enqueue(layout, chat_file(), limits=limits, priority=Priority.HIGH).id
+    n2 = spool.enqueue(layout, chat_file(), limits=limits).id
+    order = []
+    while (item := spool.claim_next(layout, utc_now())) is not None:
+        order.append(item.id)
+        spool.complete(layout, item.id)
+    assert order == [high, n1, n2, low]
+    assert spool.counts(layout)["done"] == 4
+
+
+def test_only_one_item_can_be_active(layout, limits, chat_file):
+    spool.enqueue(layout, chat_file(), limits=limits)
+    spool.enqueue(layout, chat_file(), limits=limits)
+    first = spool.claim_next(layout, utc_now())
+    with pytest.raises(WrongState, match="already active"):
+        spool.claim_next(layout, utc_now())
+    assert spool.active_item(layout).id == first.id
+
+
+def test_requeue_counts_an_attempt_keeps_the_cursor_and_delays_the_retry(layout, limits, chat_file):
+    item_id = spool.enqueue(layout, chat_file(), limits=limits).id
+    spool.claim_next(layout, utc_now())
+    spool.set_cursor(layout, item_id, {"record": 2, "sha256": "x"})
+    now = utc_now()
+    spool.requeue(layout, item_id, reason="out of memory", not_before=now + timedelta(seconds=30))
+    item = spool.find(layout, item_id)
+    assert item.state is ItemState.PENDING
+    assert item.meta.attempts == 1 and item.meta.cursor == {"record": 2, "sha256": "x"}
+    assert item.meta.errors[-1].message == "out of memory" and item.meta.errors[-1].kind == "transient"
+    assert spool.claim_next(layout, now) is None, "not before its retry time"
+    assert spool.claim_next(layout, now + timedelta(seconds=31)).id == item_id
+
+
+def test_graceful_requeue_costs_no_attempt(layout, limits, chat_file):
+    item_id = spool.enqueue(layout, chat_file(), limits=limits).id
+    spool.claim_next(layout, utc_now())
+    spool.requeue(layout, item_id, reason="stopping", count_attempt=False)
+    assert spool.find(layout, item_id).meta.attempts == 0
+
+
+def test_fail_then_retry_resets_attempts_and_keeps_the_error_history(layout, limits, chat_file):
+    item_id = spool.enqueue(layout, chat_file(), limits=limits).id
+    spool.claim_next(layout, utc_now())
+    spool.requeue(layout, item_id, reason="crash")
+    spool.claim_next(layout, utc_now())
+    spool.fail(layout, item_id, "loss is NaN")
+    failed = spool.find(layout, item_id)
+    assert failed.state is ItemState.FAILED and failed.meta.attempts == 1
+    spool.retry(layout, item_id, limits)
+    again = spool.find(layout, item_id)
+    assert again.state is ItemState.PENDING and again.meta.attempts == 0
+    assert [e.message for e in again.meta.errors] == ["crash", "loss is NaN"]
+    assert _event_kinds(layout, item_id) == ["enqueued", "claimed", "requeued", "claimed", "failed", "retried"]
+
+
+def test_hold_release_and_move_keep_the_item_and_its_age(layout, limits, chat_file):
+    older = spool.enqueue(layout, chat_file(), limits=limits).id
+    newer = spool.enqueue(layout, chat_file(), limits=limits, priority=Priority.HIGH).id
+    spool.hold(layout, older)
+    assert spool.find(layout, older).state is ItemState.HELD
+    spool.move(layout, older, Priority.HIGH)  # a held item changes priority in place
+    spool.release(layout, older)
+    item = spool.find(layout, older)
+    assert item.state is ItemState.PENDING and item.priority is Priority.HIGH
+    assert item.meta.priority is Priority.HIGH
+    assert spool.claim_next(layout, utc_now()).id == older, "FIFO by age within the priority"
+    assert _event_kinds(layout, older) == ["enqueued", "held", "moved", "released", "claimed"]
+    assert spool.find(layout, newer).state is ItemState.PENDING
+
+
+def test_enqueue_held_waits_for_release(layout, limits, chat_file):
+    item_id = spool.enqueue(layout, chat_file(), limits=limits, hold=True).id
+    assert spool.claim_next(layout, utc_now()) is None
+    spool.release(layout, item_id)
+    assert spool.claim_next(layout, utc_now()).id == item_id
+
+
+def test_remove_refuses_the_active_item_and_deletes_others(layout, limits, chat_file):
+    active = spool.enqueue(layout, chat_file(), limits=limits).id
+    other = spool.enqueue(layout, chat_file(), limits=limits).id
+    spool.claim_next(layout, utc_now())
+    with pytest.raises(WrongState, match="active"):
+        spool.remove(layout, active)
+    spool.remove(layout, other)
+    with pytest.raises(NoSuchItem):
+        spool.find(layout, other)
+    assert os.listdir(layout.tmp) == []
+    assert spool.find(layout, active).state is ItemState.ACTIVE
+
+
+@pytest.mark.parametrize("operation", ["hold", "release", "retry", "complete", "requeue"])
+def test_operations_in_the_wrong_state_say_so(layout, limits, chat_file, operation):
+    # hold needs a pending item and release a held one: give each the other kind.
+    item_id = spool.enqueue(layout, chat_file(), limits=limits, hold=(operation != "release")).id
+    calls = {
+        "hold": lambda: spool.hold(layout, item_id),
+        "release": lambda: spool.release(layout, item_id),
+        "retry": lambda: spool.retry(layout, item_id, limits),
+        "complete": lambda: spool.complete(layout, item_id),
+        "requeue": lambda: spool.requeue(layout, item_id, reason="x"),
+    }
+    with pytest.raises(WrongState, match="cannot"):
+        calls[operation]()
+
+
+@pytest.mark.parametrize("bad_id", ["../x", "/etc/passwd", "", "20261128T194440.123456Z-3fa9c1b2/..",
+                                    "..", "20261128T194440.123456Z-3FA9C1B2"])
+def test_ids_with_path_tricks_are_refused(layout, bad_id):
+    with pytest.raises(NoSuchItem, match="not an item id"):
+        spool.find(layout, bad_id)
+
+
+def test_a_corrupt_meta_is_listed_with_its_problem_and_retry_rebuilds_it(layout, limits, chat_file):
+    item_id = spool.enqueue(layout, chat_file(records=4), limits=limits).id
+    spool.claim_next(layout, utc_now())
+    spool.fail(layout, item_id, "boom")
+    item = spool.find(layout, item_id)
+    (item.path / META_NAME).write_bytes(b"\x00garbage{")
+    listed = spool.list_items(layout, [ItemState.FAILED])
+    assert listed[0].meta is None and "unreadable" in listed[0].meta_problem
+    spool.retry(layout, item_id, limits)
+    rebuilt = spool.find(layout, item_id)
+    assert rebuilt.state is ItemState.PENDING and rebuilt.meta.records == 4
+
+
+def test_foreign_entries_in_spool_dirs_are_ignored(layout, limits, chat_file):
+    (layout.pending(Priority.NORMAL) / "notes.txt").write_text("hello")
+    (layout.pending(Priority.NORMAL) / "random-dir").mkdir()
+    item_id = spool.enqueue(layout, chat_file(), limits=limits).id
+    assert [i.id for i in spool.list_items(layout, [ItemState.PENDING])] == [item_id]
+    assert spool.claim_next(layout, utc_now()).id == item_id
+
+
+def test_counts_split_pending_by_priority(layout, limits, chat_file):
+    spool.enqueue(layout, chat_file(), limits=limits, priority=Priority.LOW)
+    spool.enqueue(layout, chat_file(), limits=limits, priority=Priority.LOW)
+    spool.enqueue(layout, chat_file(), limits=limits, hold=True)
+    c = spool.counts(layout)
+    assert (c["pending"], c["pending.low"], c["pending.high"], c["held"]) == (2, 2, 0, 1)
+
+
+def test_every_published_file_is_complete_and_group_readable(layout, limits, chat_file):
+    item_id = spool.enqueue(layout, chat_file(), limits=limits).id
+    item = spool.find(layout, item_id)
+    for path in (item.data_path, item.meta_path):
+        mode = os.stat(path).st_mode & 0o777
+        assert mode & 0o040 and not mode & 0o002, oct(mode)
+    assert os.stat(item.path).st_mode & 0o2000, "setgid keeps the group on new entries"

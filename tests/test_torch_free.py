@@ -1,0 +1,33 @@
+"""trainctl and the shared library never import torch, transformers or safetensors.torch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from conftest import REPO
+
+HEAVY = ("torch", "transformers", "safetensors.torch", "peft")
+
+PROBE = """
+import sys
+from ctl.cli import cli
+import trainer.spool, trainer.inbox, trainer.sweep, trainer.status, trainer.control, trainer.lock
+import trainer.daemon, trainer.demo, trainer.sample_data
+commands = [["init"], ["enqueue", sys.argv[2]], ["status", "--json"], ["list", "--all"],
+            ["history"], ["pause"], ["resume"], ["wait", "--idle", "--timeout", "0"]]
+for args in commands:
+    try:
+        cli.main(["--base-dir", sys.argv[1], *args], standalone_mode=False)
+    except SystemExit:
+        pass
+heavy = [m for m in %r if m in sys.modules]
+print("HEAVY:" + ",".join(heavy))
+""" % (HEAVY,)
+
+
+def test_trainctl_commands_import_no_torch(tmp_path, chat_file):
+    result = subprocess.run([sys.executable, "-c", PROBE, str(tmp_path / "b"), str(chat_file())],
+                            capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    assert "HEAVY:\n" in result.stdout, result.stdout

@@ -1,0 +1,385 @@
+"""Streaming validation of JSONL training files.
+
+A file is read in chunks and checked line by line, so a 10 GB upload costs one chunk of memory,
+not 10 GB. The same pass hashes every byte, which lets enqueue copy a file into the spool while
+validating it: what was checked is exactly what was queued.
+
+Accepted lines, one JSON object each (extra keys are ignored):
+
+    {"messages": [{"role": "system" | "user" | "assistant", "content": "..."}, ...]}
+    {"text": "..."}
+    {"prompt": "...", "completion": "..."}
+
+This is a leaf module: stdlib and orjson only, so trainctl can use it without importing torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import orjson
+
+MAX_PROBLEMS_LISTED = 20
+"""How many problems a Report keeps; the rest are only counted (a broken 1 GB file would
+otherwise produce millions)."""
+
+CHUNK_SIZE = 1 << 20
+"""Bytes per read: large enough that per-chunk overhead vanishes, small enough that memory
+stays flat however big the file is."""
+
+ROLES = ("system", "user", "assistant")
+"""Chat roles a "messages" turn may have. A tuple, not a set: `in` on a set hashes the value,
+which raises TypeError when the JSON holds a list or an object where the role belongs."""
+
+EXPECTED_SHAPES = '{"messages": [...]}, {"text": "..."}, {"prompt": "...", "completion": "..."}'
+
+_BOM = b"\xef\xbb\xbf"
+# JSON's own whitespace; bytes.strip() would also drop \v and \f, which JSON rejects.
+_JSON_SPACE = b" \t\r"
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One reason a file cannot be trained on."""
+
+    line: int
+    """1-based line number; 0 for problems with the whole file."""
+    reason: str
+    """What is wrong, phrased so the person who wrote the file can fix it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """The outcome of validating one file."""
+
+    records: int
+    """Valid training records."""
+    size: int
+    """Bytes read (for an oversized file, where reading stopped)."""
+    sha256: str
+    """Hex digest of the bytes read."""
+    problems: tuple[Problem, ...]
+    """The first MAX_PROBLEMS_LISTED problems, whole-file problems first."""
+    problem_count: int
+    """All problems found, listed or not."""
+
+    @property
+    def ok(self) -> bool:
+        return self.problem_count == 0
+
+    def describe(self, name: str) -> list[str]:
+        """The problems as 'NAME:LINE: REASON' lines, the compiler-style format editors can jump to."""
+        lines = [
+            f"{name}:{p.line}: {p.reason}" if p.line else f"{name}: {p.reason}"
+            for p in self.problems
+        ]
+        left_out = self.problem_count - len(self.problems)
+        if left_out:
+            lines.append(f"... and {left_out} more problem{'s' if left_out > 1 else ''}")
+        return lines
+
+
+class Validator:
+    """Incremental validator: feed() chunks in order, then finish().
+
+    Memory stays under about max_line_bytes + one chunk: only the unfinished last line is kept
+    between chunks, and once that exceeds max_line_bytes it is dropped and the rest of the line
+    skipped up to its newline.
+    """
+
+    def __init__(self, *, max_line_bytes: int, max_file_bytes: int) -> None:
+        if max_line_bytes < 1:
+            raise ValueError(f"spool.max_line_bytes must be at least 1, got {max_line_bytes}")
+        if max_file_bytes < 0:
+            raise ValueError(f"spool.max_file_bytes must not be negative, got {max_file_bytes}")
+        self._max_line_bytes = max_line_bytes
+        self._max_file_bytes = max_file_bytes
+        self._sha256 = hashlib.sha256()
+        self._size = 0
+        self._records = 0
+        self._lines_done = 0
+        self._pending: list[bytes] = []  # pieces of the unfinished line, joined once it ends
+        self._pending_size = 0
+        self._skipping_long_line = False
+        self._bom_skipped = False
+        self._over_size = False
+        self._problems: list[Problem] = []
+        self._problem_count = 0
+
+    def feed(self, chunk: bytes) -> bool:
+        """Check the next chunk; False once the file is over max_file_bytes (stop reading).
+
+        Bytes fed after that are ignored.
+        """
+        if self._over_size:
+            return False
+        self._sha256.update(chunk)
+        self._size += len(chunk)
+        excess = self._size - self._max_file_bytes
+        if excess > 0:
+            self._over_size = True
+            chunk = chunk[: len(chunk) - excess]
+        self._split(chunk)
+        return not self._over_size
+
+    def finish(self) -> Report:
+        """Check the last line (which may lack its newline) and report."""
+        if self._pending and not self._over_size:
+            # A line cut by the size limit is not checked: its problem is the size, not the JSON.
+            self._check_line(self._lines_done + 1, b"".join(self._pending))
+        self._pending.clear()
+        self._pending_size = 0
+
+        file_problems = []
+        if self._size == 0:
+            file_problems.append(Problem(0, "file is empty"))
+        elif self._over_size:
+            file_problems.append(Problem(0, (
+                f"file is larger than the limit of {self._max_file_bytes} bytes "
+                "(spool.max_file_bytes); split it or raise the limit")))
+        elif self._records == 0 and self._problem_count == 0:
+            file_problems.append(Problem(0, "file has no records, only blank lines"))
+        # Whole-file problems go first so the cap never hides them behind line problems.
+        listed = (file_problems + self._problems)[:MAX_PROBLEMS_LISTED]
+        return Report(
+            records=self._records,
+            size=self._size,
+            sha256=self._sha256.hexdigest(),
+            problems=tuple(listed),
+            problem_count=self._problem_count + len(file_problems),
+        )
+
+    def _split(self, chunk: bytes) -> None:
+        parts = chunk.split(b"\n")
+        tail = parts.pop()  # after the last newline: the start of an unfinished line
+        if parts:
+            if self._skipping_long_line:
+                # The overlong line ends at this newline; it was reported when it got too long.
+                self._skipping_long_line = False
+                self._lines_done += 1
+                del parts[0]
+            elif self._pending:
+                self._pending.append(parts[0])
+                parts[0] = b"".join(self._pending)
+                self._pending.clear()
+                self._pending_size = 0
+            for line in parts:
+                self._lines_done += 1
+                self._check_line(self._lines_done, line)
+        if tail and not self._skipping_long_line:
+            self._pending.append(tail)
+            self._pending_size += len(tail)
+            if self._pending_size > self._max_line_bytes:
+                self._add(self._lines_done + 1, self._too_long())
+                self._pending.clear()
+                self._pending_size = 0
+                self._skipping_long_line = True
+
+    def _check_line(self, number: int, line: bytes) -> None:
+        # The hot path: one parse and one shape check; diagnosis only when something is wrong.
+        if len(line) > self._max_line_bytes:
+            self._add(number, self._too_long())
+            return
+        try:
+            record = orjson.loads(line)
+        except orjson.JSONDecodeError as error:
+            self._check_unparsable_line(number, line, error)
+            return
+        if _plainly_valid(record):
+            self._records += 1
+            return
+        reason = _record_problem(record)
+        if reason is None:
+            self._records += 1
+        else:
+            self._add(number, reason)
+
+    def _check_unparsable_line(self, number: int, line: bytes, error: orjson.JSONDecodeError) -> None:
+        if number == 1 and not self._bom_skipped and line.startswith(_BOM):
+            # Editors on Windows write a BOM; orjson refuses it, so drop it (once) and parse again.
+            self._bom_skipped = True
+            self._check_line(number, line[len(_BOM):])
+            return
+        if not line.strip(_JSON_SPACE):
+            return  # blank lines separate nothing and hurt nothing
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError as bad:
+            self._add(number, (
+                f"invalid UTF-8 at byte {bad.start + 1} of the line; "
+                "save the file as UTF-8"))
+            return
+        self._add(number, f"invalid JSON: {error.msg} (column {error.colno})")
+
+    def _too_long(self) -> str:
+        return (f"line is longer than the limit of {self._max_line_bytes} bytes "
+                "(spool.max_line_bytes)")
+
+    def _add(self, line: int, reason: str) -> None:
+        self._problem_count += 1
+        if len(self._problems) < MAX_PROBLEMS_LISTED:
+            self._problems.append(Problem(line, reason))
+
+
+def _plainly_valid(record: Any) -> bool:
+    """A fast yes for a valid record; False means "look closer" (_record_problem), not "invalid".
+
+    Most lines are valid, and at a few microseconds per line the checks in _record_problem
+    (one call per rule, an index per turn) would cost as much as parsing. This must never
+    accept what _record_problem rejects; the tests hold both to the same reference.
+    """
+    if type(record) is not dict:
+        return False
+    if "messages" in record:
+        if "text" in record or "prompt" in record or "completion" in record:
+            return False
+        messages = record["messages"]
+        if type(messages) is not list:
+            return False
+        answered = False
+        for turn in messages:
+            if type(turn) is not dict:
+                return False
+            role = turn.get("role")
+            content = turn.get("content")
+            if role not in ROLES or type(content) is not str:
+                return False
+            if role == "assistant" and content and not content.isspace():
+                answered = True
+        return answered
+    if "prompt" in record or "completion" in record:
+        if "text" in record:
+            return False
+        completion = record.get("completion")
+        return (type(record.get("prompt")) is str and type(completion) is str
+                and completion != "" and not completion.isspace())
+    text = record.get("text")
+    return type(text) is str and text != "" and not text.isspace()
+
+
+def _record_problem(record: Any) -> str | None:
+    """Why a parsed line is not a training record, or None when it is one."""
+    if type(record) is not dict:
+        return f"expected a JSON object, got {_json_type(record)}"
+    has_messages = "messages" in record
+    has_text = "text" in record
+    has_prompt = "prompt" in record or "completion" in record
+    if has_messages + has_text + has_prompt != 1:
+        return _shape_problem(record)
+    if has_messages:
+        return _messages_problem(record["messages"])
+    if has_text:
+        return _non_empty_string_problem("text", record["text"])
+    return _prompt_completion_problem(record)
+
+
+def _shape_problem(record: dict) -> str:
+    present = [f'"{key}"' for key in ("messages", "text", "prompt", "completion") if key in record]
+    if not present:
+        return f"no training fields; expected one of {EXPECTED_SHAPES}"
+    return (f"ambiguous record: has {' and '.join(present)}; "
+            f"keep the fields of exactly one of {EXPECTED_SHAPES}")
+
+
+def _messages_problem(messages: Any) -> str | None:
+    if type(messages) is not list or not messages:
+        found = "an empty list" if messages == [] else _json_type(messages)
+        return ('"messages" must be a non-empty list of {"role": ..., "content": ...} objects, '
+                f"got {found}")
+    answered = False
+    for index, turn in enumerate(messages):
+        if type(turn) is not dict:
+            return f'messages[{index}] must be an object with "role" and "content", got {_json_type(turn)}'
+        role = turn.get("role")
+        if role not in ROLES:
+            return _role_problem(index, turn)
+        content = turn.get("content")
+        if type(content) is not str:
+            return f'messages[{index}].content must be a string, got {_json_type(content)}'
+        # `content and not isspace()` is strip() != "" without building the stripped copy.
+        if not answered and role == "assistant" and content and not content.isspace():
+            answered = True
+    if not answered:
+        return "no assistant turn with non-empty content; there is nothing to learn to say"
+    return None
+
+
+def _role_problem(index: int, turn: dict) -> str:
+    allowed = ", ".join(f'"{r}"' for r in ROLES)
+    if "role" not in turn:
+        return f'messages[{index}] has no "role"; use one of {allowed}'
+    role = turn["role"]
+    if type(role) is not str:
+        return f"messages[{index}].role must be a string, one of {allowed}; got {_json_type(role)}"
+    return f"messages[{index}].role {_quote(role)} is not one of {allowed}"
+
+
+def _prompt_completion_problem(record: dict) -> str | None:
+    for key in ("prompt", "completion"):
+        if key not in record:
+            return f'"prompt" and "completion" go together; "{key}" is missing'
+    prompt = record["prompt"]
+    if type(prompt) is not str:
+        return f'"prompt" must be a string, got {_json_type(prompt)}'
+    return _non_empty_string_problem("completion", record["completion"])
+
+
+def _non_empty_string_problem(key: str, value: Any) -> str | None:
+    if type(value) is not str:
+        return f'"{key}" must be a string, got {_json_type(value)}'
+    if not value or value.isspace():
+        return f'"{key}" is empty'
+    return None
+
+
+_JSON_TYPE_NAMES = {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
+                    int: "a number", float: "a number", type(None): "null"}
+
+
+def _json_type(value: Any) -> str:
+    """The JSON name of a parsed value's type, for reasons that say what was found instead."""
+    return _JSON_TYPE_NAMES.get(type(value), type(value).__name__)
+
+
+def _quote(text: str, limit: int = 40) -> str:
+    """A string as JSON, shortened: the reason must stay one readable line."""
+    quoted = orjson.dumps(text[:limit]).decode()
+    return quoted if len(text) <= limit else quoted + "..."
+
+
+def validate_stream(
+    read: Callable[[int], bytes],
+    *,
+    max_line_bytes: int,
+    max_file_bytes: int,
+    sink: Callable[[bytes], object] | None = None,
+    chunk_size: int = CHUNK_SIZE,
+) -> Report:
+    """Validate what read(n) returns until it returns b"", passing each chunk to sink too.
+
+    Reads never ask for more than one byte past max_file_bytes, so an oversized file costs
+    (and sink receives) at most max_file_bytes + 1 bytes.
+    """
+    validator = Validator(max_line_bytes=max_line_bytes, max_file_bytes=max_file_bytes)
+    taken = 0
+    while True:
+        chunk = read(min(chunk_size, max_file_bytes + 1 - taken))
+        if not chunk:
+            break
+        taken += len(chunk)
+        if sink is not None:
+            sink(chunk)
+        if not validator.feed(chunk):
+            break
+    return validator.finish()
+
+
+def validate_path(path: str | os.PathLike, *, max_line_bytes: int, max_file_bytes: int) -> Report:
+    """Validate the file at path."""
+    # Unbuffered: the chunks are already large, and a buffer would copy every byte once more.
+    with open(path, "rb", buffering=0) as file:
+        return validate_stream(file.read, max_line_bytes=max_line_bytes,
+                               max_file_bytes=max_file_bytes)
