@@ -7,7 +7,6 @@ can act on are one line, never a traceback; exit codes are ``trainer.exitcodes.E
 from __future__ import annotations
 
 import os
-import subprocess
 import shutil
 import sys
 import time
@@ -24,7 +23,6 @@ from trainer.errors import (ConfigError, FormatMismatch, InvalidData, LayoutErro
                             NotABaseDir, TrainerError, WrongState)
 from trainer.exitcodes import ExitCode
 from trainer.ids import check_id
-from trainer.inbox import is_candidate_name
 from trainer.layout import BASE_DIR_ENV, Layout, init_base, open_base
 from trainer.lock import lock_holder
 from trainer.states import ItemState, Liveness, Priority
@@ -112,12 +110,14 @@ def enqueue(session: Session, files: tuple[Path, ...], priority: str, hold: bool
 
     Either every file is queued or, if any is invalid, none is (exit 65).
     """
+    from trainer import intake  # here, not at the top: only enqueue pays for the validator
+
     layout, limits = session.layout, session.config.spool
     if len(files) > 1:
         bad = []
         for path in files:
             try:
-                report = spool.check_file(path, limits)
+                report = intake.check_file(path, limits)
             except InvalidData as exc:
                 bad.append(str(exc))
                 continue
@@ -130,7 +130,7 @@ def enqueue(session: Session, files: tuple[Path, ...], priority: str, hold: bool
             note(f"nothing was queued: fix the files above (all {len(files)} are checked before any is queued)")
             finish(ExitCode.DATA_INVALID)
     for path in files:
-        meta = spool.enqueue(layout, path, limits=limits, priority=Priority(priority), hold=hold)
+        meta = intake.enqueue(layout, path, limits=limits, priority=Priority(priority), hold=hold)
         if not quiet:
             click.echo(meta.id)
             note(f"queued {path} as {meta.id} ({meta.records:,} records, {render.size(meta.size)}, "
@@ -323,6 +323,8 @@ def move_(session: Session, item_id: str, priority: str) -> None:
 
 
 def _inbox_waiting(layout: Layout) -> int:
+    from trainer.inbox import is_candidate_name
+
     try:
         with os.scandir(layout.inbox) as entries:
             return sum(1 for e in entries if is_candidate_name(e.name) and e.is_file(follow_symlinks=False))
@@ -396,6 +398,8 @@ def history(session: Session, since: str | None, item_id: str | None, last: int 
 @click.option("--unit", default="trainer", show_default=True, help="The systemd unit (trainer@0 for a GPU instance).")
 def logs(follow: bool, lines: int, unit: str) -> None:
     """The daemon's log from the journal (wraps journalctl -u UNIT)."""
+    import subprocess  # only here: it costs every other command ~6 ms of start-up
+
     journalctl = shutil.which("journalctl")
     if journalctl is None:
         note("no journal here (journalctl not found): run the daemon in a terminal to see its log")

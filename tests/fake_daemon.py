@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from trainer import control, spool  # noqa: E402
 from trainer.layout import open_base  # noqa: E402
 from trainer.lock import DaemonLock  # noqa: E402
+from trainer.states import Event  # noqa: E402
 from trainer.timefmt import utc_now  # noqa: E402
 
 
@@ -63,7 +64,7 @@ def main() -> None:
             if action is control.Action.SKIP:
                 reason = control.read_requests(layout).skip.get("reason") or "no reason given"
                 spool.fail(layout, item.id, f"skipped by request at step {step}: {reason}", kind="skipped",
-                           event=spool.Event.SKIPPED)
+                           event=Event.SKIPPED)
                 control.clear_skip(layout)
                 break
             if time.monotonic() >= deadline:

@@ -12,8 +12,8 @@ import time
 import orjson
 import pytest
 
-from conftest import REPO, trainctl, write_jsonl
-from trainer import spool
+from conftest import REPO, trainctl
+from trainer import intake, spool
 from trainer.exitcodes import ExitCode
 from trainer.states import ItemState
 
@@ -104,7 +104,7 @@ def test_retry_all_failed(layout, limits, chat_file):
 
     ids = []
     for _ in range(2):
-        ids.append(spool.enqueue(layout, chat_file(), limits=limits).id)
+        ids.append(intake.enqueue(layout, chat_file(), limits=limits).id)
         spool.claim_next(layout, utc_now())
         spool.fail(layout, ids[-1], "boom")
     assert "boom" in trainctl(layout.root, "list", "--failed").stdout
@@ -243,7 +243,7 @@ def test_logs_without_a_journal_says_so(layout, tmp_path):
 
 def test_list_piped_into_head_does_not_spew_a_traceback(layout, limits, chat_file):
     for _ in range(30):
-        spool.enqueue(layout, chat_file(), limits=limits)
+        intake.enqueue(layout, chat_file(), limits=limits)
     pipeline = subprocess.run(
         f"{sys.executable} -m ctl --base-dir {layout.root} list | head -1",
         shell=True, capture_output=True, text=True, cwd=REPO)

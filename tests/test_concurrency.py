@@ -14,7 +14,7 @@ from trainer.states import ItemState
 ENQUEUER = """
 import sys
 from pathlib import Path
-from trainer import spool
+from trainer import intake
 from trainer.config import Config
 from trainer.layout import open_base
 from trainer.states import Priority
@@ -22,7 +22,7 @@ layout = open_base(Path(sys.argv[1]))
 src = Path(sys.argv[2])
 priorities = list(Priority)
 for n in range(int(sys.argv[3])):
-    meta = spool.enqueue(layout, src, limits=Config().spool, priority=priorities[n % 3])
+    meta = intake.enqueue(layout, src, limits=Config().spool, priority=priorities[n % 3])
     print(meta.id, flush=True)
 """
 

@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from conftest import write_jsonl
-from trainer import spool
+from trainer import intake, spool
 from trainer.config import default_config_toml
 from trainer.errors import FormatMismatch, LayoutError, NotABaseDir
 from trainer.layout import init_base, open_base
@@ -21,7 +21,7 @@ def test_init_creates_the_layout_and_rerunning_touches_nothing(tmp_path, limits)
         assert path.is_dir() and (os.stat(path).st_mode & 0o7777) == 0o2770
     layout.config_file.write_text("[spool]\nmax_attempts = 7\n")
     src = write_jsonl(tmp_path / "x.jsonl", [{"text": "a"}])
-    item_id = spool.enqueue(layout, src, limits=limits).id
+    item_id = intake.enqueue(layout, src, limits=limits).id
     again, created = init_base(tmp_path / "b", default_config_toml())
     assert not created
     assert layout.config_file.read_text() == "[spool]\nmax_attempts = 7\n", "never overwrites the config"

@@ -6,7 +6,7 @@ import json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from trainer import control, events, spool
+from trainer import control, events, intake, spool
 from trainer.config import load_config
 from trainer.errors import TrainerError
 from trainer.layout import open_base
@@ -34,7 +34,7 @@ SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[Heal
 @SETTINGS
 @given(content=garbage)
 def test_garbage_meta_never_crashes_list_find_status_or_claim(layout, limits, chat_file, content):
-    item_id = spool.enqueue(layout, chat_file(), limits=limits).id
+    item_id = intake.enqueue(layout, chat_file(), limits=limits).id
     item = spool.find(layout, item_id)
     item.meta_path.write_bytes(content)
     listed = spool.list_items(layout, list(ItemState))

@@ -9,10 +9,10 @@ from datetime import timedelta
 import pytest
 
 from conftest import write_jsonl
-from trainer import events, spool
+from trainer import events, intake, spool
 from trainer.errors import InvalidData, NoSuchItem, WrongState
 from trainer.item import META_NAME
-from trainer.states import Event, ItemState, Priority
+from trainer.states import ItemState, Priority
 from trainer.timefmt import utc_now
 
 
@@ -23,7 +23,7 @@ def _event_kinds(layout, item_id=None):
 def test_enqueue_copies_the_file_and_records_its_metadata(layout, limits, chat_file):
     src = chat_file(records=5)
     before = src.read_bytes()
-    meta = spool.enqueue(layout, src, limits=limits)
+    meta = intake.enqueue(layout, src, limits=limits)
     item = spool.find(layout, meta.id)
     assert item.state is ItemState.PENDING and item.priority is Priority.NORMAL
     assert item.data_path.read_bytes() == before
@@ -36,7 +36,7 @@ def test_enqueue_copies_the_file_and_records_its_metadata(layout, limits, chat_f
 def test_invalid_file_adds_nothing_and_leaves_no_debris(layout, limits, tmp_path):
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"text": "ok"}, {"nope": 1}])
     with pytest.raises(InvalidData) as caught:
-        spool.enqueue(layout, bad, limits=limits)
+        intake.enqueue(layout, bad, limits=limits)
     assert any(":2:" in line for line in caught.value.details)
     assert spool.counts(layout)["pending"] == 0
     assert os.listdir(layout.tmp) == []
@@ -51,15 +51,15 @@ def test_non_regular_sources_are_refused_without_blocking(layout, limits, tmp_pa
     elif make == "fifo":
         os.mkfifo(path)  # opening it for reading must not wait for a writer
     with pytest.raises(InvalidData):
-        spool.enqueue(layout, path, limits=limits)
+        intake.enqueue(layout, path, limits=limits)
     assert os.listdir(layout.tmp) == []
 
 
 def test_claims_serve_high_before_normal_before_low_and_fifo_within(layout, limits, chat_file):
-    low = spool.enqueue(layout, chat_file(), limits=limits, priority=Priority.LOW).id
-    n1 = spool.enqueue(layout, chat_file(), limits=limits).id
-    high = spool.enqueue(layout, chat_file(), limits=limits, priority=Priority.HIGH).id
-    n2 = spool.enqueue(layout, chat_file(), limits=limits).id
+    low = intake.enqueue(layout, chat_file(), limits=limits, priority=Priority.LOW).id
+    n1 = intake.enqueue(layout, chat_file(), limits=limits).id
+    high = intake.enqueue(layout, chat_file(), limits=limits, priority=Priority.HIGH).id
+    n2 = intake.enqueue(layout, chat_file(), limits=limits).id
     order = []
     while (item := spool.claim_next(layout, utc_now())) is not None:
         order.append(item.id)
@@ -69,8 +69,8 @@ def test_claims_serve_high_before_normal_before_low_and_fifo_within(layout, limi
 
 
 def test_only_one_item_can_be_active(layout, limits, chat_file):
-    spool.enqueue(layout, chat_file(), limits=limits)
-    spool.enqueue(layout, chat_file(), limits=limits)
+    intake.enqueue(layout, chat_file(), limits=limits)
+    intake.enqueue(layout, chat_file(), limits=limits)
     first = spool.claim_next(layout, utc_now())
     with pytest.raises(WrongState, match="already active"):
         spool.claim_next(layout, utc_now())
@@ -78,7 +78,7 @@ def test_only_one_item_can_be_active(layout, limits, chat_file):
 
 
 def test_requeue_counts_an_attempt_keeps_the_cursor_and_delays_the_retry(layout, limits, chat_file):
-    item_id = spool.enqueue(layout, chat_file(), limits=limits).id
+    item_id = intake.enqueue(layout, chat_file(), limits=limits).id
     spool.claim_next(layout, utc_now())
     spool.set_cursor(layout, item_id, {"record": 2, "sha256": "x"})
     now = utc_now()
@@ -92,14 +92,14 @@ def test_requeue_counts_an_attempt_keeps_the_cursor_and_delays_the_retry(layout,
 
 
 def test_graceful_requeue_costs_no_attempt(layout, limits, chat_file):
-    item_id = spool.enqueue(layout, chat_file(), limits=limits).id
+    item_id = intake.enqueue(layout, chat_file(), limits=limits).id
     spool.claim_next(layout, utc_now())
     spool.requeue(layout, item_id, reason="stopping", count_attempt=False)
     assert spool.find(layout, item_id).meta.attempts == 0
 
 
 def test_fail_then_retry_resets_attempts_and_keeps_the_error_history(layout, limits, chat_file):
-    item_id = spool.enqueue(layout, chat_file(), limits=limits).id
+    item_id = intake.enqueue(layout, chat_file(), limits=limits).id
     spool.claim_next(layout, utc_now())
     spool.requeue(layout, item_id, reason="crash")
     spool.claim_next(layout, utc_now())
@@ -114,8 +114,8 @@ def test_fail_then_retry_resets_attempts_and_keeps_the_error_history(layout, lim
 
 
 def test_hold_release_and_move_keep_the_item_and_its_age(layout, limits, chat_file):
-    older = spool.enqueue(layout, chat_file(), limits=limits).id
-    newer = spool.enqueue(layout, chat_file(), limits=limits, priority=Priority.HIGH).id
+    older = intake.enqueue(layout, chat_file(), limits=limits).id
+    newer = intake.enqueue(layout, chat_file(), limits=limits, priority=Priority.HIGH).id
     spool.hold(layout, older)
     assert spool.find(layout, older).state is ItemState.HELD
     spool.move(layout, older, Priority.HIGH)  # a held item changes priority in place
@@ -129,15 +129,15 @@ def test_hold_release_and_move_keep_the_item_and_its_age(layout, limits, chat_fi
 
 
 def test_enqueue_held_waits_for_release(layout, limits, chat_file):
-    item_id = spool.enqueue(layout, chat_file(), limits=limits, hold=True).id
+    item_id = intake.enqueue(layout, chat_file(), limits=limits, hold=True).id
     assert spool.claim_next(layout, utc_now()) is None
     spool.release(layout, item_id)
     assert spool.claim_next(layout, utc_now()).id == item_id
 
 
 def test_remove_refuses_the_active_item_and_deletes_others(layout, limits, chat_file):
-    active = spool.enqueue(layout, chat_file(), limits=limits).id
-    other = spool.enqueue(layout, chat_file(), limits=limits).id
+    active = intake.enqueue(layout, chat_file(), limits=limits).id
+    other = intake.enqueue(layout, chat_file(), limits=limits).id
     spool.claim_next(layout, utc_now())
     with pytest.raises(WrongState, match="active"):
         spool.remove(layout, active)
@@ -151,7 +151,7 @@ def test_remove_refuses_the_active_item_and_deletes_others(layout, limits, chat_
 @pytest.mark.parametrize("operation", ["hold", "release", "retry", "complete", "requeue"])
 def test_operations_in_the_wrong_state_say_so(layout, limits, chat_file, operation):
     # hold needs a pending item and release a held one: give each the other kind.
-    item_id = spool.enqueue(layout, chat_file(), limits=limits, hold=(operation != "release")).id
+    item_id = intake.enqueue(layout, chat_file(), limits=limits, hold=(operation != "release")).id
     calls = {
         "hold": lambda: spool.hold(layout, item_id),
         "release": lambda: spool.release(layout, item_id),
@@ -171,7 +171,7 @@ def test_ids_with_path_tricks_are_refused(layout, bad_id):
 
 
 def test_a_corrupt_meta_is_listed_with_its_problem_and_retry_rebuilds_it(layout, limits, chat_file):
-    item_id = spool.enqueue(layout, chat_file(records=4), limits=limits).id
+    item_id = intake.enqueue(layout, chat_file(records=4), limits=limits).id
     spool.claim_next(layout, utc_now())
     spool.fail(layout, item_id, "boom")
     item = spool.find(layout, item_id)
@@ -186,21 +186,21 @@ def test_a_corrupt_meta_is_listed_with_its_problem_and_retry_rebuilds_it(layout,
 def test_foreign_entries_in_spool_dirs_are_ignored(layout, limits, chat_file):
     (layout.pending(Priority.NORMAL) / "notes.txt").write_text("hello")
     (layout.pending(Priority.NORMAL) / "random-dir").mkdir()
-    item_id = spool.enqueue(layout, chat_file(), limits=limits).id
+    item_id = intake.enqueue(layout, chat_file(), limits=limits).id
     assert [i.id for i in spool.list_items(layout, [ItemState.PENDING])] == [item_id]
     assert spool.claim_next(layout, utc_now()).id == item_id
 
 
 def test_counts_split_pending_by_priority(layout, limits, chat_file):
-    spool.enqueue(layout, chat_file(), limits=limits, priority=Priority.LOW)
-    spool.enqueue(layout, chat_file(), limits=limits, priority=Priority.LOW)
-    spool.enqueue(layout, chat_file(), limits=limits, hold=True)
+    intake.enqueue(layout, chat_file(), limits=limits, priority=Priority.LOW)
+    intake.enqueue(layout, chat_file(), limits=limits, priority=Priority.LOW)
+    intake.enqueue(layout, chat_file(), limits=limits, hold=True)
     c = spool.counts(layout)
     assert (c["pending"], c["pending.low"], c["pending.high"], c["held"]) == (2, 2, 0, 1)
 
 
 def test_every_published_file_is_complete_and_group_readable(layout, limits, chat_file):
-    item_id = spool.enqueue(layout, chat_file(), limits=limits).id
+    item_id = intake.enqueue(layout, chat_file(), limits=limits).id
     item = spool.find(layout, item_id)
     for path in (item.data_path, item.meta_path):
         mode = os.stat(path).st_mode & 0o777

@@ -11,7 +11,6 @@ import contextlib
 import errno
 import fcntl
 import os
-import secrets
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,7 +30,7 @@ def fsync_dir(path: Path) -> None:
 
 def write_atomic(staging: Path, dest: Path, data: bytes, *, mode: int = FILE_MODE) -> None:
     """Publish ``data`` as ``dest``: write in ``staging``, fsync, rename, fsync(dest's dir)."""
-    tmp = staging / f"{dest.name}.{secrets.token_hex(6)}.tmp"
+    tmp = staging / f"{dest.name}.{os.urandom(6).hex()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # marks the file as live for sweep_staging

@@ -7,8 +7,8 @@ checked against the exact pattern before it touches a path, so ``../x`` can neve
 
 from __future__ import annotations
 
+import os
 import re
-import secrets
 import time
 from datetime import datetime, timezone
 
@@ -21,7 +21,7 @@ def new_id(now_ns: int | None = None) -> str:
     ns = time.time_ns() if now_ns is None else now_ns
     seconds, micros = divmod(ns // 1000, 1_000_000)
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(seconds))
-    return f"{stamp}.{micros:06d}Z-{secrets.token_hex(4)}"
+    return f"{stamp}.{micros:06d}Z-{os.urandom(4).hex()}"
 
 
 def is_id(text: str) -> bool:

@@ -1,7 +1,7 @@
 """The spool: a queue of items as directories, moved between states by atomic renames.
 
-Functions over a ``Layout``, no classes with state. Enqueueing stages a new item in
-``tmp/`` and publishes it with one rename, so it needs no lock. Every change to an existing
+Functions over a ``Layout``, no classes with state. New items come in through
+``trainer.intake`` (staged in ``tmp/``, published with one rename, no lock). Every change to an existing
 item (claim, hold, retry, ...) runs under the spool lock, a brief exclusive flock, so
 concurrent trainctl processes and the daemon never lose an update or an item. Readers
 (status, list) take no lock: every state they can see is a complete one.
@@ -12,23 +12,19 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import stat
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from pathlib import Path
 
 from trainer import events
 from trainer.config import SpoolConfig
-from trainer.errors import InvalidData, NoSuchItem, WrongState
-from trainer.fsutil import StagingDir, exclusive_lock, rename_durably, write_atomic
-from trainer.ids import check_id, is_id, new_id
-from trainer.item import DATA_NAME, META_NAME, Item, ItemError, ItemMeta, load_item
+from trainer.errors import NoSuchItem, WrongState
+from trainer.fsutil import exclusive_lock, rename_durably, write_atomic
+from trainer.ids import check_id, is_id
+from trainer.item import Item, ItemError, ItemMeta, load_item
 from trainer.layout import Layout
 from trainer.states import Event, ItemState, Priority
 from trainer.timefmt import iso, parse_iso, utc_now
-from trainer.validate import Report, validate_stream
-
-_COPY_CHUNK = 1 << 20
 
 
 # --- reading -------------------------------------------------------------------------------
@@ -83,12 +79,19 @@ def list_items(layout: Layout, states: Iterable[ItemState]) -> list[Item]:
     return found
 
 
+def _count(directory: Path) -> int:
+    try:
+        return sum(1 for name in os.listdir(directory) if is_id(name))
+    except FileNotFoundError:
+        return 0
+
+
 def counts(layout: Layout) -> dict[str, int]:
     """How many items each state holds (pending split by priority): one listdir each."""
-    result = {f"pending.{p.value}": len(_entries(layout.pending(p))) for p in Priority}
+    result = {f"pending.{p.value}": _count(layout.pending(p)) for p in Priority}
     result["pending"] = sum(result[f"pending.{p.value}"] for p in Priority)
     for state in (ItemState.ACTIVE, ItemState.HELD, ItemState.FAILED, ItemState.DONE):
-        result[state.value] = len(_entries(layout.state_dir(state)))
+        result[state.value] = _count(layout.state_dir(state))
     return result
 
 
@@ -100,92 +103,6 @@ def active_item(layout: Layout) -> Item | None:
         return load_item(layout.state_dir(ItemState.ACTIVE) / ids[0], ItemState.ACTIVE, None)
     except FileNotFoundError:
         return None
-
-
-# --- enqueueing ----------------------------------------------------------------------------
-
-def _open_regular_file(path: Path) -> int:
-    # O_NONBLOCK: opening a fifo must not wait for a writer; it is refused just below.
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except FileNotFoundError:
-        raise InvalidData(f"{path}: no such file") from None
-    except PermissionError:
-        raise InvalidData(f"{path}: permission denied: make it readable (chmod u+r) and enqueue it again") from None
-    except IsADirectoryError:
-        raise InvalidData(f"{path}: is a directory: enqueue the .jsonl files inside it") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise InvalidData(f"{path}: not a regular file (fifo, device or socket): enqueue a regular .jsonl file")
-    return fd
-
-
-def copy_validated(src_fd: int, dest: Path, limits: SpoolConfig) -> Report:
-    """Copy ``src_fd`` to ``dest`` while validating and hashing it, in one streaming pass.
-
-    What is validated is exactly what is queued, even if the source changes meanwhile.
-    """
-    out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o640)
-    try:
-        def sink(chunk: bytes) -> None:
-            view = memoryview(chunk)
-            while view:
-                view = view[os.write(out, view):]
-
-        report = validate_stream(
-            lambda n: os.read(src_fd, n),
-            max_line_bytes=limits.max_line_bytes,
-            max_file_bytes=limits.max_file_bytes,
-            sink=sink,
-            chunk_size=_COPY_CHUNK,
-        )
-        os.fsync(out)
-    finally:
-        os.close(out)
-    return report
-
-
-def _new_meta(item_id: str, name: str, source: str, report: Report, priority: Priority) -> ItemMeta:
-    return ItemMeta(
-        id=item_id, name=name, source=source, sha256=report.sha256, size=report.size,
-        records=report.records, enqueued_at=iso(utc_now()), priority=priority,
-    )
-
-
-def enqueue(
-    layout: Layout,
-    src: Path,
-    *,
-    limits: SpoolConfig,
-    priority: Priority = Priority.NORMAL,
-    hold: bool = False,
-) -> ItemMeta:
-    """Validate and copy ``src`` into the queue; raise ``InvalidData`` and add nothing if bad.
-
-    The user's file is only read. The new item appears with one rename, complete.
-    """
-    fd = _open_regular_file(src)
-    try:
-        item_id = new_id()
-        with StagingDir(layout.tmp, item_id) as stage:
-            report = copy_validated(fd, stage.path / DATA_NAME, limits)
-            if not report.ok:
-                raise InvalidData(
-                    f"{src}: invalid training data, nothing was queued "
-                    f"({report.problem_count} problem{'s' if report.problem_count != 1 else ''})",
-                    report.describe(str(src)),
-                )
-            meta = _new_meta(item_id, src.name, "enqueue", report, priority)
-            write_atomic(stage.path, stage.path / META_NAME, meta.to_json())
-            dest = layout.state_dir(ItemState.HELD) if hold else layout.pending(priority)
-            stage.publish(dest / item_id)
-    finally:
-        os.close(fd)
-    events.append(
-        layout, Event.ENQUEUED, item_id, name=meta.name, priority=priority.value,
-        records=meta.records, size=meta.size, sha256=meta.sha256, held=hold,
-    )
-    return meta
 
 
 # --- changing existing items (always under the spool lock) ---------------------------------
@@ -256,7 +173,11 @@ def move(layout: Layout, item_id: str, priority: Priority) -> Item:
 def retry(layout: Layout, item_id: str, limits: SpoolConfig) -> Item:
     """Send a failed item back to its queue with its attempts reset (errors are kept)."""
     def change(item: Item):
-        meta = item.meta or rebuild_meta(item, limits)
+        meta = item.meta
+        if meta is None:
+            from trainer.intake import rebuild_meta  # rare; keeps validation out of status's imports
+
+            meta = rebuild_meta(item, limits)
         meta = dataclasses.replace(meta, attempts=0, not_before=None)
         _write_meta(layout, item, meta)
         return _move(layout, item, ItemState.PENDING, meta.priority), Event.RETRIED, {}
@@ -284,20 +205,6 @@ def remove(layout: Layout, item_id: str) -> Item:
         return item, Event.REMOVED, {"state": item.state.value}
     allowed = {ItemState.PENDING, ItemState.HELD, ItemState.FAILED, ItemState.DONE}
     return _change(layout, item_id, allowed, "remove", change)
-
-
-def rebuild_meta(item: Item, limits: SpoolConfig) -> ItemMeta:
-    """Recreate lost or corrupt metadata from the data file itself."""
-    try:
-        fd = os.open(item.data_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError as exc:
-        raise WrongState(f"{item.id}: metadata and data both unreadable ({exc.strerror}): remove it") from None
-    try:
-        report = validate_stream(lambda n: os.read(fd, n), max_line_bytes=limits.max_line_bytes,
-                                 max_file_bytes=limits.max_file_bytes)
-    finally:
-        os.close(fd)
-    return _new_meta(item.id, DATA_NAME, "recovered", report, item.priority or Priority.NORMAL)
 
 
 # --- the daemon's side ---------------------------------------------------------------------
@@ -374,12 +281,3 @@ def set_cursor(layout: Layout, item_id: str, cursor: dict) -> Item:
         return dataclasses.replace(item, meta=meta), None, {}
     return _change(layout, item_id, {ItemState.ACTIVE}, "record a cursor for", change)
 
-
-def check_file(src: Path, limits: SpoolConfig) -> Report:
-    """Validate ``src`` without queueing it (a batch is checked whole before any is queued)."""
-    fd = _open_regular_file(src)
-    try:
-        return validate_stream(lambda n: os.read(fd, n), max_line_bytes=limits.max_line_bytes,
-                               max_file_bytes=limits.max_file_bytes, chunk_size=_COPY_CHUNK)
-    finally:
-        os.close(fd)

@@ -6,7 +6,7 @@ lock *and* its heartbeat is fresh: a killed daemon's state file says "training" 
 
 from __future__ import annotations
 
-import shutil
+import os
 from datetime import datetime
 
 from trainer import control, spool
@@ -81,10 +81,10 @@ def collect(layout: Layout, config: Config, now: datetime) -> dict:
     if current is not None:
         active = {"id": current.id, "name": current.meta.name if current.meta else None,
                   "records": current.meta.records if current.meta else None}
-    usage = shutil.disk_usage(layout.root)
+    fs = os.statvfs(layout.root)
     return summarize(
         holder=lock_holder(layout), state=state, state_problem=problem,
         requests=control.read_requests(layout), queues=spool.counts(layout), active=active,
-        disk={"free_bytes": usage.free, "total_bytes": usage.total},
+        disk={"free_bytes": fs.f_bavail * fs.f_frsize, "total_bytes": fs.f_blocks * fs.f_frsize},
         now=now, stale_after_s=config.daemon.stale_after_seconds, base_dir=str(layout.root),
     )
