@@ -31,14 +31,16 @@ from trainer.layout import init_base  # noqa: E402
 from trainer.states import Priority  # noqa: E402
 
 
-def wall(argv: list[str], runs: int) -> float:
-    """Median wall seconds of running argv to completion."""
-    times = []
+def walls(commands: dict[str, list[str]], runs: int) -> dict[str, float]:
+    """Median wall seconds of each command, run round-robin so that the machine's drift
+    (a noisy neighbour, a warming cache) weighs on every command alike."""
+    times: dict[str, list[float]] = {label: [] for label in commands}
     for _ in range(runs):
-        start = time.perf_counter()
-        subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for label, argv in commands.items():
+            start = time.perf_counter()
+            subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
+            times[label].append(time.perf_counter() - start)
+    return {label: statistics.median(values) for label, values in times.items()}
 
 
 def trainctl(base: Path, *args: str) -> list[str]:
@@ -81,7 +83,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--items", type=int, default=10_000)
     parser.add_argument("--files", type=int, default=1_000)
-    parser.add_argument("--runs", type=int, default=15)
+    parser.add_argument("--runs", type=int, default=21)
     args = parser.parse_args()
     # Measure start-up as an installed copy runs: with bytecode cached. (Where
     # PYTHONDONTWRITEBYTECODE is set, every run would otherwise recompile the project.)
@@ -96,13 +98,18 @@ def main() -> None:
         fill(full, args.items, sample)
         fill_s = time.perf_counter() - start
 
-        floor = wall([sys.executable, "-c", "pass"], args.runs)
-        deps = wall([sys.executable, "-c", "import click, orjson, psutil"], args.runs)
-        rows = [("`python -c pass`", floor), ("import click+orjson+psutil", deps)]
-        for label, base in (("0", empty), (f"{args.items:,}", full)):
-            rows.append((f"`trainctl status`, {label} pending", wall(trainctl(base, "status"), args.runs)))
-        rows.append((f"`trainctl status --json`, {args.items:,} pending", wall(trainctl(full, "status", "--json"), args.runs)))
-        rows.append((f"`trainctl list`, {args.items:,} pending", wall(trainctl(full, "list"), max(3, args.runs // 5))))
+        many = f"{args.items:,} pending"
+        commands = {
+            "`python -c pass`": [sys.executable, "-c", "pass"],
+            "import click+orjson (trainctl's dependencies)": [sys.executable, "-c", "import click, orjson"],
+            "`trainctl status`, 0 pending": trainctl(empty, "status"),
+            f"`trainctl status`, {many}": trainctl(full, "status"),
+            f"`trainctl status --json`, {many}": trainctl(full, "status", "--json"),
+            f"`trainctl list`, {many}": trainctl(full, "list"),
+        }
+        medians = walls(commands, args.runs)
+        floor = medians["`python -c pass`"]
+        rows = list(medians.items())
 
         files = make_files(work / "files", args.files)
         start = time.perf_counter()

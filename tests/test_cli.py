@@ -275,3 +275,20 @@ def test_a_user_outside_the_group_gets_one_line_naming_the_path(layout, chat_fil
         line = _one_line_error(result)
         assert "permission denied" in line and str(layout.root) in line and "usermod" in line
     assert spool.counts(layout)["pending"] == 0 and os.listdir(layout.control) == []
+
+
+def test_the_base_dir_comes_from_the_environment(layout, chat_file):
+    result = subprocess.run([sys.executable, "-m", "ctl", "enqueue", str(chat_file())], capture_output=True,
+                            text=True, cwd=REPO, env={**os.environ, "TRAINER_BASE_DIR": str(layout.root)})
+    assert result.returncode == 0 and spool.counts(layout)["pending"] == 1
+
+
+def test_status_watch_refreshes_until_interrupted(layout, fake_daemon):
+    fake_daemon(layout.root)
+    watcher = subprocess.Popen([sys.executable, "-m", "ctl", "--base-dir", str(layout.root), "status", "--watch"],
+                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(2.5)
+    watcher.send_signal(signal.SIGINT)
+    out, err = watcher.communicate(timeout=10)
+    assert watcher.returncode == 0 and "Traceback" not in err
+    assert out.count("daemon      running") >= 2

@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from trainer.errors import NoSuchItem
 
 ID_PATTERN = re.compile(r"\d{8}T\d{6}\.\d{6}Z-[0-9a-f]{8}")
+ID_LENGTH = len("20261128T194440.123456Z-3fa9c1b2")
 
 
 def new_id(now_ns: int | None = None) -> str:

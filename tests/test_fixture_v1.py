@@ -1,0 +1,60 @@
+"""A base dir written by format version 1, checked in: it must always load and work.
+
+If this test breaks, the on-disk format changed: bump FORMAT_VERSION and write a migration,
+never silently reinterpret what users already have on disk.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import orjson
+import pytest
+
+from conftest import trainctl
+from trainer import control, spool
+from trainer.config import Config
+from trainer.layout import open_base
+from trainer.states import ItemState, Priority
+from trainer.status import collect
+from trainer.timefmt import utc_now
+
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "base-v1"
+ACTIVE = "20261128T200014.292981Z-1e26cc0e"
+FAILED = "20261128T200014.287069Z-2b531fb3"
+HELD = "20261128T200014.290990Z-0932be69"
+
+
+@pytest.fixture
+def old_base(tmp_path: Path):
+    copy = tmp_path / "base"
+    shutil.copytree(FIXTURE, copy)
+    return open_base(copy)
+
+
+def test_every_item_of_the_v1_fixture_loads_in_its_state(old_base):
+    items = {item.id: item for item in spool.list_items(old_base, list(ItemState))}
+    assert {item.state for item in items.values()} == set(ItemState)
+    assert all(item.meta is not None for item in items.values()), [i.meta_problem for i in items.values()]
+    assert items[ACTIVE].meta.cursor == {"record": 1, "sha256": "fixture"}
+    assert items[FAILED].meta.attempts == 1
+    assert [e.message for e in items[FAILED].meta.errors] == ["CUDA out of memory", "loss is not finite for 8 steps"]
+    assert spool.counts(old_base)["pending.low"] == 1
+
+
+def test_the_v1_fixture_control_state_and_events_read_back(old_base):
+    assert control.read_requests(old_base).pause["reason"] == "fixture"
+    report = collect(old_base, Config(), utc_now())
+    assert report["daemon"]["liveness"] == "not-running" and report["daemon"]["last_state"] == "training"
+    assert report["paused"] is True
+
+
+def test_the_v1_fixture_still_works_through_trainctl(old_base):
+    assert trainctl(old_base.root, "list", "--all").returncode == 0
+    history = orjson.loads(trainctl(old_base.root, "history", "--json").stdout)
+    assert history["unreadable_lines"] == 0 and len(history["events"]) >= 10
+    assert trainctl(old_base.root, "retry", FAILED).returncode == 0
+    assert trainctl(old_base.root, "release", HELD).returncode == 0
+    spool.requeue(old_base, ACTIVE, reason="recovered", count_attempt=True)
+    assert spool.find(old_base, ACTIVE).priority is Priority.HIGH
