@@ -428,6 +428,19 @@ EXIT_FOR_ERROR = {
 }
 
 
+def _group_of(path: str | None) -> str:
+    """The group that owns ``path`` (or the nearest parent we may stat): the one to join."""
+    import grp
+
+    probe = Path(path) if path else None
+    while probe is not None and probe != probe.parent:
+        try:
+            return grp.getgrgid(os.stat(probe).st_gid).gr_name
+        except (OSError, KeyError):
+            probe = probe.parent
+    return "trainer"
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name="trainctl", standalone_mode=False)
@@ -443,8 +456,9 @@ def main(argv: list[str] | None = None) -> None:
             click.echo(line, err=True)
         sys.exit(EXIT_FOR_ERROR.get(type(exc), ExitCode.FAILED))
     except PermissionError as exc:
+        group = _group_of(exc.filename)
         note(f"permission denied: {exc.filename or exc}: run as the daemon's user or join its group "
-             f"(sudo usermod -aG trainer $USER, then log in again)")
+             f"(sudo usermod -aG {group} $USER, then log in again)")
         sys.exit(ExitCode.NO_PERMISSION)
     except BrokenPipeError:
         # The reader went away (trainctl list | head): not an error worth a traceback.

@@ -87,3 +87,17 @@ def fake_daemon():
     yield start
     for daemon in started:
         daemon.stop()
+
+
+@pytest.fixture
+def open_layout():
+    """An initialised base dir whose parents any user can traverse (pytest's tmp_path is
+    private to its owner), for tests that act as another user."""
+    import shutil
+    import tempfile
+
+    parent = Path(tempfile.mkdtemp(prefix="trainer-test-"))
+    os.chmod(parent, 0o755)
+    base, _ = init_base(parent / "base", default_config_toml())
+    yield base
+    shutil.rmtree(parent, ignore_errors=True)

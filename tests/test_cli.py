@@ -261,10 +261,10 @@ def _nobody():
 
 @pytest.mark.skipif(os.geteuid() != 0 or _nobody() is None or shutil.which("setpriv") is None,
                     reason="needs root (to act as another user) and setpriv")
-def test_a_user_outside_the_group_gets_one_line_naming_the_path(layout, chat_file):
-    os.chmod(layout.root.parent, 0o755)
-    src = chat_file()
-    os.chmod(src.parent, 0o755)
+def test_a_user_outside_the_group_gets_one_line_naming_the_path(open_layout, chat_file):
+    layout = open_layout
+    src = open_layout.root.parent / "data.jsonl"
+    shutil.copy(chat_file(), src)
     os.chmod(src, 0o644)
     uid = _nobody()
     as_nobody = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
@@ -274,6 +274,7 @@ def test_a_user_outside_the_group_gets_one_line_naming_the_path(layout, chat_fil
         assert result.returncode == ExitCode.NO_PERMISSION, (args, result.stderr)
         line = _one_line_error(result)
         assert "permission denied" in line and str(layout.root) in line and "usermod" in line
+        assert "FORMAT" not in line, "the base dir itself is readable: the refusal is the spool's"
     assert spool.counts(layout)["pending"] == 0 and os.listdir(layout.control) == []
 
 

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -116,15 +117,41 @@ def test_an_empty_inbox_file_fails_with_a_reason(layout, limits):
     assert "empty" in spool.find(layout, taken.item_id).meta.errors[0].message
 
 
-def test_an_unreadable_inbox_file_fails_with_the_fix(layout, limits, chat_file):
-    if os.geteuid() == 0:
-        pytest.skip("root reads any file; the permission check needs an ordinary user")
+def _as_daemon_user():
+    """argv prefix running a command as an unprivileged user, so permissions really apply."""
+    import pwd
+    import shutil
+
+    if os.geteuid() != 0:
+        return [], os.geteuid()
+    if shutil.which("setpriv") is None:
+        pytest.skip("root reads any file, and setpriv is missing to drop to another user")
+    uid = pwd.getpwnam("nobody").pw_uid
+    return ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"], uid
+
+
+def test_an_unreadable_inbox_file_fails_with_the_fix(open_layout, chat_file):
+    layout = open_layout
+    prefix, uid = _as_daemon_user()
     path = layout.inbox / "private.jsonl"
     os.rename(chat_file(), path)
-    os.chmod(path, 0)
-    taken = ingest(layout, "private.jsonl", limits)
-    assert taken.state is ItemState.FAILED
-    assert "chmod g+r" in spool.find(layout, taken.item_id).meta.errors[0].message
+    if prefix:  # the daemon's user owns the base dir; the dropped file is someone else's
+        for p in [layout.root, *layout.root.rglob("*")]:
+            os.chown(p, uid, uid)
+        os.chown(path, 0, 0)
+    os.chmod(path, 0o600 if prefix else 0)
+    code = ("import sys\nfrom pathlib import Path\nfrom trainer.config import Config\n"
+            "from trainer.inbox import ingest\nfrom trainer.layout import open_base\n"
+            "taken = ingest(open_base(Path(sys.argv[1])), 'private.jsonl', Config().spool)\n"
+            "print(taken.item_id, taken.state.value)\n")
+    result = subprocess.run([*prefix, sys.executable, "-c", code, str(layout.root)],
+                            capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+    assert result.returncode == 0, result.stderr
+    item_id, state = result.stdout.split()
+    assert state == "failed"
+    item = spool.find(layout, item_id)
+    assert "permission denied" in item.meta.errors[0].message and "chmod g+r" in item.meta.errors[0].message
+    assert item.data_path.exists(), "the file is kept, not dropped"
 
 
 def test_settling_survives_clock_jumps():
