@@ -85,19 +85,25 @@ class StagingDir:
 
 
 def is_locked_by_someone(path: Path) -> bool:
-    """True when a live process holds an flock on ``path`` (never follows a symlink)."""
+    """True when a live process holds an exclusive flock on ``path``.
+
+    Probes with a non-blocking *shared* lock, dropped at once, so the probe itself can never
+    make an exclusive locker fail. A missing path or a symlink (never followed) is unlocked.
+    """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return False
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ELOOP):
+            return False
+        raise
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except OSError as exc:
         if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
             return True
         raise
     finally:
-        os.close(fd)  # closing drops the lock we may just have taken
+        os.close(fd)  # closing drops the shared lock we may just have taken
     return False
 
 

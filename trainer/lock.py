@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from trainer.errors import TrainerError
+from trainer.fsutil import is_locked_by_someone
 from trainer.layout import Layout
 
 
@@ -68,20 +69,7 @@ def read_lock_pid(path: Path) -> int | None:
 
 
 def lock_holder(layout: Layout) -> int | None:
-    """The pid of the daemon holding the lock (0 if it cannot be read), or None if free.
-
-    Probes with a non-blocking *shared* lock, dropped at once; it never blocks a daemon.
-    """
-    try:
-        fd = os.open(layout.daemon_lock, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except FileNotFoundError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError as exc:
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-            return read_lock_pid(layout.daemon_lock) or 0
-        raise
-    finally:
-        os.close(fd)
+    """The pid of the daemon holding the lock (0 if it cannot be read), or None if free."""
+    if is_locked_by_someone(layout.daemon_lock):
+        return read_lock_pid(layout.daemon_lock) or 0
     return None
