@@ -1,0 +1,148 @@
+"""Packing: examples share rows without attending to, or being positioned after, each other."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from trainer.sample_data import record  # noqa: E402
+from trainer.train.examples import IGNORE, Example, RecordEncoder  # noqa: E402
+from trainer.train.loss import forward_packed, summed_loss  # noqa: E402
+from trainer.train.packing import Packer, pack  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trainer.train.demo_model import build_demo_model
+
+    path = build_demo_model(tmp_path_factory.mktemp("model"))
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model.eval()
+    return model, AutoTokenizer.from_pretrained(path)
+
+
+def _examples(tokenizer, n, seed=0, max_length=256):
+    encoder = RecordEncoder(tokenizer, max_length=max_length)
+    rng = random.Random(seed)
+    return [encoder.encode(record(rng))[0] for _ in range(n)]
+
+
+def _alone(model, example: Example):
+    ids = torch.tensor([example.input_ids])
+    logits = model(input_ids=ids, use_cache=False).logits
+    return summed_loss(logits, torch.tensor([example.labels])).item(), example.target_count
+
+
+def _packed_losses(model, rows, examples, restart_positions=True):
+    """Per-example summed losses read back from the packed rows, in example order."""
+    ids = torch.tensor([r.input_ids for r in rows])
+    positions = torch.tensor([r.position_ids for r in rows])
+    if not restart_positions:
+        positions = torch.arange(ids.shape[1]).expand_as(ids)
+    logits = forward_packed(model, ids, positions)
+    per_token = torch.nn.functional.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]), torch.tensor([r.labels for r in rows]).reshape(-1),
+        ignore_index=IGNORE, reduction="none").reshape(ids.shape)
+    losses, row, offset, length = [], 0, 0, ids.shape[1]
+    for example in examples:  # where the packer put each example: in order, never split
+        n = len(example.input_ids)
+        if offset + n > length:
+            row, offset = row + 1, 0
+        assert rows[row].input_ids[offset:offset + n] == example.input_ids
+        losses.append(per_token[row, offset:offset + n].sum().item())
+        offset += n
+        if offset == length:
+            row, offset = row + 1, 0
+    return losses, logits
+
+
+def test_packed_batch_loss_equals_the_examples_computed_one_by_one(demo):
+    model, tokenizer = demo
+    examples = _examples(tokenizer, 24)
+    rows = pack(examples, row_length=256, pad_id=tokenizer.pad_token_id)
+    assert len(rows) < len(examples), "several examples share a row"
+    alone = [_alone(model, e) for e in examples]
+    with torch.no_grad():
+        packed, _ = _packed_losses(model, rows, examples)
+        ids = torch.tensor([r.input_ids for r in rows])
+        logits = forward_packed(model, ids, torch.tensor([r.position_ids for r in rows]))
+        total = summed_loss(logits, torch.tensor([r.labels for r in rows])).item()
+    for (loss, _), got in zip(alone, packed):
+        assert got == pytest.approx(loss, rel=1e-5, abs=1e-4)
+    targets = sum(count for _, count in alone)
+    assert total / targets == pytest.approx(sum(loss for loss, _ in alone) / targets, rel=1e-6)
+    per_example_means = [loss / count for loss, count in alone]
+    packed_means = [got / count for got, (_, count) in zip(packed, alone)]
+    assert sum(packed_means) / len(packed_means) == pytest.approx(sum(per_example_means) / len(per_example_means), rel=1e-5)
+
+
+def test_without_restarting_positions_the_examples_leak_into_each_other(demo):
+    """The control: the check above can fail, and does when packing is done naively."""
+    model, tokenizer = demo
+    examples = _examples(tokenizer, 24)
+    rows = pack(examples, row_length=256, pad_id=tokenizer.pad_token_id)
+    alone = [_alone(model, e)[0] for e in examples]
+    with torch.no_grad():
+        leaky, _ = _packed_losses(model, rows, examples, restart_positions=False)
+    assert any(abs(a - b) > 1e-3 for a, b in zip(alone, leaky))
+
+
+def test_rows_have_fixed_length_and_padding_learns_nothing(demo):
+    _, tokenizer = demo
+    examples = _examples(tokenizer, 40)
+    rows = pack(examples, row_length=128, pad_id=tokenizer.pad_token_id)
+    assert all(len(r) == 128 for r in rows)
+    assert sum(r.target_count for r in rows) == sum(e.target_count for e in examples)
+    for r in rows:
+        for token, label in zip(r.input_ids, r.labels):
+            if token == tokenizer.pad_token_id:
+                assert label == IGNORE
+
+
+def test_packer_state_round_trip_resumes_identically(demo):
+    _, tokenizer = demo
+    examples = _examples(tokenizer, 50)
+    whole = pack(examples, 128, tokenizer.pad_token_id)
+    first = Packer(128, tokenizer.pad_token_id)
+    rows = [r for e in examples[:23] for r in first.feed(e)]
+    resumed = Packer(128, tokenizer.pad_token_id)
+    resumed.restore(first.state())
+    rows += [r for e in examples[23:] for r in resumed.feed(e)] + list(resumed.flush())
+    assert [r.input_ids for r in rows] == [r.input_ids for r in whole]
+
+
+def test_chat_loss_covers_assistant_turns_only(demo):
+    _, tokenizer = demo
+    encoder = RecordEncoder(tokenizer, max_length=256)
+    messages = [{"role": "user", "content": "What is 2 plus 3?"}, {"role": "assistant", "content": "5."}]
+    example, truncated = encoder.encode({"messages": messages})
+    learned = [label for label in example.labels if label != IGNORE]
+    assert tokenizer.decode(learned) == "5.<|end|>" and not truncated
+    prompt, _ = encoder.encode({"prompt": "Say hi: ", "completion": "hi"})
+    assert tokenizer.decode([l for l in prompt.labels if l != IGNORE]) == "hi<|eos|>"
+
+
+def test_prefix_rendering_gives_the_same_mask_without_generation_markers(demo):
+    _, tokenizer = demo
+    exact = RecordEncoder(tokenizer, max_length=256)
+    prefix = RecordEncoder(tokenizer, max_length=256)
+    prefix._exact_chat_mask = False
+    rng = random.Random(3)
+    for _ in range(20):
+        rec = record(rng)
+        if "messages" in rec:
+            assert exact.encode(rec)[0] == prefix.encode(rec)[0]
+
+
+def test_overlong_examples_are_truncated_or_rejected(demo):
+    _, tokenizer = demo
+    long = {"text": "river stone " * 200}
+    truncated, was = RecordEncoder(tokenizer, max_length=32).encode(long)
+    assert was and len(truncated.input_ids) == 32
+    rejected, _ = RecordEncoder(tokenizer, max_length=32, overlong="reject").encode(long)
+    assert rejected is None

@@ -1,0 +1,130 @@
+"""Records to training examples: token ids and which tokens the model learns to produce.
+
+- chat ``messages``: rendered by the tokenizer's chat template; loss on assistant turns only
+  (exact, from the template's ``{% generation %}`` markers, or else by rendering each
+  prefix of the conversation and taking what every assistant turn adds);
+- ``prompt``/``completion``: loss on the completion (and the end-of-sequence token);
+- ``text``: loss on everything.
+
+An example over ``max_length`` tokens is truncated or rejected, as configured.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+IGNORE = -100  # the label PyTorch's cross-entropy skips
+
+
+@dataclass(frozen=True, slots=True)
+class Example:
+    """``labels[t]`` is the token the model should predict after reading ``input_ids[:t+1]``
+    (the next token), or IGNORE where nothing is learned."""
+
+    input_ids: list[int]
+    labels: list[int]
+
+    @property
+    def target_count(self) -> int:
+        return sum(1 for label in self.labels if label != IGNORE)
+
+
+def labels_from_mask(ids: list[int], learn: list[bool]) -> list[int]:
+    """Next-token labels: position t predicts ids[t+1] when that token is to be learned."""
+    labels = [ids[t + 1] if learn[t + 1] else IGNORE for t in range(len(ids) - 1)]
+    labels.append(IGNORE)
+    return labels
+
+
+@dataclass
+class TokenStats:
+    """What encoding an item's records found, kept in the item's metadata."""
+
+    examples: int = 0
+    truncated: int = 0
+    rejected: int = 0  # over max_length with overlong = "reject"
+    no_target: int = 0  # nothing to learn left (e.g. the answer was truncated away)
+    target_tokens: int = 0
+    lengths: list[int] = field(default_factory=list)
+
+    def add(self, example: Example | None, *, truncated: bool) -> None:
+        if example is None:
+            self.rejected += 1
+            return
+        self.examples += 1
+        self.truncated += truncated
+        targets = example.target_count
+        self.target_tokens += targets
+        self.no_target += targets == 0
+        self.lengths.append(len(example.input_ids))
+
+    def summary(self) -> dict:
+        ordered = sorted(self.lengths)
+        count = len(ordered)
+        return {
+            "examples": self.examples, "truncated": self.truncated, "rejected": self.rejected,
+            "no_target": self.no_target, "target_tokens": self.target_tokens,
+            "tokens": sum(ordered),
+            "mean": round(sum(ordered) / count, 1) if count else 0,
+            "p95": ordered[min(count - 1, int(0.95 * count))] if count else 0,
+            "max": ordered[-1] if count else 0,
+        }
+
+
+class RecordEncoder:
+    def __init__(self, tokenizer, *, max_length: int, overlong: str = "truncate") -> None:
+        if overlong not in ("truncate", "reject"):
+            raise ValueError(f"overlong must be 'truncate' or 'reject', got {overlong!r}")
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.overlong = overlong
+        template = tokenizer.chat_template or ""
+        self._exact_chat_mask = "generation" in template
+        self._bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+        self._eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+
+    def _tokens(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _chat(self, messages: list[dict]) -> tuple[list[int], list[bool]]:
+        if self._exact_chat_mask:
+            out = self.tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
+                                                     return_assistant_tokens_mask=True)
+            return list(out["input_ids"]), [bool(m) for m in out["assistant_masks"]]
+        # No generation markers: an assistant turn is what rendering it adds to the prefix
+        # rendered with its generation prompt (so the role header itself is not learned).
+        ids: list[int] = []
+        learn: list[bool] = []
+
+        def extend(rendered_ids: list[int], learned: bool) -> None:
+            new = list(rendered_ids)[len(ids):]
+            ids.extend(new)
+            learn.extend([learned] * len(new))
+
+        for end in range(1, len(messages) + 1):
+            if messages[end - 1]["role"] == "assistant":
+                header = self.tokenizer.apply_chat_template(messages[:end - 1], tokenize=True, return_dict=True,
+                                                            add_generation_prompt=True)
+                extend(header["input_ids"], False)
+            extend(self.tokenizer.apply_chat_template(messages[:end], tokenize=True, return_dict=True)["input_ids"],
+                   messages[end - 1]["role"] == "assistant")
+        return ids, learn
+
+    def encode(self, record: dict) -> tuple[Example | None, bool]:
+        """The example for one validated record and whether it was truncated (None: rejected)."""
+        if "messages" in record:
+            ids, learn = self._chat(record["messages"])
+        elif "text" in record:
+            body = self._tokens(record["text"])
+            ids = self._bos + body + self._eos
+            learn = [False] * len(self._bos) + [True] * (len(body) + len(self._eos))
+        else:
+            prompt, completion = self._tokens(record["prompt"]), self._tokens(record["completion"])
+            ids = self._bos + prompt + completion + self._eos
+            learn = [False] * (len(self._bos) + len(prompt)) + [True] * (len(completion) + len(self._eos))
+        truncated = len(ids) > self.max_length
+        if truncated:
+            if self.overlong == "reject":
+                return None, False
+            ids, learn = ids[: self.max_length], learn[: self.max_length]
+        return Example(ids, labels_from_mask(ids, learn)), truncated
