@@ -19,8 +19,9 @@ GiB = 1 << 30
 MiB = 1 << 20
 
 
-def _setting(default: Any, doc: str, *, minimum: float | None = None) -> Any:
-    return field(default=default, metadata={"doc": doc, "min": minimum})
+def _setting(default: Any, doc: str, *, minimum: float | None = None,
+             choices: tuple[str, ...] | None = None) -> Any:
+    return field(default=default, metadata={"doc": doc, "min": minimum, "choices": choices})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,9 +70,79 @@ class DaemonConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """[model]: what is trained, and how it is loaded."""
+
+    path: str = _setting(
+        "models/base",
+        "The Hugging Face model directory to start from (relative paths are inside the base dir). "
+        "Loaded from local files only; `trainctl init --demo` builds a tiny one here.",
+    )
+    lora: bool = _setting(False, "Train a LoRA adapter (peft) instead of every weight.")
+    lora_rank: int = _setting(16, "LoRA rank r.", minimum=1)
+    lora_alpha: float = _setting(32.0, "LoRA alpha (the update is scaled by alpha / r).", minimum=0)
+    lora_dropout: float = _setting(0.0, "Dropout on the LoRA path.", minimum=0)
+    lora_targets: str = _setting(
+        "all-linear", "Modules that get adapters: all-linear, or comma-separated module names.")
+    load_in_4bit: bool = _setting(
+        False, "QLoRA: load the base weights in 4 bits (needs CUDA and bitsandbytes, and lora = true).")
+    dtype: str = _setting(
+        "auto", "Weights' dtype: auto (bfloat16 on a GPU that supports it, else float32), "
+        "float32 or bfloat16.", choices=("auto", "float32", "bfloat16"))
+    device: str = _setting("auto", "auto (cuda if available), cpu, cuda, or cuda:N.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """[train]: the optimisation."""
+
+    max_length: int = _setting(1024, "Tokens per packed row; longer examples are truncated or rejected.",
+                               minimum=8)
+    overlong: str = _setting("truncate", "What happens to an example over max_length.",
+                             choices=("truncate", "reject"))
+    micro_batch_size: int = _setting(8, "Rows per forward pass (halved by itself after an out-of-memory "
+                                        "error, with accumulation doubled to keep the batch).", minimum=1)
+    grad_accum_steps: int = _setting(1, "Micro-batches per optimizer step.", minimum=1)
+    learning_rate: float = _setting(1e-4, "Peak learning rate.", minimum=0)
+    warmup_steps: int = _setting(20, "Linear warm-up, in optimizer steps counted over the model's whole "
+                                     "life (not per item).", minimum=0)
+    schedule: str = _setting(
+        "constant", "After warm-up: constant (continuous training never decays towards zero), or "
+        "cosine-per-item (down to min_lr_ratio within each item, back up for the next).",
+        choices=("constant", "cosine-per-item"))
+    min_lr_ratio: float = _setting(0.1, "Lowest learning rate of cosine-per-item, as a fraction of the peak.",
+                                   minimum=0)
+    weight_decay: float = _setting(0.0, "AdamW weight decay.", minimum=0)
+    max_grad_norm: float = _setting(1.0, "Gradient clipping norm (0 disables clipping).", minimum=0)
+    epochs_per_item: int = _setting(1, "Passes over each item's data.", minimum=1)
+    seed: int = _setting(0, "Seed for the first run; later runs restore the random state from checkpoints.")
+    max_nonfinite_steps: int = _setting(
+        4, "After this many optimizer steps in a row with a non-finite loss or gradient, the item fails "
+           "as transient and the weights roll back to the last checkpoint.", minimum=1)
+    deterministic: bool = _setting(
+        False, "Use deterministic kernels (slower on GPU); on CPU a resumed run is then bit-identical "
+               "to an uninterrupted one.")
+    log_every_steps: int = _setting(10, "A progress line in the log every this many optimizer steps.",
+                                    minimum=1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CheckpointConfig:
+    """[checkpoint]: how often training state is saved, and how much is kept."""
+
+    every_steps: int = _setting(100, "Save every this many optimizer steps (0: never by count).", minimum=0)
+    every_minutes: float = _setting(30.0, "Save at least this often while training (0: never by time).",
+                                    minimum=0)
+    keep_last: int = _setting(3, "Checkpoints kept (never fewer than the latest two).", minimum=2)
+
+
+@dataclass(frozen=True, kw_only=True)
 class Config:
     spool: SpoolConfig = field(default_factory=SpoolConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
 
 SECTIONS: dict[str, type] = {f.name: f.default_factory for f in dataclasses.fields(Config)}  # type: ignore[misc]
@@ -85,6 +156,9 @@ def _check_value(key: str, value: Any, spec: dataclasses.Field) -> Any:
         raise ConfigError(
             f"{key}: expected {expected.__name__}, got {type(value).__name__} {value!r}"
         )
+    choices = spec.metadata.get("choices")
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{key}: must be one of {', '.join(choices)}; got {value!r}")
     minimum = spec.metadata.get("min")
     if minimum is not None and value < minimum:
         raise ConfigError(f"{key}: must be >= {minimum}, got {value!r}")

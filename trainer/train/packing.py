@@ -24,6 +24,11 @@ class Row:
     input_ids: list[int] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
     position_ids: list[int] = field(default_factory=list)
+    content_length: int = -1  # tokens before padding (-1: the row is not padded)
+
+    def __post_init__(self) -> None:
+        if self.content_length < 0:
+            self.content_length = len(self.input_ids)
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -37,7 +42,7 @@ class Row:
         missing = row_length - len(self)
         # Padding is its own segment (positions restart at 0) and learns nothing.
         return Row(self.input_ids + [pad_id] * missing, self.labels + [IGNORE] * missing,
-                   self.position_ids + list(range(missing)))
+                   self.position_ids + list(range(missing)), len(self))
 
     @property
     def target_count(self) -> int:

@@ -1,0 +1,208 @@
+"""The checkpoint store: immutable, verified checkpoints that a crash can never half-write.
+
+    checkpoints/
+      step-000000001200-3f9a1c/   one checkpoint: weights, optimizer, rng, train_state.json,
+                                  and manifest.json, written last, with every file's size and sha256
+      LATEST                      names the newest committed checkpoint (atomically replaced)
+      quarantine/                 checkpoints that failed verification, with the reason beside them
+      .staging-*/                 a save in progress (removed if it fails; swept after a crash)
+
+A checkpoint exists only once its manifest does and it has been renamed into place.
+Checkpoints are ordered by the step and serial recorded in their manifests, never by name or
+mtime. This module never imports torch: the engine hands it a function that writes files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from trainer.fsutil import fsync_dir, write_atomic
+from trainer.timefmt import iso, utc_now
+
+log = logging.getLogger("trainer.checkpoint")
+
+MANIFEST = "manifest.json"
+LATEST = "LATEST"
+QUARANTINE = "quarantine"
+STAGING_PREFIX = ".staging-"
+MANIFEST_SCHEMA = 1
+_HASH_CHUNK = 1 << 22
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb", buffering=0) as fh:
+        while chunk := fh.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    path: Path
+    step: int
+    serial: int  # save order, breaking ties between checkpoints of the same step
+    manifest: dict
+
+    @property
+    def order(self) -> tuple[int, int]:
+        return (self.step, self.serial)
+
+
+class CorruptCheckpoint(Exception):
+    """A checkpoint failed verification."""
+
+
+def read_manifest(path: Path) -> dict:
+    try:
+        manifest = orjson.loads((path / MANIFEST).read_bytes())
+    except FileNotFoundError:
+        raise CorruptCheckpoint("no manifest (the save never completed)") from None
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise CorruptCheckpoint(f"unreadable manifest ({exc})") from None
+    if (not isinstance(manifest, dict) or manifest.get("schema") != MANIFEST_SCHEMA
+            or not isinstance(manifest.get("step"), int) or not isinstance(manifest.get("files"), dict)):
+        raise CorruptCheckpoint("manifest is not a checkpoint manifest")
+    return manifest
+
+
+def verify(path: Path) -> Checkpoint:
+    """Check every file against the manifest (presence, size, sha256); raise CorruptCheckpoint."""
+    manifest = read_manifest(path)
+    for name, expected in manifest["files"].items():
+        file = path / name
+        if "/" in name or name in (".", ".."):
+            raise CorruptCheckpoint(f"manifest names a path outside the checkpoint: {name!r}")
+        try:
+            size = file.stat().st_size
+        except FileNotFoundError:
+            raise CorruptCheckpoint(f"{name} is missing") from None
+        if size != expected.get("size"):
+            raise CorruptCheckpoint(f"{name} has {size} bytes, the manifest says {expected.get('size')}")
+        if file_digest(file) != expected.get("sha256"):
+            raise CorruptCheckpoint(f"{name} does not match its sha256 (corrupted on disk)")
+    return Checkpoint(path, manifest["step"], int(manifest.get("serial", 0)), manifest)
+
+
+class CheckpointStore:
+    def __init__(self, root: Path, *, keep_last: int = 3) -> None:
+        self.root = root
+        self.keep_last = max(2, keep_last)  # never fewer than the latest two
+        root.mkdir(parents=True, exist_ok=True)
+
+    # --- listing -------------------------------------------------------------------------
+
+    def _candidates(self) -> list[Path]:
+        try:
+            names = os.listdir(self.root)
+        except FileNotFoundError:
+            return []
+        return [self.root / n for n in names if n.startswith("step-") and (self.root / n).is_dir()]
+
+    def committed(self) -> list[Checkpoint]:
+        """Checkpoints whose manifest reads, oldest first by recorded step (not verified)."""
+        found = []
+        for path in self._candidates():
+            try:
+                manifest = read_manifest(path)
+            except CorruptCheckpoint:
+                continue
+            found.append(Checkpoint(path, manifest["step"], int(manifest.get("serial", 0)), manifest))
+        return sorted(found, key=lambda c: c.order)
+
+    def latest_valid(self) -> Checkpoint | None:
+        """The newest checkpoint that verifies; broken ones are moved to quarantine/."""
+        for path in self._candidates():
+            try:
+                read_manifest(path)
+            except CorruptCheckpoint as exc:
+                self.quarantine(path, str(exc))
+        for checkpoint in reversed(self.committed()):
+            try:
+                return verify(checkpoint.path)
+            except CorruptCheckpoint as exc:
+                self.quarantine(checkpoint.path, str(exc))
+        return None
+
+    def quarantine(self, path: Path, reason: str) -> Path:
+        """Move a broken checkpoint aside (never delete: it may hold what a person needs)."""
+        qdir = self.root / QUARANTINE
+        qdir.mkdir(exist_ok=True)
+        dest = qdir / path.name
+        n = 0
+        while dest.exists():
+            n += 1
+            dest = qdir / f"{path.name}.{n}"
+        os.rename(path, dest)
+        (qdir / f"{dest.name}.reason").write_text(f"{iso(utc_now())} {reason}\n")
+        fsync_dir(self.root)
+        log.warning("checkpoint %s is unusable (%s): moved to %s", path.name, reason, dest)
+        return dest
+
+    # --- saving --------------------------------------------------------------------------
+
+    def save(self, step: int, write: Callable[[Path], None], info: dict) -> Checkpoint:
+        """Write a checkpoint: ``write(dir)`` puts the files in a staging dir; then every file
+        is fsynced and hashed into the manifest, the dir is renamed into place, the parent is
+        fsynced and LATEST is replaced. On any error the staging dir is removed and the
+        previous checkpoints are untouched."""
+        previous = self.committed()
+        serial = (max(c.serial for c in previous) + 1) if previous else 1
+        name = f"step-{step:012d}-{os.urandom(3).hex()}"
+        staging = self.root / f"{STAGING_PREFIX}{name}"
+        try:
+            staging.mkdir()
+            write(staging)
+            files = {}
+            for file in sorted(staging.iterdir()):
+                _fsync_file(file)
+                files[file.name] = {"size": file.stat().st_size, "sha256": file_digest(file)}
+            manifest = {"schema": MANIFEST_SCHEMA, "step": step, "serial": serial, "created_at": iso(utc_now()),
+                        "files": files, **info}
+            write_atomic(staging, staging / MANIFEST, orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
+            final = self.root / name
+            os.rename(staging, final)
+            fsync_dir(self.root)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        write_atomic(self.root, self.root / LATEST, (name + "\n").encode())
+        checkpoint = Checkpoint(final, step, serial, manifest)
+        self.retain()
+        return checkpoint
+
+    def retain(self) -> list[Path]:
+        """Delete all but the newest ``keep_last`` committed checkpoints (by recorded step)."""
+        committed = self.committed()
+        doomed = committed[: max(0, len(committed) - self.keep_last)]
+        for checkpoint in doomed:
+            shutil.rmtree(checkpoint.path, ignore_errors=True)
+        if doomed:
+            fsync_dir(self.root)
+        return [c.path for c in doomed]
+
+    def sweep_staging(self) -> list[str]:
+        """Remove the staging dirs of saves that a crash interrupted (call before training)."""
+        removed = []
+        for name in os.listdir(self.root):
+            if name.startswith(STAGING_PREFIX) or (name.startswith(LATEST + ".") and name.endswith(".tmp")):
+                shutil.rmtree(self.root / name, ignore_errors=True) if (self.root / name).is_dir() \
+                    else os.unlink(self.root / name)
+                removed.append(name)
+        return removed

@@ -1,0 +1,113 @@
+"""An item's data as a resumable stream of packed rows.
+
+The cursor records how many records have been read, the packer's partly filled row and any
+rows formed but not yet trained on; restoring it yields exactly the rows an uninterrupted
+run would have produced next. Records are re-read from the (immutable) queued copy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+
+from trainer.train.examples import RecordEncoder, TokenStats
+from trainer.train.packing import Packer, Row
+
+
+def records(path: Path, skip: int = 0) -> Iterator[dict]:
+    """The file's records in order (blank lines and a leading BOM are not records)."""
+    seen = 0
+    with open(path, "rb") as fh:
+        for number, line in enumerate(fh):
+            if number == 0 and line.startswith(b"\xef\xbb\xbf"):
+                line = line[3:]
+            if not line.strip():
+                continue
+            seen += 1
+            if seen <= skip:
+                continue
+            yield orjson.loads(line)
+
+
+@dataclass
+class Cursor:
+    """Where training stands within an item (saved in every checkpoint)."""
+
+    item_id: str
+    sha256: str
+    epoch: int = 0
+    records_done: int = 0
+    packer: dict | None = None
+    pending_rows: list[dict] = field(default_factory=list)
+    item_step: int = 0  # optimizer steps taken on this item
+
+    def to_json(self) -> dict:
+        return {"item_id": self.item_id, "sha256": self.sha256, "epoch": self.epoch,
+                "records_done": self.records_done, "packer": self.packer,
+                "pending_rows": self.pending_rows, "item_step": self.item_step}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Cursor":
+        return cls(**data)
+
+
+def _row_json(row: Row) -> dict:
+    return {"input_ids": row.input_ids, "labels": row.labels, "position_ids": row.position_ids,
+            "content_length": row.content_length}
+
+
+class RowStream:
+    """Rows of one epoch from the cursor on; ``cursor`` stays current as rows are taken."""
+
+    def __init__(self, path: Path, encoder: RecordEncoder, cursor: Cursor, row_length: int, pad_id: int) -> None:
+        self.path = path
+        self.encoder = encoder
+        self.cursor = cursor
+        self.packer = Packer(row_length, pad_id)
+        self.packer.restore(cursor.packer)
+        self._pending = [Row(r["input_ids"], r["labels"], r["position_ids"], r["content_length"])
+                         for r in cursor.pending_rows]
+        self._records = records(path, skip=cursor.records_done)
+        self._exhausted = False
+
+    def _fill(self) -> bool:
+        """Read records until a row is ready; False at the end of the epoch."""
+        while not self._pending:
+            if self._exhausted:
+                return False
+            record = next(self._records, None)
+            if record is None:
+                self._exhausted = True
+                self._pending.extend(self.packer.flush())
+                continue
+            self.cursor.records_done += 1
+            example, _ = self.encoder.encode(record)
+            if example is not None:
+                self._pending.extend(self.packer.feed(example))
+        return True
+
+    def take(self, count: int) -> list[Row]:
+        """Up to ``count`` rows (fewer only at the end of the epoch)."""
+        rows = []
+        while len(rows) < count and self._fill():
+            rows.append(self._pending.pop(0))
+        self.cursor.packer = self.packer.state()
+        self.cursor.pending_rows = [_row_json(r) for r in self._pending]
+        return rows
+
+
+def survey(path: Path, encoder: RecordEncoder, row_length: int, pad_id: int) -> tuple[TokenStats, int]:
+    """One pass over the item: its token statistics and how many rows an epoch packs into."""
+    stats = TokenStats()
+    packer = Packer(row_length, pad_id)
+    rows = 0
+    for record in records(path):
+        example, truncated = encoder.encode(record)
+        stats.add(example, truncated=truncated)
+        if example is not None:
+            rows += sum(1 for _ in packer.feed(example))
+    rows += sum(1 for _ in packer.flush())
+    return stats, rows

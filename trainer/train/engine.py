@@ -1,0 +1,358 @@
+"""The training engine: continuous fine-tuning over items, with verified checkpoints.
+
+One ``Engine`` lives as long as the daemon. ``start`` loads the model and restores the
+newest valid checkpoint; ``prepare`` surveys an item; ``train`` runs optimizer steps over it
+and asks the caller after every step whether to go on. All mutable training state lives in
+``TrainState`` and is saved whole in every checkpoint, so killing the process at any moment
+and starting again continues from the last checkpoint as if nothing had happened.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import orjson
+import torch
+
+from trainer.config import Config
+from trainer.train import model as model_io
+from trainer.train.checkpoint import Checkpoint, CheckpointStore
+from trainer.train.data import Cursor, RowStream, survey
+from trainer.train.examples import RecordEncoder
+from trainer.train.loss import forward_packed, summed_loss
+from trainer.train.packing import Row
+from trainer.train.schedule import lr_at, should_checkpoint
+
+log = logging.getLogger("trainer.engine")
+
+LOSS_WINDOW = 50
+STATE_FILE = "train_state.json"
+WEIGHTS_FILE = "trainable.safetensors"
+OPTIMIZER_FILE = "optimizer.pt"
+RNG_FILE = "rng.pt"
+
+
+class ItemFailed(Exception):
+    """Training this item failed; ``transient`` failures may succeed on a later attempt."""
+
+    def __init__(self, reason: str, *, transient: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.transient = transient
+
+
+@dataclass
+class TrainState:
+    """Everything that changes while training, checkpointed whole."""
+
+    global_step: int = 0
+    tokens_seen: int = 0
+    loss_window: list[float] = field(default_factory=list)
+    micro_batch_size: int = 0  # 0 until set; shrinks for good after an out-of-memory error
+    cursor: dict | None = None  # the item in progress (data.Cursor), None between items
+    last_completed: dict | None = None  # {"item_id", "sha256"} of the last item finished
+
+    @property
+    def smoothed_loss(self) -> float | None:
+        return sum(self.loss_window) / len(self.loss_window) if self.loss_window else None
+
+
+@dataclass(frozen=True)
+class ItemPlan:
+    item_id: str
+    sha256: str
+    data_path: Path
+    rows_per_epoch: int
+    total_steps: int
+    stats: dict
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What the engine reports after each optimizer step."""
+
+    item_id: str
+    step: int
+    total: int
+    global_step: int
+    loss: float | None
+    smoothed_loss: float | None
+    lr: float
+    grad_norm: float | None
+    tokens: int
+    tokens_per_s: float
+    seconds_per_step: float
+    skipped: bool  # the step was not applied (non-finite loss)
+    checkpointed: bool
+
+
+def config_hash(config: Config) -> str:
+    """Hash of what decides the numbers (model and optimisation), stored in every checkpoint."""
+    return hashlib.sha256(orjson.dumps({"model": asdict(config.model), "train": asdict(config.train)},
+                                       option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+
+
+def _versions() -> dict:
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__}
+
+
+class Engine:
+    def __init__(self, base: Path, config: Config) -> None:
+        self.base = base
+        self.config = config
+        self.store = CheckpointStore(base / "checkpoints", keep_last=config.checkpoint.keep_last)
+        self.state = TrainState()
+        self.last_checkpoint: Checkpoint | None = None
+        self._nonfinite_in_a_row = 0
+
+    # --- start-up ------------------------------------------------------------------------
+
+    def start(self) -> Checkpoint | None:
+        """Load the model and restore the newest valid checkpoint (returned, or None)."""
+        cfg = self.config.train
+        if cfg.deterministic:
+            torch.use_deterministic_algorithms(True)
+        random.seed(cfg.seed)
+        torch.manual_seed(cfg.seed)
+        loaded = model_io.load(self.base, self.config.model)
+        self.model, self.tokenizer, self.device = loaded.model, loaded.tokenizer, loaded.device
+        self.params = model_io.trainable_parameters(self.model)
+        self.optimizer = torch.optim.AdamW(
+            self.params.values(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+            fused=self.device.type == "cuda")
+        self.encoder = RecordEncoder(self.tokenizer, max_length=cfg.max_length, overlong=cfg.overlong)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.state = TrainState(micro_batch_size=cfg.micro_batch_size)
+        swept = self.store.sweep_staging()
+        if swept:
+            log.info("removed %d interrupted checkpoint save(s): %s", len(swept), ", ".join(swept))
+        checkpoint = self.store.latest_valid()
+        if checkpoint is not None:
+            self._restore(checkpoint)
+        return checkpoint
+
+    # --- checkpoints ---------------------------------------------------------------------
+
+    def _write_checkpoint(self, directory: Path) -> None:
+        from safetensors.torch import save_file
+
+        save_file({name: p.detach().contiguous().cpu() for name, p in self.params.items()},
+                  str(directory / WEIGHTS_FILE))
+        torch.save(self.optimizer.state_dict(), directory / OPTIMIZER_FILE)
+        torch.save(_rng_state(), directory / RNG_FILE)
+        (directory / STATE_FILE).write_bytes(orjson.dumps(asdict(self.state), option=orjson.OPT_INDENT_2))
+
+    def checkpoint(self) -> Checkpoint:
+        """Save the whole training state (never weights that are not finite)."""
+        for name, p in self.params.items():
+            if not torch.isfinite(p).all():
+                raise ItemFailed(f"refusing to checkpoint non-finite weights ({name})", transient=True)
+        info = {"config_hash": config_hash(self.config), "versions": _versions(),
+                "item": (self.state.cursor or {}).get("item_id"), "tokens_seen": self.state.tokens_seen}
+        self.last_checkpoint = self.store.save(self.state.global_step, self._write_checkpoint, info)
+        self._since_checkpoint = (0, time.monotonic())
+        log.info("checkpoint %s saved at step %d", self.last_checkpoint.path.name, self.state.global_step)
+        return self.last_checkpoint
+
+    def _restore(self, checkpoint: Checkpoint) -> None:
+        from safetensors.torch import load_file
+
+        weights = load_file(str(checkpoint.path / WEIGHTS_FILE))
+        missing = set(self.params) - set(weights)
+        if missing:
+            raise RuntimeError(f"checkpoint {checkpoint.path.name} lacks {len(missing)} trained tensors "
+                               f"(was it made with another model or LoRA setting?)")
+        with torch.no_grad():
+            for name, p in self.params.items():
+                p.copy_(weights[name].to(p.device, p.dtype))
+        self.optimizer.load_state_dict(torch.load(checkpoint.path / OPTIMIZER_FILE, weights_only=True,
+                                                  map_location=self.device))
+        _set_rng_state(torch.load(checkpoint.path / RNG_FILE, weights_only=True))
+        self.state = TrainState(**orjson.loads((checkpoint.path / STATE_FILE).read_bytes()))
+        self.last_checkpoint = checkpoint
+        if checkpoint.manifest.get("config_hash") != config_hash(self.config):
+            log.warning("checkpoint %s was made with another model/train config; continuing with the "
+                        "current one", checkpoint.path.name)
+        log.info("restored checkpoint %s (step %d)", checkpoint.path.name, self.state.global_step)
+
+    def rollback(self) -> None:
+        """Back to the last checkpoint (or the loaded weights' state if there is none)."""
+        checkpoint = self.store.latest_valid()
+        if checkpoint is None:
+            raise ItemFailed("weights became non-finite and there is no checkpoint to roll back to",
+                             transient=False)
+        self._restore(checkpoint)
+
+    # --- items ---------------------------------------------------------------------------
+
+    def rows_per_step(self) -> int:
+        return self.config.train.micro_batch_size * self.config.train.grad_accum_steps
+
+    def prepare(self, item_id: str, sha256: str, data_path: Path) -> ItemPlan:
+        """Survey an item: token statistics and step count; fail it if nothing can be learned."""
+        stats, rows = survey(data_path, self.encoder, self.config.train.max_length, self.pad_id)
+        summary = stats.summary()
+        if summary["target_tokens"] == 0:
+            why = "every example would train on zero tokens"
+            if summary["rejected"]:
+                why += f" ({summary['rejected']} rejected as longer than train.max_length)"
+            elif summary["truncated"]:
+                why += f" ({summary['truncated']} truncated to train.max_length before any answer)"
+            raise ItemFailed(why, transient=False)
+        steps = math.ceil(rows / self.rows_per_step()) * self.config.train.epochs_per_item
+        return ItemPlan(item_id, sha256, data_path, rows, steps, summary)
+
+    def _cursor_for(self, plan: ItemPlan) -> Cursor:
+        saved = self.state.cursor
+        if saved and saved.get("item_id") == plan.item_id and saved.get("sha256") == plan.sha256:
+            return Cursor.from_json(saved)
+        if saved:
+            log.warning("the checkpoint was in the middle of item %s; starting %s from its beginning "
+                        "(the updates already made from %s stay)", saved.get("item_id"), plan.item_id,
+                        saved.get("item_id"))
+        return Cursor(plan.item_id, plan.sha256)
+
+    def already_trained(self, plan: ItemPlan) -> bool:
+        """True when the last checkpoint already finished this exact item (a crash came between
+        that checkpoint and the item being marked done): training it again would duplicate it."""
+        done = self.state.last_completed
+        return bool(done) and done.get("item_id") == plan.item_id and done.get("sha256") == plan.sha256
+
+    def train(self, plan: ItemPlan, after_step: Callable[[Progress], bool]) -> bool:
+        """Train on the item from its cursor. ``after_step`` returns False to stop early; then
+        a checkpoint is saved and False returned. True when the item is finished (and saved)."""
+        if self.already_trained(plan):
+            return True
+        cursor = self._cursor_for(plan)
+        self.state.cursor = cursor.to_json()
+        self._since_checkpoint = (0, time.monotonic())
+        epochs = self.config.train.epochs_per_item
+        while cursor.epoch < epochs:
+            stream = RowStream(plan.data_path, self.encoder, cursor, self.config.train.max_length, self.pad_id)
+            while rows := stream.take(self.rows_per_step()):
+                progress = self._optimizer_step(rows, cursor, plan)
+                steps_since, since = self._since_checkpoint
+                self._since_checkpoint = (steps_since + 1, since)
+                saved = False
+                if should_checkpoint(steps_since + 1, time.monotonic() - since, self.config.checkpoint):
+                    self.checkpoint()
+                    saved = True
+                if not after_step(_with(progress, checkpointed=saved)):
+                    if not saved:
+                        self.checkpoint()
+                    return False
+            cursor.epoch += 1
+            cursor.records_done, cursor.packer, cursor.pending_rows = 0, None, []
+            self.state.cursor = cursor.to_json()
+        self.state.cursor = None
+        self.state.last_completed = {"item_id": plan.item_id, "sha256": plan.sha256}
+        self.checkpoint()
+        return True
+
+    # --- one optimizer step --------------------------------------------------------------
+
+    def _optimizer_step(self, rows: list[Row], cursor: Cursor, plan: ItemPlan) -> Progress:
+        started = time.perf_counter()
+        targets = sum(row.target_count for row in rows)
+        tokens = sum(row.content_length for row in rows)
+        lr = lr_at(self.state.global_step, self.config.train, cursor.item_step, plan.total_steps)
+        loss, grad_norm, applied = None, None, False
+        if targets:
+            loss, grad_norm = self._gradients(rows, targets)
+            applied = math.isfinite(loss) and (grad_norm is None or math.isfinite(grad_norm))
+            if applied:
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                self.optimizer.step()
+                self._nonfinite_in_a_row = 0
+            else:
+                self._nonfinite_in_a_row += 1
+            self.optimizer.zero_grad(set_to_none=True)
+        cursor.item_step += 1
+        if applied:
+            self.state.global_step += 1
+            self.state.tokens_seen += tokens
+            self.state.loss_window = (self.state.loss_window + [loss])[-LOSS_WINDOW:]
+        self.state.cursor = cursor.to_json()
+        if self._nonfinite_in_a_row >= self.config.train.max_nonfinite_steps:
+            count = self._nonfinite_in_a_row
+            self._nonfinite_in_a_row = 0
+            self.rollback()
+            raise ItemFailed(f"loss or gradient not finite for {count} steps in a row; weights rolled back "
+                             f"to the last checkpoint", transient=True)
+        elapsed = time.perf_counter() - started
+        return Progress(plan.item_id, cursor.item_step, plan.total_steps, self.state.global_step, loss,
+                        self.state.smoothed_loss, lr, grad_norm, tokens, tokens / elapsed if elapsed else 0.0,
+                        elapsed, not applied, False)
+
+    def _gradients(self, rows: list[Row], targets: int) -> tuple[float, float | None]:
+        """Accumulate the step's gradients; on out-of-memory halve the micro-batch and redo."""
+        while True:
+            micro = self.state.micro_batch_size
+            try:
+                total = 0.0
+                for start in range(0, len(rows), micro):
+                    chunk = rows[start:start + micro]
+                    ids = torch.tensor([r.input_ids for r in chunk], device=self.device)
+                    positions = torch.tensor([r.position_ids for r in chunk], device=self.device)
+                    labels = torch.tensor([r.labels for r in chunk], device=self.device)
+                    logits = forward_packed(self.model, ids, positions)
+                    loss = summed_loss(logits, labels) / targets
+                    del logits
+                    loss.backward()
+                    total += loss.item()
+                break
+            except torch.OutOfMemoryError:
+                self.optimizer.zero_grad(set_to_none=True)
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                if micro == 1:
+                    raise ItemFailed("out of memory even at micro-batch 1: lower train.max_length or use "
+                                     "LoRA", transient=True) from None
+                self.state.micro_batch_size = micro // 2
+                log.warning("out of memory at micro-batch %d: retrying the step with %d (and twice the "
+                            "accumulation, so the batch is unchanged)", micro, micro // 2)
+        max_norm = self.config.train.max_grad_norm
+        if max_norm > 0:
+            norm = torch.nn.utils.clip_grad_norm_(self.params.values(), max_norm).item()
+        else:
+            norm = None
+        return total, norm
+
+
+def _with(progress: Progress, **changes) -> Progress:
+    from dataclasses import replace
+
+    return replace(progress, **changes)
+
+
+def _rng_state() -> dict:
+    import numpy as np
+
+    # Plain types and tensors only, so the file loads with torch.load(weights_only=True).
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": (name, keys.tolist(), pos, has_gauss, cached),
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    import numpy as np
+
+    random.setstate(state["python"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
