@@ -50,6 +50,8 @@ class Session:
     @property
     def config(self) -> Config:
         if self._config is None:
+            if self.config_path is not None and not self.config_path.exists():
+                raise ConfigError(f"--config {self.config_path}: no such file")
             self._config = load_config(self.config_path or self.layout.config_file)
         return self._config
 
@@ -108,38 +110,23 @@ def init(session: Session) -> None:
 def enqueue(session: Session, files: tuple[Path, ...], priority: str, hold: bool, move: bool, quiet: bool) -> None:
     """Validate FILES and queue copies of them; prints one id per file.
 
-    Either every file is queued or, if any is invalid, none is (exit 65).
+    Either every file is queued or, if any is invalid, none is (exit 65, every problem listed).
     """
     from trainer import intake  # here, not at the top: only enqueue pays for the validator
 
-    layout, limits = session.layout, session.config.spool
-    if len(files) > 1:
-        bad = []
-        for path in files:
-            try:
-                report = intake.check_file(path, limits)
-            except InvalidData as exc:
-                bad.append(str(exc))
-                continue
-            if not report.ok:
-                bad.append(f"{path}: invalid training data ({report.problem_count} problems)")
-                bad.extend(report.describe(str(path)))
-        if bad:
-            for line in bad:
-                click.echo(line, err=True)
-            note(f"nothing was queued: fix the files above (all {len(files)} are checked before any is queued)")
-            finish(ExitCode.DATA_INVALID)
-    for path in files:
-        meta = intake.enqueue(layout, path, limits=limits, priority=Priority(priority), hold=hold)
+    layout = session.layout
+    queued = intake.enqueue_batch(layout, list(files), limits=session.config.spool,
+                                  priority=Priority(priority), hold=hold)
+    for item in queued:
+        meta = item.meta
         if not quiet:
             click.echo(meta.id)
-            note(f"queued {path} as {meta.id} ({meta.records:,} records, {render.size(meta.size)}, "
+            note(f"queued {meta.name} as {meta.id} ({meta.records:,} records, {render.size(meta.size)}, "
                  f"{'held' if hold else priority})")
         if move:
-            try:
-                os.unlink(path)
-            except OSError as exc:
-                note(f"queued {path}, but could not delete it as --move asked: {exc.strerror}")
+            kept = intake.delete_source(item)
+            if kept:
+                note(f"kept {item.source} although --move was given: {kept}")
     if not quiet and control.read_requests(layout).pause is not None:
         note("the queue is paused: nothing trains until trainctl resume")
 
@@ -290,16 +277,22 @@ def release(session: Session, item_id: str) -> None:
 @click.option("--all-failed", is_flag=True, help="Retry every failed item.")
 @click.pass_obj
 def retry(session: Session, item_id: str | None, all_failed: bool) -> None:
-    """Send a failed item back to its queue with its attempts reset."""
+    """Send a failed item back to its queue with its attempts reset, once its data validates."""
     if (item_id is None) == (not all_failed):
         raise click.UsageError("give an ITEM_ID or --all-failed (not both)")
+    from trainer import intake  # retry validates the data again
+
     if all_failed:
-        retried = spool.retry_all_failed(session.layout, session.config.spool)
+        retried, left = intake.retry_all_failed(session.layout, session.config.spool)
         for rid in retried:
             click.echo(rid)
         note(f"{len(retried)} failed item{'s' if len(retried) != 1 else ''} queued again")
+        for line in left:
+            note(line)
+        if left:
+            finish(ExitCode.DATA_INVALID)
         return
-    spool.retry(session.layout, item_id, session.config.spool)
+    intake.retry(session.layout, item_id, session.config.spool)
     note(f"{item_id} queued again (attempts reset)")
 
 
@@ -323,13 +316,25 @@ def move_(session: Session, item_id: str, priority: str) -> None:
 
 
 def _inbox_waiting(layout: Layout) -> int:
-    from trainer.inbox import is_candidate_name
+    """Inbox files not yet taken, plus those being taken right now (staged with an origin)."""
+    from trainer.inbox import ORIGIN_NAME, is_candidate_name
 
-    try:
-        with os.scandir(layout.inbox) as entries:
-            return sum(1 for e in entries if is_candidate_name(e.name) and e.is_file(follow_symlinks=False))
-    except FileNotFoundError:
-        return 0
+    count = 0
+    with os.scandir(layout.inbox) as entries:
+        count += sum(1 for e in entries if is_candidate_name(e.name) and e.is_file(follow_symlinks=False))
+    with os.scandir(layout.tmp) as entries:
+        count += sum(1 for e in entries if os.path.lexists(os.path.join(e.path, ORIGIN_NAME)))
+    return count
+
+
+def _idle(layout: Layout) -> bool:
+    """Nothing in the inbox, pending or active. Read twice: a lock-free reader could look at
+    pending just before an item moves there from active, and at active just after."""
+    for _ in range(2):
+        q = spool.counts(layout)
+        if q["pending"] or q["active"] or _inbox_waiting(layout):
+            return False
+    return True
 
 
 @cli.command()
@@ -355,10 +360,8 @@ def wait(session: Session, item_id: str | None, idle: bool, timeout: float | Non
             if state is ItemState.FAILED:
                 note(f"{item_id} failed: trainctl show {item_id}")
                 finish(ExitCode.FAILED)
-        else:
-            q = spool.counts(layout)
-            if q["pending"] == 0 and q["active"] == 0 and _inbox_waiting(layout) == 0:
-                finish(ExitCode.OK)
+        elif _idle(layout):
+            finish(ExitCode.OK)
         if not _daemon_running(layout):
             note("the daemon is not running: nothing would ever finish")
             finish(ExitCode.NOT_RUNNING)
@@ -378,7 +381,7 @@ def history(session: Session, since: str | None, item_id: str | None, last: int 
     """The event log: what happened to which item, when."""
     try:
         since_at = render.parse_when(since, utc_now()) if since else None
-    except ValueError:
+    except (ValueError, OverflowError):
         raise click.BadParameter(f"{since!r}: use an ISO time (2026-11-28T09:00) or an age (30m, 2h, 7d)",
                                  param_hint="--since") from None
     log = events.read(session.layout, since=since_at, item_id=item_id)
@@ -464,6 +467,11 @@ def main(argv: list[str] | None = None) -> None:
         # The reader went away (trainctl list | head): not an error worth a traceback.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(ExitCode.OK)
+    except OSError as exc:
+        # A full disk, an I/O error, a name too long...: one line naming the path.
+        where = f"{render.display(exc.filename)}: " if exc.filename else ""
+        note(f"{where}{exc.strerror or exc}")
+        sys.exit(ExitCode.FAILED)
     except KeyboardInterrupt:
         sys.exit(130)
     sys.exit(ExitCode.OK)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 
-from trainer.item import Item
+from trainer.item import Item, display_name
+
+
+def display(value: object) -> str:
+    return display_name(value) if isinstance(value, str) else str(value)
 
 
 def size(n: int | None) -> str:
@@ -19,7 +24,7 @@ def size(n: int | None) -> str:
 
 
 def duration(seconds: float | None) -> str:
-    if seconds is None:
+    if not isinstance(seconds, (int, float)) or not math.isfinite(seconds):
         return "?"
     seconds = int(round(seconds))
     if seconds < 60:
@@ -84,19 +89,22 @@ def status_lines(status: dict) -> list[str]:
         lines.append(f"requests    {', '.join(status['requests'])} (waiting for the daemon)")
     checkpoint = status.get("last_checkpoint")
     if checkpoint:
-        lines.append(f"checkpoint  {checkpoint if isinstance(checkpoint, str) else _kv(checkpoint)}")
+        lines.append(f"checkpoint  {_kv(checkpoint)}")
     disk = status["disk"]
     lines.append(f"disk        {size(disk['free_bytes'])} free of {size(disk['total_bytes'])}")
     error = status.get("last_error")
     if error:
-        lines.append(f"last error  {error if isinstance(error, str) else _kv(error)}")
+        lines.append(f"last error  {_kv(error)}")
     if status["daemon"].get("state_problem"):
         lines.append(f"warning     {status['daemon']['state_problem']}")
     return lines
 
 
-def _kv(data: dict) -> str:
-    return ", ".join(f"{k} {v}" for k, v in data.items())
+def _kv(data: object) -> str:
+    # The daemon writes these; a damaged state file must still print, not crash status.
+    if isinstance(data, dict):
+        return ", ".join(f"{k} {v}" for k, v in data.items())
+    return str(data)
 
 
 def item_dict(item: Item) -> dict:

@@ -106,7 +106,7 @@ def test_fail_then_retry_resets_attempts_and_keeps_the_error_history(layout, lim
     spool.fail(layout, item_id, "loss is NaN")
     failed = spool.find(layout, item_id)
     assert failed.state is ItemState.FAILED and failed.meta.attempts == 1
-    spool.retry(layout, item_id, limits)
+    intake.retry(layout, item_id, limits)
     again = spool.find(layout, item_id)
     assert again.state is ItemState.PENDING and again.meta.attempts == 0
     assert [e.message for e in again.meta.errors] == ["crash", "loss is NaN"]
@@ -155,7 +155,7 @@ def test_operations_in_the_wrong_state_say_so(layout, limits, chat_file, operati
     calls = {
         "hold": lambda: spool.hold(layout, item_id),
         "release": lambda: spool.release(layout, item_id),
-        "retry": lambda: spool.retry(layout, item_id, limits),
+        "retry": lambda: intake.retry(layout, item_id, limits),
         "complete": lambda: spool.complete(layout, item_id),
         "requeue": lambda: spool.requeue(layout, item_id, reason="x"),
     }
@@ -178,7 +178,7 @@ def test_a_corrupt_meta_is_listed_with_its_problem_and_retry_rebuilds_it(layout,
     (item.path / META_NAME).write_bytes(b"\x00garbage{")
     listed = spool.list_items(layout, [ItemState.FAILED])
     assert listed[0].meta is None and "unreadable" in listed[0].meta_problem
-    spool.retry(layout, item_id, limits)
+    intake.retry(layout, item_id, limits)
     rebuilt = spool.find(layout, item_id)
     assert rebuilt.state is ItemState.PENDING and rebuilt.meta.records == 4
 

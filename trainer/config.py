@@ -200,6 +200,8 @@ def load_config(path: Path) -> Config:
         raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     except IsADirectoryError as exc:
         raise ConfigError(f"{path}: is a directory, not a config file") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config ({exc.strerror})") from exc
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from trainer.fsutil import write_atomic
+from trainer.fsutil import unlink_durably, write_atomic
 from trainer.layout import Layout
 from trainer.states import Liveness
 from trainer.timefmt import iso, parse_iso, utc_now
@@ -50,11 +50,8 @@ def _send(layout: Layout, request: Request, **fields: Any) -> dict:
 
 
 def _clear(layout: Layout, request: Request) -> bool:
-    try:
-        os.unlink(_request_path(layout, request))
-    except FileNotFoundError:
-        return False
-    return True
+    # Durable, so a lifted pause cannot come back after a power loss.
+    return unlink_durably(_request_path(layout, request))
 
 
 # --- sent by trainctl ----------------------------------------------------------------------

@@ -22,7 +22,9 @@ from trainer.timefmt import iso, parse_iso, utc_now
 def append(layout: Layout, event: Event, item_id: str | None, **details: object) -> None:
     record = {"t": iso(utc_now()), "event": event.value, "id": item_id, **details}
     line = orjson.dumps(record) + b"\n"
-    fd = os.open(layout.events, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+    # Every trainctl user appends here: created group-writable (init does it; this is the
+    # fallback for a base dir whose log was deleted).
+    fd = os.open(layout.events, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o660)
     try:
         os.write(fd, line)
     finally:

@@ -34,6 +34,7 @@ def write_atomic(staging: Path, dest: Path, data: bytes, *, mode: int = FILE_MOD
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # marks the file as live for sweep_staging
+        os.fchmod(fd, mode)  # the mode the group needs, whatever the writer's umask
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
@@ -46,6 +47,29 @@ def write_atomic(staging: Path, dest: Path, data: bytes, *, mode: int = FILE_MOD
     finally:
         os.close(fd)
     fsync_dir(dest.parent)
+
+
+def unlink_durably(path: Path) -> bool:
+    """Remove a file and make the removal durable; False if it was not there."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    fsync_dir(path.parent)
+    return True
+
+
+def rename_no_replace(src: Path, dest: Path) -> None:
+    """Move a regular file to ``dest`` unless something already has that name (FileExistsError).
+
+    link() refuses an existing name atomically, where an exists-check before rename() could
+    lose a file that appeared in between.
+    """
+    os.link(src, dest, follow_symlinks=False)
+    os.unlink(src)
+    fsync_dir(dest.parent)
+    if src.parent != dest.parent:
+        fsync_dir(src.parent)
 
 
 def rename_durably(src: Path, dest: Path) -> None:
@@ -66,14 +90,20 @@ class StagingDir:
         self._fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
         fcntl.flock(self._fd, fcntl.LOCK_EX)
         self.published = False
+        self._keep = False
 
     def publish(self, dest: Path) -> None:
         rename_durably(self.path, dest)
         self.published = True
 
+    def keep(self) -> None:
+        """Leave the directory for the recovery sweep instead of removing it on close (it
+        holds something that must not be deleted, such as a user's only copy of a file)."""
+        self._keep = True
+
     def close(self) -> None:
-        """Remove the directory unless it was published, then drop the lock."""
-        if not self.published:
+        """Remove the directory unless it was published or kept, then drop the lock."""
+        if not self.published and not self._keep:
             shutil.rmtree(self.path, ignore_errors=True)
         os.close(self._fd)
 
@@ -109,8 +139,16 @@ def is_locked_by_someone(path: Path) -> bool:
 
 @contextlib.contextmanager
 def exclusive_lock(path: Path) -> Iterator[int]:
-    """Hold an exclusive flock on ``path`` (created if missing) for the ``with`` body."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o660)
+    """Hold an exclusive flock on ``path`` for the ``with`` body.
+
+    Opened read-only (flock needs no write access), so any group member can lock a lock file
+    another member created; created if missing.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW, 0o660)
+        os.fchmod(fd, 0o660)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield fd

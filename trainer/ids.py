@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 
 from trainer.errors import NoSuchItem
 
-ID_PATTERN = re.compile(r"\d{8}T\d{6}\.\d{6}Z-[0-9a-f]{8}")
+ID_PATTERN = re.compile(r"[0-9]{8}T[0-9]{6}\.[0-9]{6}Z-[0-9a-f]{8}")  # ASCII digits only
 ID_LENGTH = len("20261128T194440.123456Z-3fa9c1b2")
 
 

@@ -20,9 +20,9 @@ import orjson
 
 from trainer import events
 from trainer.config import SpoolConfig
-from trainer.fsutil import StagingDir, rename_durably, write_atomic
+from trainer.fsutil import StagingDir, rename_durably, rename_no_replace, unlink_durably, write_atomic
 from trainer.ids import new_id
-from trainer.item import DATA_NAME, META_NAME, ItemError, ItemMeta
+from trainer.item import DATA_NAME, META_NAME, ItemError, ItemMeta, display_name
 from trainer.layout import Layout
 from trainer.states import Event, ItemState, Priority
 from trainer.timefmt import iso, utc_now
@@ -130,57 +130,84 @@ def _single_problem(reason: str) -> Report:
     return Report(records=0, size=0, sha256="", problems=(Problem(0, reason),), problem_count=1)
 
 
+def _origin(name: str) -> bytes:
+    # The raw bytes of the name, hex-encoded: an inbox name need not be valid UTF-8.
+    return orjson.dumps({"inbox_name_hex": os.fsencode(name).hex()})
+
+
+def origin_name(raw: bytes) -> str | None:
+    """The inbox name an origin record holds; None unless it is one plain file name."""
+    try:
+        data = orjson.loads(raw)
+        name = os.fsdecode(bytes.fromhex(data["inbox_name_hex"]))
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        return None
+    # Only a plain file name: a crafted origin must not move data outside the inbox.
+    if not name or "/" in name or "\0" in name or name in (".", ".."):
+        return None
+    return name
+
+
 def ingest(layout: Layout, name: str, limits: SpoolConfig, priority: Priority = Priority.NORMAL) -> Ingested | None:
     """Take ``inbox/name`` into the queue; ``None`` if it vanished or is not a regular file.
 
     The file is renamed (not copied) into a locked staging dir that records where it came
-    from, so a crash at any point either leaves it in the inbox or lets the recovery sweep
-    put it back. An invalid file is kept as a failed item with its problems, never dropped.
+    from. If anything fails before the item is published (a full disk, an I/O error, a
+    signal), the file goes straight back to the inbox; after a crash the recovery sweep puts
+    it back. An invalid file is kept as a failed item with its problems, never dropped.
     """
     item_id = new_id()
     with StagingDir(layout.tmp, item_id) as stage:
-        write_atomic(stage.path, stage.path / ORIGIN_NAME, orjson.dumps({"inbox_name": name}))
+        write_atomic(stage.path, stage.path / ORIGIN_NAME, _origin(name))
         staged = stage.path / DATA_NAME
         try:
             rename_durably(layout.inbox / name, staged)
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return None
-        if not stat.S_ISREG(os.lstat(staged).st_mode):
-            # Swapped for something else between scan and rename: not ours to open.
-            restore_to_inbox(layout, staged, name)
-            return None
-        report = _validate_staged(staged, limits)
-        state = ItemState.PENDING if report.ok else ItemState.FAILED
-        meta = ItemMeta(
-            id=item_id, name=name, source="inbox", sha256=report.sha256, size=report.size,
-            records=report.records, enqueued_at=iso(utc_now()), priority=priority,
-        )
-        problems = tuple(report.describe(name))
-        if not report.ok:
-            meta = meta.with_error(ItemError(at=meta.enqueued_at, kind="invalid",
-                                             message="; ".join(problems[:3])))
-        write_atomic(stage.path, stage.path / META_NAME, meta.to_json())
-        dest = layout.state_dir(state, priority if report.ok else None) / item_id
-        stage.publish(dest)
-    try:
-        os.unlink(dest / ORIGIN_NAME)
-    except FileNotFoundError:
-        pass
+        try:
+            if not stat.S_ISREG(os.lstat(staged).st_mode):
+                # Swapped for something else between scan and rename: not ours to open.
+                restore_to_inbox(layout, staged, name)
+                return None
+            report = _validate_staged(staged, limits)
+            state = ItemState.PENDING if report.ok else ItemState.FAILED
+            meta = ItemMeta(
+                id=item_id, name=display_name(name), source="inbox", sha256=report.sha256, size=report.size,
+                records=report.records, enqueued_at=iso(utc_now()), priority=priority,
+            )
+            problems = tuple(report.describe(display_name(name)))
+            if not report.ok:
+                meta = meta.with_error(ItemError(at=meta.enqueued_at, kind="invalid",
+                                                 message="; ".join(problems[:3])))
+            write_atomic(stage.path, stage.path / META_NAME, meta.to_json())
+            dest = layout.state_dir(state, priority if report.ok else None) / item_id
+            stage.publish(dest)
+        except BaseException:
+            if os.path.lexists(staged):
+                try:
+                    restore_to_inbox(layout, staged, name)
+                except OSError:
+                    stage.keep()  # cannot put it back now: the recovery sweep will
+            raise
+    unlink_durably(dest / ORIGIN_NAME)
     if report.ok:
-        events.append(layout, Event.ENQUEUED, item_id, name=name, source="inbox",
+        events.append(layout, Event.ENQUEUED, item_id, name=meta.name, source="inbox",
                       priority=priority.value, records=meta.records, size=meta.size, sha256=meta.sha256)
     else:
-        events.append(layout, Event.REJECTED, item_id, name=name, source="inbox",
+        events.append(layout, Event.REJECTED, item_id, name=meta.name, source="inbox",
                       reason=meta.errors[-1].message, problems=report.problem_count)
-    return Ingested(item_id, state, name, problems)
+    return Ingested(item_id, state, meta.name, problems)
 
 
 def restore_to_inbox(layout: Layout, path: Path, name: str) -> str:
-    """Put a staged inbox file back under its name (or a free variant of it); return that."""
-    candidate, n = name, 0
-    while os.path.lexists(layout.inbox / candidate):
-        n += 1
-        stem, dot, ext = name.rpartition(".")
-        candidate = f"{stem}.restored-{n}.{ext}" if dot and stem else f"{name}.restored-{n}"
-    rename_durably(path, layout.inbox / candidate)
-    return candidate
+    """Put a staged inbox file back under its name, or a free variant of it, never replacing a
+    file that arrived meanwhile; returns the name used."""
+    stem, dot, ext = name.rpartition(".")
+    for n in range(10_000):
+        candidate = name if n == 0 else (f"{stem}.restored-{n}.{ext}" if dot and stem else f"{name}.restored-{n}")
+        try:
+            rename_no_replace(path, layout.inbox / candidate)
+            return candidate
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free name in the inbox to put {name!r} back")

@@ -1,23 +1,25 @@
-"""Intake: how a file becomes a new item, validated, hashed and copied in one pass.
+"""Intake: how files become new items, validated, hashed and copied in one pass.
 
-The item is staged in a locked ``tmp/ID/`` and appears in its queue with one rename, so
-enqueueing needs no spool lock and a crash leaves only staging debris, never a half item.
-Kept apart from ``trainer.spool`` so that reading the queue (status, list) never pays for
-importing the validator.
+A batch is staged whole in one locked ``tmp/BATCH/`` (one sub-directory per item) and only
+published, one rename per item, once every file in it has passed: an invalid file means
+nothing is queued. Enqueueing needs no spool lock, and a crash leaves only staging debris
+(copies; the user's files are only ever read), never a half item. Kept apart from
+``trainer.spool`` so that reading the queue (status, list) never imports the validator.
 """
 
 from __future__ import annotations
 
 import os
 import stat
+from dataclasses import dataclass
 from pathlib import Path
 
-from trainer import events
+from trainer import events, spool
 from trainer.config import SpoolConfig
 from trainer.errors import InvalidData, WrongState
-from trainer.fsutil import StagingDir, write_atomic
+from trainer.fsutil import DIR_MODE, FILE_MODE, StagingDir, rename_durably, unlink_durably, write_atomic
 from trainer.ids import new_id
-from trainer.item import DATA_NAME, META_NAME, Item, ItemMeta
+from trainer.item import DATA_NAME, META_NAME, Item, ItemMeta, display_name
 from trainer.layout import Layout
 from trainer.states import Event, ItemState, Priority
 from trainer.timefmt import iso, utc_now
@@ -25,20 +27,26 @@ from trainer.validate import Report, validate_stream
 
 _COPY_CHUNK = 1 << 20
 
-def _open_regular_file(path: Path) -> int:
-    # O_NONBLOCK: opening a fifo must not wait for a writer; it is refused just below.
+
+def _open_regular_file(path: Path) -> tuple[int, os.stat_result]:
+    """Open a file to read it; every way that can fail is one line naming the file."""
+    shown = display_name(str(path))
     try:
+        # O_NONBLOCK: opening a fifo must not wait for a writer; it is refused just below.
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
-        raise InvalidData(f"{path}: no such file") from None
+        raise InvalidData(f"{shown}: no such file") from None
     except PermissionError:
-        raise InvalidData(f"{path}: permission denied: make it readable (chmod u+r) and enqueue it again") from None
-    except IsADirectoryError:
-        raise InvalidData(f"{path}: is a directory: enqueue the .jsonl files inside it") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        raise InvalidData(f"{shown}: permission denied: make it readable (chmod u+r) and enqueue it again") from None
+    except OSError as exc:
+        raise InvalidData(f"{shown}: cannot open it: {exc.strerror}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
         os.close(fd)
-        raise InvalidData(f"{path}: not a regular file (fifo, device or socket): enqueue a regular .jsonl file")
-    return fd
+        if stat.S_ISDIR(st.st_mode):
+            raise InvalidData(f"{shown}: is a directory: enqueue the .jsonl files inside it")
+        raise InvalidData(f"{shown}: not a regular file (fifo, device or socket): enqueue a regular .jsonl file")
+    return fd, st
 
 
 def copy_validated(src_fd: int, dest: Path, limits: SpoolConfig) -> Report:
@@ -46,87 +54,160 @@ def copy_validated(src_fd: int, dest: Path, limits: SpoolConfig) -> Report:
 
     What is validated is exactly what is queued, even if the source changes meanwhile.
     """
-    out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o640)
+    out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE)
     try:
+        os.fchmod(out, FILE_MODE)  # the daemon's group must read it, whatever our umask
+
         def sink(chunk: bytes) -> None:
             view = memoryview(chunk)
             while view:
                 view = view[os.write(out, view):]
 
-        report = validate_stream(
-            lambda n: os.read(src_fd, n),
-            max_line_bytes=limits.max_line_bytes,
-            max_file_bytes=limits.max_file_bytes,
-            sink=sink,
-            chunk_size=_COPY_CHUNK,
-        )
+        def read(n: int) -> bytes:
+            try:
+                return os.read(src_fd, n)
+            except OSError as exc:
+                raise InvalidData(f"{dest.name}: read error: {exc.strerror}") from None
+
+        report = validate_stream(read, max_line_bytes=limits.max_line_bytes,
+                                 max_file_bytes=limits.max_file_bytes, sink=sink, chunk_size=_COPY_CHUNK)
         os.fsync(out)
     finally:
         os.close(out)
     return report
 
 
-def _new_meta(item_id: str, name: str, source: str, report: Report, priority: Priority) -> ItemMeta:
+def new_meta(item_id: str, name: str, source: str, report: Report, priority: Priority) -> ItemMeta:
     return ItemMeta(
-        id=item_id, name=name, source=source, sha256=report.sha256, size=report.size,
+        id=item_id, name=display_name(name), source=source, sha256=report.sha256, size=report.size,
         records=report.records, enqueued_at=iso(utc_now()), priority=priority,
     )
 
 
-def enqueue(
+@dataclass(frozen=True)
+class Queued:
+    meta: ItemMeta
+    source: Path
+    source_stat: os.stat_result  # as read, so --move deletes only that very file
+
+
+def _problems(path: Path, report: Report) -> list[str]:
+    count = report.problem_count
+    header = f"{display_name(str(path))}: invalid training data ({count} problem{'s' if count != 1 else ''})"
+    return [header, *report.describe(display_name(str(path)))]
+
+
+def enqueue_batch(
     layout: Layout,
-    src: Path,
+    sources: list[Path],
     *,
     limits: SpoolConfig,
     priority: Priority = Priority.NORMAL,
     hold: bool = False,
-) -> ItemMeta:
-    """Validate and copy ``src`` into the queue; raise ``InvalidData`` and add nothing if bad.
-
-    The user's file is only read. The new item appears with one rename, complete.
-    """
-    fd = _open_regular_file(src)
-    try:
-        item_id = new_id()
-        with StagingDir(layout.tmp, item_id) as stage:
-            report = copy_validated(fd, stage.path / DATA_NAME, limits)
+) -> list[Queued]:
+    """Validate and copy every file, then queue them all, in order; if any is invalid raise
+    ``InvalidData`` listing every problem, and queue none."""
+    seen: dict[tuple[int, int], Path] = {}
+    problems: list[str] = []
+    staged: list[tuple[str, Path, os.stat_result, Report]] = []
+    with StagingDir(layout.tmp, f"batch-{new_id()}") as stage:
+        for src in sources:
+            try:
+                fd, st = _open_regular_file(src)
+            except InvalidData as exc:
+                problems.append(str(exc))
+                continue
+            try:
+                if (st.st_dev, st.st_ino) in seen:
+                    problems.append(f"{display_name(str(src))}: the same file as {seen[st.st_dev, st.st_ino]}, "
+                                    f"given twice: give it once")
+                    continue
+                seen[st.st_dev, st.st_ino] = src
+                item_id = new_id()
+                os.mkdir(stage.path / item_id, DIR_MODE)
+                os.chmod(stage.path / item_id, DIR_MODE)
+                report = copy_validated(fd, stage.path / item_id / DATA_NAME, limits)
+            finally:
+                os.close(fd)
             if not report.ok:
-                raise InvalidData(
-                    f"{src}: invalid training data, nothing was queued "
-                    f"({report.problem_count} problem{'s' if report.problem_count != 1 else ''})",
-                    report.describe(str(src)),
-                )
-            meta = _new_meta(item_id, src.name, "enqueue", report, priority)
-            write_atomic(stage.path, stage.path / META_NAME, meta.to_json())
-            dest = layout.state_dir(ItemState.HELD) if hold else layout.pending(priority)
-            stage.publish(dest / item_id)
-    finally:
-        os.close(fd)
-    events.append(
-        layout, Event.ENQUEUED, item_id, name=meta.name, priority=priority.value,
-        records=meta.records, size=meta.size, sha256=meta.sha256, held=hold,
-    )
-    return meta
+                problems.extend(_problems(src, report))
+            staged.append((item_id, src, st, report))
+        if problems:
+            noun = "file" if len(sources) == 1 else f"of the {len(sources)} files"
+            raise InvalidData(f"nothing was queued: fix the {noun} below", problems)
+        queued = []
+        dest_dir = layout.state_dir(ItemState.HELD) if hold else layout.pending(priority)
+        for item_id, src, st, report in staged:
+            meta = new_meta(item_id, src.name, "enqueue", report, priority)
+            write_atomic(stage.path / item_id, stage.path / item_id / META_NAME, meta.to_json())
+            rename_durably(stage.path / item_id, dest_dir / item_id)
+            events.append(layout, Event.ENQUEUED, item_id, name=meta.name, priority=priority.value,
+                          records=meta.records, size=meta.size, sha256=meta.sha256, held=hold)
+            queued.append(Queued(meta, src, st))
+    return queued
 
 
-def rebuild_meta(item: Item, limits: SpoolConfig) -> ItemMeta:
-    """Recreate lost or corrupt metadata from the data file itself."""
+def enqueue(layout: Layout, src: Path, *, limits: SpoolConfig, priority: Priority = Priority.NORMAL,
+            hold: bool = False) -> ItemMeta:
+    """Validate and queue one file (see ``enqueue_batch``)."""
+    return enqueue_batch(layout, [src], limits=limits, priority=priority, hold=hold)[0].meta
+
+
+def delete_source(queued: Queued) -> str | None:
+    """``--move``: delete the user's file now that it is queued, unless it was replaced or
+    changed since it was read (then keep it and say why)."""
+    try:
+        now = os.stat(queued.source, follow_symlinks=False)
+    except FileNotFoundError:
+        return "it is already gone"
+    before = queued.source_stat
+    if (now.st_dev, now.st_ino, now.st_size, now.st_mtime_ns) != (before.st_dev, before.st_ino, before.st_size,
+                                                                     before.st_mtime_ns):
+        return "it changed after it was read, so the queued copy is not this file"
+    try:
+        unlink_durably(queued.source)
+    except OSError as exc:
+        return exc.strerror
+    return None
+
+
+def validate_item_data(item: Item, limits: SpoolConfig) -> Report:
     try:
         fd = os.open(item.data_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except PermissionError:
+        raise InvalidData(f"{item.data_path}: permission denied: make it readable by the trainer group "
+                          f"(chmod g+r), then retry") from None
     except OSError as exc:
-        raise WrongState(f"{item.id}: metadata and data both unreadable ({exc.strerror}): remove it") from None
-    try:
-        report = validate_stream(lambda n: os.read(fd, n), max_line_bytes=limits.max_line_bytes,
-                                 max_file_bytes=limits.max_file_bytes)
-    finally:
-        os.close(fd)
-    return _new_meta(item.id, DATA_NAME, "recovered", report, item.priority or Priority.NORMAL)
-
-def check_file(src: Path, limits: SpoolConfig) -> Report:
-    """Validate ``src`` without queueing it (a batch is checked whole before any is queued)."""
-    fd = _open_regular_file(src)
+        raise WrongState(f"{item.id}: its data cannot be opened ({exc.strerror}): remove it") from None
     try:
         return validate_stream(lambda n: os.read(fd, n), max_line_bytes=limits.max_line_bytes,
-                               max_file_bytes=limits.max_file_bytes, chunk_size=_COPY_CHUNK)
+                               max_file_bytes=limits.max_file_bytes)
     finally:
         os.close(fd)
+
+
+def retry(layout: Layout, item_id: str, limits: SpoolConfig) -> Item:
+    """Send a failed item back to its queue, attempts reset, after validating its data again
+    (it may have been fixed, or made readable, in place); still invalid: nothing changes."""
+    item = spool.find(layout, item_id)
+    if item.state is not ItemState.FAILED:
+        raise WrongState(f"cannot retry {item_id}: it is {item.state.value} (only failed items)")
+    report = validate_item_data(item, limits)  # outside the spool lock: it may take a while
+    if not report.ok:
+        raise InvalidData(f"{item_id}: its data is still invalid, so it stays failed: fix "
+                          f"{item.data_path} and retry", _problems(item.data_path, report)[1:])
+    return spool.retry(layout, item_id, {"sha256": report.sha256, "size": report.size, "records": report.records})
+
+
+def retry_all_failed(layout: Layout, limits: SpoolConfig) -> tuple[list[str], list[str]]:
+    """Retry every failed item; returns (retried ids, one line per item left failed)."""
+    retried, left = [], []
+    for item in spool.list_items(layout, [ItemState.FAILED]):
+        try:
+            retry(layout, item.id, limits)
+            retried.append(item.id)
+        except InvalidData as exc:
+            left.append(str(exc))
+        except WrongState:
+            continue  # someone else moved it meanwhile
+    return retried, left

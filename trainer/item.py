@@ -8,6 +8,8 @@ with the reason, and can still be held, retried or removed.
 from __future__ import annotations
 
 import dataclasses
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,10 +17,17 @@ from typing import Any
 import orjson
 
 from trainer.states import ItemState, Priority
+from trainer.timefmt import parse_iso
 
 META_SCHEMA = 1
 DATA_NAME = "data.jsonl"
 META_NAME = "meta.json"
+
+
+def display_name(name: str) -> str:
+    """A file name as text that can always be stored and printed: bytes that are not UTF-8
+    (kept by Python as surrogates) are shown as \\xNN escapes."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -95,8 +104,11 @@ def parse_meta(raw: bytes) -> ItemMeta:
     not_before = data.get("not_before")
     if cursor is not None and not isinstance(cursor, dict):
         raise CorruptMeta("field 'cursor' is not an object")
-    if not_before is not None and not isinstance(not_before, str):
-        raise CorruptMeta("field 'not_before' is not a string")
+    if not_before is not None:
+        try:
+            parse_iso(not_before)
+        except (TypeError, ValueError):
+            raise CorruptMeta(f"field 'not_before' is not a time: {not_before!r}") from None
     return ItemMeta(
         id=data["id"], name=data["name"], source=data["source"], sha256=data["sha256"],
         size=data["size"], records=data["records"], enqueued_at=data["enqueued_at"],
@@ -125,11 +137,26 @@ class Item:
         return self.path / META_NAME
 
 
+def _read_regular(path: Path) -> bytes:
+    """Read a small file that must be a regular file: never follows a symlink, never waits
+    on a fifo put in its place."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise CorruptMeta("meta.json is not a regular file")
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 def load_item(path: Path, state: ItemState, priority: Priority | None) -> Item:
     """Read an item directory; an unreadable meta.json becomes ``meta_problem``, not an error."""
     item_id = path.name
     try:
-        meta = parse_meta((path / META_NAME).read_bytes())
+        meta = parse_meta(_read_regular(path / META_NAME))
     except FileNotFoundError:
         if not path.is_dir():
             raise

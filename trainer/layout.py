@@ -179,11 +179,18 @@ def init_base(root: Path, config_text: str) -> tuple[Layout, bool]:
     layout.root.mkdir(parents=True, exist_ok=True)
     for path in (layout.root / "pending", *layout.spool_dirs()):
         _make_dir(path)
+    for shared_file in (layout.events, layout.spool_lock):
+        # Shared by every group member: made here with the group's mode, not by whoever comes
+        # first with whatever umask they have.
+        fd = os.open(shared_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o660)
+        os.fchmod(fd, 0o660)
+        os.close(fd)
     if not layout.config_file.exists():
         write_atomic(layout.tmp, layout.config_file, config_text.encode())
     if not existed:
         marker = orjson.dumps({"format": FORMAT_NAME, "version": FORMAT_VERSION})
         write_atomic(layout.tmp, layout.format_file, marker + b"\n", mode=0o644)
-    fsync_dir(layout.root)
+    for directory in (layout.root, layout.root / "pending", layout.run):
+        fsync_dir(directory)
     check_one_filesystem(layout)
     return layout, not existed

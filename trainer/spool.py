@@ -17,7 +17,6 @@ from datetime import datetime
 from pathlib import Path
 
 from trainer import events
-from trainer.config import SpoolConfig
 from trainer.errors import NoSuchItem, WrongState
 from trainer.fsutil import exclusive_lock, rename_durably, write_atomic
 from trainer.ids import ID_LENGTH, check_id, is_id
@@ -172,29 +171,18 @@ def move(layout: Layout, item_id: str, priority: Priority) -> Item:
     return _change(layout, item_id, {ItemState.PENDING, ItemState.HELD}, "move", change)
 
 
-def retry(layout: Layout, item_id: str, limits: SpoolConfig) -> Item:
-    """Send a failed item back to its queue with its attempts reset (errors are kept)."""
+def retry(layout: Layout, item_id: str, facts: dict) -> Item:
+    """Failed item back to its queue with attempts reset (errors are kept). ``facts``: the
+    sha256, size and records of its data, freshly validated (``trainer.intake.retry``)."""
     def change(item: Item):
         meta = item.meta
-        if meta is None:
-            from trainer.intake import rebuild_meta  # rare; keeps validation out of status's imports
-
-            meta = rebuild_meta(item, limits)
-        meta = dataclasses.replace(meta, attempts=0, not_before=None)
+        if meta is None:  # metadata lost or corrupt: rebuilt from what the data says
+            meta = ItemMeta(id=item.id, name="data.jsonl", source="recovered", enqueued_at=iso(utc_now()),
+                            priority=item.priority or Priority.NORMAL, **facts)
+        meta = dataclasses.replace(meta, attempts=0, not_before=None, **facts)
         _write_meta(layout, item, meta)
         return _move(layout, item, ItemState.PENDING, meta.priority), Event.RETRIED, {}
     return _change(layout, item_id, {ItemState.FAILED}, "retry", change)
-
-
-def retry_all_failed(layout: Layout, limits: SpoolConfig) -> list[str]:
-    retried = []
-    for item in list_items(layout, [ItemState.FAILED]):
-        try:
-            retry(layout, item.id, limits)
-        except (NoSuchItem, WrongState):
-            continue  # someone else moved it meanwhile
-        retried.append(item.id)
-    return retried
 
 
 def remove(layout: Layout, item_id: str) -> Item:
@@ -226,7 +214,7 @@ def claim_next(layout: Layout, now: datetime) -> Item | None:
             for item_id in _entries(directory):
                 item = load_item(directory / item_id, ItemState.PENDING, priority)
                 if item.meta is not None and item.meta.not_before is not None:
-                    if parse_iso(item.meta.not_before) > now:
+                    if parse_iso(item.meta.not_before) > now:  # parse_meta checked the format
                         continue
                 claimed = _move(layout, item, ItemState.ACTIVE, priority)
                 attempts = item.meta.attempts if item.meta else None

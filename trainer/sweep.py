@@ -14,15 +14,14 @@ import os
 import shutil
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from trainer import events
 from trainer.fsutil import is_locked_by_someone
-from trainer.inbox import ORIGIN_NAME, restore_to_inbox
+from trainer.inbox import ORIGIN_NAME, origin_name, restore_to_inbox
 from trainer.item import DATA_NAME
 from trainer.layout import Layout
 from trainer.states import Event
-
-import orjson
 
 
 @dataclass
@@ -32,16 +31,11 @@ class SweepReport:
     skipped_live: list[str] = field(default_factory=list)
 
 
-def _origin_name(staging: os.PathLike) -> str | None:
+def _origin_name(staging: Path) -> str | None:
     try:
-        data = orjson.loads((staging / ORIGIN_NAME).read_bytes())  # type: ignore[operator]
-    except (OSError, orjson.JSONDecodeError):
+        return origin_name((staging / ORIGIN_NAME).read_bytes())
+    except OSError:
         return None
-    name = data.get("inbox_name") if isinstance(data, dict) else None
-    # Only a plain file name: a crafted origin must not move data outside the inbox.
-    if isinstance(name, str) and name and "/" not in name and name not in (".", ".."):
-        return name
-    return None
 
 
 def sweep_tmp(layout: Layout, min_age_s: float = 2.0, now: float | None = None) -> SweepReport:
@@ -59,7 +53,9 @@ def sweep_tmp(layout: Layout, min_age_s: float = 2.0, now: float | None = None) 
             report.skipped_live.append(entry.name)
             continue
         if entry.is_dir(follow_symlinks=False):
-            origin = _origin_name(path)
+            # A removed item (renamed to ID.removed before deletion) is never given back,
+            # whatever it holds: the user asked for it to go.
+            origin = None if entry.name.endswith(".removed") else _origin_name(path)
             data = path / DATA_NAME
             if origin is not None and os.path.lexists(data):
                 restored = restore_to_inbox(layout, data, origin)
