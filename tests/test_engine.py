@@ -168,3 +168,28 @@ def test_stopping_after_a_step_checkpoints_the_cursor(base):
     resumed = Engine(base, _config())
     checkpoint = resumed.start()
     assert checkpoint.step == 2 and resumed.state.cursor["item_step"] == 2
+
+
+def test_lora_trains_only_the_adapter_and_resumes(base):
+    from trainer.config import ModelConfig
+
+    config = Config(model=ModelConfig(lora=True, lora_rank=4, lora_alpha=8.0),
+                    train=_config(learning_rate=1e-2).train, checkpoint=CheckpointConfig(every_steps=2))
+    engine = Engine(base, config)
+    engine.start()
+    assert engine.params and all("lora_" in name for name in engine.params)
+    frozen = {n: p.detach().clone() for n, p in engine.model.named_parameters() if not p.requires_grad}
+    plan = _plan(engine, write_sample_chat(base / "d.jsonl", 120, seed=1))
+    losses = []
+    assert engine.train(plan, lambda p: losses.append(p.loss) or p.step < 3) is False
+    for name, p in engine.model.named_parameters():
+        if name in frozen:
+            assert torch.equal(p, frozen[name]), "base weights never change under LoRA"
+    checkpoint = engine.last_checkpoint
+    assert (checkpoint.path / "trainable.safetensors").stat().st_size < 200_000, "only the adapter is saved"
+    resumed = Engine(base, config)
+    assert resumed.start().step == 3
+    for name, p in resumed.params.items():
+        assert torch.equal(p, engine.params[name])
+    assert resumed.train(_plan(resumed, base / "d.jsonl"), lambda p: losses.append(p.loss) or True)
+    assert losses[-1] < losses[0]

@@ -137,15 +137,40 @@ class CheckpointConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class SnapshotConfig:
+    """[snapshot]: the daily, self-contained copy of the model."""
+
+    at: str = _setting("03:00", "Local time (HH:MM) after which the day's snapshot is taken, once per "
+                                "calendar day.")
+    keep_days: int = _setting(7, "Snapshots kept, newest first (0 keeps all).", minimum=0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConsolidateConfig:
+    """[consolidate]: publishing the trained model as a new version."""
+
+    keep_versions: int = _setting(5, "Published versions kept, newest first (the one in use is always "
+                                     "kept; 0 keeps all).", minimum=0)
+
+
+@dataclass(frozen=True, kw_only=True)
 class Config:
     spool: SpoolConfig = field(default_factory=SpoolConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    snapshot: SnapshotConfig = field(default_factory=SnapshotConfig)
+    consolidate: ConsolidateConfig = field(default_factory=ConsolidateConfig)
 
 
 SECTIONS: dict[str, type] = {f.name: f.default_factory for f in dataclasses.fields(Config)}  # type: ignore[misc]
+
+
+def _check_time_of_day(key: str, value: str) -> None:
+    hours, _, minutes = value.partition(":")
+    if not (hours.isdigit() and minutes.isdigit() and int(hours) < 24 and int(minutes) < 60 and len(minutes) == 2):
+        raise ConfigError(f"{key}: expected a time of day as HH:MM, got {value!r}")
 
 
 def _check_value(key: str, value: Any, spec: dataclasses.Field) -> Any:
@@ -159,6 +184,8 @@ def _check_value(key: str, value: Any, spec: dataclasses.Field) -> Any:
     choices = spec.metadata.get("choices")
     if choices is not None and value not in choices:
         raise ConfigError(f"{key}: must be one of {', '.join(choices)}; got {value!r}")
+    if spec.name == "at":
+        _check_time_of_day(key, value)
     minimum = spec.metadata.get("min")
     if minimum is not None and value < minimum:
         raise ConfigError(f"{key}: must be >= {minimum}, got {value!r}")

@@ -15,7 +15,7 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import orjson
@@ -58,6 +58,8 @@ class TrainState:
     micro_batch_size: int = 0  # 0 until set; shrinks for good after an out-of-memory error
     cursor: dict | None = None  # the item in progress (data.Cursor), None between items
     last_completed: dict | None = None  # {"item_id", "sha256"} of the last item finished
+    base: str | None = None  # the model dir trained on (relative to the base dir); None: model.path
+    items_completed: int = 0
 
     @property
     def smoothed_loss(self) -> float | None:
@@ -113,6 +115,7 @@ class Engine:
         self.state = TrainState()
         self.last_checkpoint: Checkpoint | None = None
         self._nonfinite_in_a_row = 0
+        self._since_checkpoint = (0, time.monotonic())  # (optimizer steps, monotonic time)
 
     # --- start-up ------------------------------------------------------------------------
 
@@ -123,7 +126,23 @@ class Engine:
             torch.use_deterministic_algorithms(True)
         random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
-        loaded = model_io.load(self.base, self.config.model)
+        swept = self.store.sweep_staging()
+        if swept:
+            log.info("removed %d interrupted checkpoint save(s): %s", len(swept), ", ".join(swept))
+        checkpoint = self.store.latest_valid()
+        # The checkpoint says which model it trains (a consolidation moves LoRA to a new base).
+        base = _saved_state(checkpoint).get("base") if checkpoint is not None else None
+        self._load_model(base)
+        self.state = TrainState(micro_batch_size=cfg.micro_batch_size, base=base)
+        if checkpoint is not None:
+            self._restore(checkpoint)
+        return checkpoint
+
+    def _load_model(self, base: str | None) -> None:
+        cfg = self.config.train
+        model_config = self.config.model if base is None else replace(self.config.model, path=base)
+        loaded = model_io.load(self.base, model_config)
+        self.model_path = model_io.model_dir(self.base, model_config)
         self.model, self.tokenizer, self.device = loaded.model, loaded.tokenizer, loaded.device
         self.params = model_io.trainable_parameters(self.model)
         self.optimizer = torch.optim.AdamW(
@@ -131,22 +150,34 @@ class Engine:
             fused=self.device.type == "cuda")
         self.encoder = RecordEncoder(self.tokenizer, max_length=cfg.max_length, overlong=cfg.overlong)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        self.state = TrainState(micro_batch_size=cfg.micro_batch_size)
-        swept = self.store.sweep_staging()
-        if swept:
-            log.info("removed %d interrupted checkpoint save(s): %s", len(swept), ", ".join(swept))
-        checkpoint = self.store.latest_valid()
-        if checkpoint is not None:
-            self._restore(checkpoint)
-        return checkpoint
+
+    def rebase(self, base: str) -> Checkpoint:
+        """Continue on a new base model (after a LoRA consolidation merged the adapter into
+        it): fresh adapter, fresh optimizer, same training history; checkpointed at once."""
+        self._load_model(base)
+        self.state.base = base
+        return self.checkpoint()
+
+    def current_checkpoint(self) -> Checkpoint:
+        """A checkpoint of exactly the weights in memory (saved now if steps were taken since)."""
+        if self.last_checkpoint is None or self._since_checkpoint[0] > 0 or \
+                self.last_checkpoint.step != self.state.global_step:
+            return self.checkpoint()
+        return self.last_checkpoint
+
+    @property
+    def is_lora(self) -> bool:
+        return self.config.model.lora
 
     # --- checkpoints ---------------------------------------------------------------------
 
     def _write_checkpoint(self, directory: Path) -> None:
         from safetensors.torch import save_file
 
+        # format=pt: for full fine-tuning this file is a valid HF model.safetensors, so a
+        # snapshot can hard-link it instead of writing the weights again.
         save_file({name: p.detach().contiguous().cpu() for name, p in self.params.items()},
-                  str(directory / WEIGHTS_FILE))
+                  str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
         torch.save(self.optimizer.state_dict(), directory / OPTIMIZER_FILE)
         torch.save(_rng_state(), directory / RNG_FILE)
         (directory / STATE_FILE).write_bytes(orjson.dumps(asdict(self.state), option=orjson.OPT_INDENT_2))
@@ -179,6 +210,7 @@ class Engine:
         _set_rng_state(torch.load(checkpoint.path / RNG_FILE, weights_only=True))
         self.state = TrainState(**orjson.loads((checkpoint.path / STATE_FILE).read_bytes()))
         self.last_checkpoint = checkpoint
+        self._since_checkpoint = (0, time.monotonic())
         if checkpoint.manifest.get("config_hash") != config_hash(self.config):
             log.warning("checkpoint %s was made with another model/train config; continuing with the "
                         "current one", checkpoint.path.name)
@@ -255,6 +287,7 @@ class Engine:
             self.state.cursor = cursor.to_json()
         self.state.cursor = None
         self.state.last_completed = {"item_id": plan.item_id, "sha256": plan.sha256}
+        self.state.items_completed += 1
         self.checkpoint()
         return True
 
@@ -330,9 +363,11 @@ class Engine:
 
 
 def _with(progress: Progress, **changes) -> Progress:
-    from dataclasses import replace
-
     return replace(progress, **changes)
+
+
+def _saved_state(checkpoint: Checkpoint) -> dict:
+    return orjson.loads((checkpoint.path / STATE_FILE).read_bytes())
 
 
 def _rng_state() -> dict:

@@ -1,0 +1,146 @@
+"""Snapshots and consolidation: HF-loadable, verified, hard-linked where possible, never half."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+
+import orjson
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from trainer.config import CheckpointConfig, Config, ModelConfig, TrainConfig  # noqa: E402
+from trainer.sample_data import write_sample_chat  # noqa: E402
+from trainer.train import publish  # noqa: E402
+from trainer.train.engine import WEIGHTS_FILE, Engine  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def demo_model(tmp_path_factory):
+    from trainer.train.demo_model import build_demo_model
+
+    return build_demo_model(tmp_path_factory.mktemp("demo") / "base")
+
+
+@pytest.fixture
+def base(tmp_path, demo_model):
+    shutil.copytree(demo_model, tmp_path / "models" / "base")
+    return tmp_path
+
+
+def _engine(base, lora=False) -> Engine:
+    config = Config(model=ModelConfig(lora=lora, lora_rank=4, lora_alpha=8.0),
+                    train=TrainConfig(max_length=128, micro_batch_size=4, learning_rate=1e-2 if lora else 1e-3,
+                                      warmup_steps=0),
+                    checkpoint=CheckpointConfig(every_steps=1000))
+    engine = Engine(base, config)
+    engine.start()
+    return engine
+
+
+def _train(engine, base, name="a", records=60, seed=1):
+    data = write_sample_chat(base / f"{name}.jsonl", records, seed=seed)
+    engine.train(engine.prepare(name, hashlib.sha256(data.read_bytes()).hexdigest(), data), lambda p: True)
+
+
+def _load(path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
+
+
+def test_a_full_fine_tune_snapshot_is_hard_linked_and_loads(base):
+    engine = _engine(base)
+    _train(engine, base)
+    snap = publish.snapshot(engine, base / "snapshots", "2026-11-28", keep_days=7)
+    weights = snap / "model.safetensors"
+    assert weights.stat().st_nlink >= 2, "hard-linked to the checkpoint, no extra space"
+    assert os.path.samefile(weights, engine.last_checkpoint.path / WEIGHTS_FILE)
+    loaded = _load(snap)
+    for name, p in engine.model.named_parameters():
+        assert torch.equal(loaded.state_dict()[name], p.detach())
+    assert publish.snapshot(engine, base / "snapshots", "2026-11-28", keep_days=7) is None, "once a day"
+    provenance = orjson.loads((snap / publish.VERSION_FILE).read_bytes())
+    assert provenance["global_step"] == engine.state.global_step
+
+
+def test_snapshot_retention_keeps_the_newest_days(base):
+    engine = _engine(base)
+    for day in ("2026-11-25", "2026-11-26", "2026-11-27", "2026-11-28"):
+        publish.snapshot(engine, base / "snapshots", day, keep_days=2)
+    assert sorted(os.listdir(base / "snapshots")) == ["2026-11-27", "2026-11-28"]
+
+
+def test_a_lora_snapshot_is_the_adapter_on_its_base_and_reproduces_the_model(base):
+    from peft import PeftModel
+
+    engine = _engine(base, lora=True)
+    _train(engine, base)
+    snap = publish.snapshot(engine, base / "snapshots", "2026-11-28", keep_days=7)
+    assert (snap / "adapter_model.safetensors").exists() and not (snap / "model.safetensors").exists()
+    model = PeftModel.from_pretrained(_load(base / "models" / "base"), snap).eval()
+    ids = torch.tensor([[1, 5, 9, 12]])
+    engine.model.eval()
+    torch.testing.assert_close(model(input_ids=ids).logits, engine.model(input_ids=ids).logits)
+
+
+def test_lora_consolidation_merges_into_a_new_version_and_training_continues_on_it(base):
+    engine = _engine(base, lora=True)
+    _train(engine, base)
+    ids = torch.tensor([[1, 5, 9, 12]])
+    engine.model.eval()
+    before = engine.model(input_ids=ids).logits.detach()
+    v1 = publish.consolidate(engine, base / "models", keep_versions=5)
+    assert v1.name == "v001" and (base / "models" / "LATEST").read_text().strip() == "v001"
+    merged = _load(v1).eval()
+    torch.testing.assert_close(merged(input_ids=ids).logits, before, atol=1e-4, rtol=1e-4)
+    meta = orjson.loads((v1 / publish.VERSION_FILE).read_bytes())
+    assert meta["parent"] == "base" and meta["version"] == "v001" and meta["lora"] is True
+    # Training goes on with a fresh adapter on v001, and a restart finds it there.
+    assert engine.state.base == "models/v001"
+    engine.model.eval()
+    torch.testing.assert_close(engine.model(input_ids=ids).logits, before, atol=1e-4, rtol=1e-4)
+    _train(engine, base, "b", seed=2)
+    restarted = _engine(base, lora=True)
+    assert restarted.state.base == "models/v001" and restarted.model_path == base / "models" / "v001"
+    assert (base / "models" / "base" / "model.safetensors").exists(), "never destructive"
+
+
+def test_full_consolidation_publishes_versions_and_keeps_the_newest(base):
+    engine = _engine(base)
+    names = []
+    for n in range(3):
+        _train(engine, base, f"i{n}", records=20, seed=n)
+        names.append(publish.consolidate(engine, base / "models", keep_versions=2).name)
+    assert names == ["v001", "v002", "v003"]
+    assert publish.versions(base / "models") == ["v002", "v003"]
+    assert os.path.samefile(base / "models" / "v003" / "model.safetensors",
+                            engine.last_checkpoint.path / WEIGHTS_FILE)
+
+
+def test_an_interrupted_consolidation_leaves_no_half_version(base, monkeypatch):
+    engine = _engine(base)
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("power cut")
+
+    monkeypatch.setattr(publish, "_verify", crash)
+    with pytest.raises(RuntimeError):
+        publish.consolidate(engine, base / "models", keep_versions=5)
+    assert publish.versions(base / "models") == []
+    assert not any(n.startswith(publish.STAGING) for n in os.listdir(base / "models"))
+
+
+def test_consolidation_checks_free_space_first(base, monkeypatch):
+    engine = _engine(base, lora=True)
+
+    class Tiny:
+        f_bavail, f_frsize = 1, 4096
+
+    monkeypatch.setattr(publish.os, "statvfs", lambda path: Tiny())
+    with pytest.raises(publish.NotEnoughSpace) as caught:
+        publish.consolidate(engine, base / "models", keep_versions=5)
+    assert "disk: need" in str(caught.value)
+    assert publish.versions(base / "models") == []
