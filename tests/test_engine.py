@@ -193,3 +193,19 @@ def test_lora_trains_only_the_adapter_and_resumes(base):
         assert torch.equal(p, engine.params[name])
     assert resumed.train(_plan(resumed, base / "d.jsonl"), lambda p: losses.append(p.loss) or True)
     assert losses[-1] < losses[0]
+
+
+def test_every_step_is_reported_and_written_to_the_item_metrics_file(base):
+    import orjson
+
+    engine = Engine(base, _config())
+    engine.start()
+    plan = _plan(engine, write_sample_chat(base / "d.jsonl", 100, seed=1), "metrics-item")
+    seen = []
+    engine.train(plan, lambda p: seen.append(p) or True)
+    lines = [orjson.loads(line) for line in (base / "metrics" / "metrics-item.jsonl").read_bytes().splitlines()]
+    assert [line["step"] for line in lines] == [p.step for p in seen] == list(range(1, plan.total_steps + 1))
+    last = lines[-1]
+    for key in ("loss", "smoothed_loss", "lr", "grad_norm", "tokens_per_s", "eta_s", "host_rss_bytes"):
+        assert last[key] is not None, key
+    assert last["eta_s"] == 0 and last["host_rss_bytes"] > 10_000_000

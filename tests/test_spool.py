@@ -206,3 +206,11 @@ def test_every_published_file_is_complete_and_group_readable(layout, limits, cha
         mode = os.stat(path).st_mode & 0o777
         assert mode & 0o040 and not mode & 0o002, oct(mode)
     assert os.stat(item.path).st_mode & 0o2000, "setgid keeps the group on new entries"
+
+
+def test_token_statistics_are_recorded_on_the_active_item(layout, limits, chat_file):
+    item_id = intake.enqueue(layout, chat_file(), limits=limits).id
+    spool.claim_next(layout, utc_now())
+    stats = {"examples": 3, "mean": 12.0, "p95": 14, "max": 14, "truncated": 0}
+    spool.set_tokens(layout, item_id, stats)
+    assert spool.find(layout, item_id).meta.tokens == stats

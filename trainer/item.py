@@ -55,6 +55,8 @@ class ItemMeta:
     # Where training stands in this file; the engine owns its content (issue: training engine).
     cursor: dict[str, Any] | None = None
     not_before: str | None = None  # a retry waits until then (UTC ISO time)
+    # Token statistics from the engine's survey (count, mean, p95, max, truncated, ...).
+    tokens: dict[str, Any] | None = None
     schema: int = META_SCHEMA
 
     def to_json(self) -> bytes:
@@ -104,6 +106,9 @@ def parse_meta(raw: bytes) -> ItemMeta:
     not_before = data.get("not_before")
     if cursor is not None and not isinstance(cursor, dict):
         raise CorruptMeta("field 'cursor' is not an object")
+    tokens = data.get("tokens")
+    if tokens is not None and not isinstance(tokens, dict):
+        raise CorruptMeta("field 'tokens' is not an object")
     if not_before is not None:
         try:
             parse_iso(not_before)
@@ -113,7 +118,7 @@ def parse_meta(raw: bytes) -> ItemMeta:
         id=data["id"], name=data["name"], source=data["source"], sha256=data["sha256"],
         size=data["size"], records=data["records"], enqueued_at=data["enqueued_at"],
         priority=priority, attempts=data["attempts"], errors=errors, cursor=cursor,
-        not_before=not_before,
+        not_before=not_before, tokens=tokens,
     )
 
 

@@ -271,3 +271,14 @@ def set_cursor(layout: Layout, item_id: str, cursor: dict) -> Item:
         return dataclasses.replace(item, meta=meta), None, {}
     return _change(layout, item_id, {ItemState.ACTIVE}, "record a cursor for", change)
 
+
+
+def set_tokens(layout: Layout, item_id: str, tokens: dict) -> Item:
+    """Record the active item's token statistics (from the engine's survey of it)."""
+    def change(item: Item):
+        if item.meta is None:
+            raise WrongState(f"{item_id}: cannot record token statistics: {item.meta_problem}")
+        meta = dataclasses.replace(item.meta, tokens=tokens)
+        _write_meta(layout, item, meta)
+        return dataclasses.replace(item, meta=meta), None, {}
+    return _change(layout, item_id, {ItemState.ACTIVE}, "record token statistics for", change)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 import random
 import time
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import orjson
+import psutil
 import torch
 
 from trainer.config import Config
@@ -93,6 +95,13 @@ class Progress:
     seconds_per_step: float
     skipped: bool  # the step was not applied (non-finite loss)
     checkpointed: bool
+    eta_s: float | None = None  # from the smoothed step time
+    host_rss_bytes: int = 0
+    gpu_bytes: int = 0  # peak allocated on the GPU since the last step
+
+    def record(self) -> dict:
+        """One line of the item's metrics file."""
+        return asdict(self)
 
 
 def config_hash(config: Config) -> str:
@@ -116,6 +125,9 @@ class Engine:
         self.last_checkpoint: Checkpoint | None = None
         self._nonfinite_in_a_row = 0
         self._since_checkpoint = (0, time.monotonic())  # (optimizer steps, monotonic time)
+        self._step_time: float | None = None
+        self._process = psutil.Process()
+        self.metrics_dir = base / "metrics"
 
     # --- start-up ------------------------------------------------------------------------
 
@@ -267,6 +279,8 @@ class Engine:
         cursor = self._cursor_for(plan)
         self.state.cursor = cursor.to_json()
         self._since_checkpoint = (0, time.monotonic())
+        self._step_time = None
+        metrics = _MetricsFile(self.metrics_dir / f"{plan.item_id}.jsonl")
         epochs = self.config.train.epochs_per_item
         while cursor.epoch < epochs:
             stream = RowStream(plan.data_path, self.encoder, cursor, self.config.train.max_length, self.pad_id)
@@ -278,7 +292,9 @@ class Engine:
                 if should_checkpoint(steps_since + 1, time.monotonic() - since, self.config.checkpoint):
                     self.checkpoint()
                     saved = True
-                if not after_step(_with(progress, checkpointed=saved)):
+                progress = _with(progress, checkpointed=saved)
+                metrics.append(progress)
+                if not after_step(progress):
                     if not saved:
                         self.checkpoint()
                     return False
@@ -323,9 +339,18 @@ class Engine:
             raise ItemFailed(f"loss or gradient not finite for {count} steps in a row; weights rolled back "
                              f"to the last checkpoint", transient=True)
         elapsed = time.perf_counter() - started
+        # Smoothed step time for the ETA: one slow step (a checkpoint, a GC pause) must not
+        # make it jump.
+        self._step_time = elapsed if self._step_time is None else 0.9 * self._step_time + 0.1 * elapsed
+        gpu = 0
+        if self.device.type == "cuda":
+            gpu = torch.cuda.max_memory_allocated(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
         return Progress(plan.item_id, cursor.item_step, plan.total_steps, self.state.global_step, loss,
                         self.state.smoothed_loss, lr, grad_norm, tokens, tokens / elapsed if elapsed else 0.0,
-                        elapsed, not applied, False)
+                        elapsed, not applied, False,
+                        eta_s=max(0, plan.total_steps - cursor.item_step) * self._step_time,
+                        host_rss_bytes=self._process.memory_info().rss, gpu_bytes=gpu)
 
     def _gradients(self, rows: list[Row], targets: int) -> tuple[float, float | None]:
         """Accumulate the step's gradients; on out-of-memory halve the micro-batch and redo."""
@@ -360,6 +385,25 @@ class Engine:
         else:
             norm = None
         return total, norm
+
+
+class _MetricsFile:
+    """Per-item metrics, one JSON line per optimizer step, for people to plot. Appended; a
+    step redone after a crash appears again (its global_step says so)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+
+    def append(self, progress: Progress) -> None:
+        from trainer.timefmt import iso, utc_now
+
+        line = orjson.dumps({"t": iso(utc_now()), **progress.record()}) + b"\n"
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
 
 
 def _with(progress: Progress, **changes) -> Progress:
