@@ -88,14 +88,26 @@ def cli(ctx: click.Context, base_dir: Path, config_path: Path | None) -> None:
 
 
 @cli.command()
+@click.option("--demo", is_flag=True, help="Also build the tiny demo model and sample data (offline).")
 @click.pass_obj
-def init(session: Session) -> None:
+def init(session: Session, demo: bool) -> None:
     """Create the base directory layout and a commented default config (safe to re-run)."""
     from trainer.config import default_config_toml
 
-    layout, created = init_base(session.base_dir, default_config_toml())
+    config_text = default_config_toml()
+    if demo:
+        config_text = _demo_config() + "\n" + "\n".join("# " + line if line and not line.startswith("#") else line
+                                                       for line in config_text.splitlines()) + "\n"
+    layout, created = init_base(session.base_dir, config_text)
     verb = "initialised" if created else "checked (already initialised)"
     note(f"{verb} {layout.root}; config: {layout.config_file}")
+    if demo:
+        import subprocess  # the model is built in its own process: trainctl never imports torch
+
+        result = subprocess.run([sys.executable, "-m", "trainer.train.demo_model", str(layout.root)])
+        if result.returncode != 0:
+            note("building the demo model failed (see above)")
+            finish(ExitCode.FAILED)
     note(f"queue files with: trainctl --base-dir {layout.root} enqueue FILE.jsonl, or copy them to "
          f"{layout.inbox}/.NAME then mv to {layout.inbox}/NAME")
 
@@ -197,6 +209,19 @@ def show(session: Session, item_id: str, as_json: bool) -> None:
         emit_json({"item": item, "events": history})
     else:
         click.echo("\n".join(render.item_lines(item, history)))
+
+
+def _demo_config() -> str:
+    """The demo's config, read from the module source without importing it (no torch)."""
+    import ast
+
+    import trainer
+
+    source = (Path(trainer.__file__).parent / "train" / "demo_model.py").read_text()
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "DEMO_CONFIG":
+            return ast.literal_eval(node.value)
+    raise RuntimeError("DEMO_CONFIG not found")
 
 
 def _daemon_running(layout: Layout) -> bool:

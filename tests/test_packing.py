@@ -48,16 +48,16 @@ def _packed_losses(model, rows, examples, restart_positions=True):
     per_token = torch.nn.functional.cross_entropy(
         logits.float().reshape(-1, logits.shape[-1]), torch.tensor([r.labels for r in rows]).reshape(-1),
         ignore_index=IGNORE, reduction="none").reshape(ids.shape)
-    losses, row, offset, length = [], 0, 0, ids.shape[1]
-    for example in examples:  # where the packer put each example: in order, never split
-        n = len(example.input_ids)
-        if offset + n > length:
-            row, offset = row + 1, 0
-        assert rows[row].input_ids[offset:offset + n] == example.input_ids
-        losses.append(per_token[row, offset:offset + n].sum().item())
-        offset += n
-        if offset == length:
-            row, offset = row + 1, 0
+    # Find each example's segment: positions restart at 0 where a segment starts.
+    segments: dict[tuple, list[tuple[int, int, int]]] = {}
+    for r, row in enumerate(rows):
+        starts = [t for t, p in enumerate(row.position_ids) if p == 0] + [len(row.position_ids)]
+        for start, end in zip(starts, starts[1:]):
+            segments.setdefault(tuple(row.input_ids[start:end]), []).append((r, start, end))
+    losses = []
+    for example in examples:
+        r, start, end = segments[tuple(example.input_ids)].pop(0)
+        losses.append(per_token[r, start:end].sum().item())
     return losses, logits
 
 
@@ -146,3 +146,30 @@ def test_overlong_examples_are_truncated_or_rejected(demo):
     assert was and len(truncated.input_ids) == 32
     rejected, _ = RecordEncoder(tokenizer, max_length=32, overlong="reject").encode(long)
     assert rejected is None
+
+
+def test_first_fit_fills_the_gaps_long_examples_leave():
+    def ex(n):
+        return Example(list(range(1, n + 1)), [IGNORE] * (n - 1) + [IGNORE])
+
+    rows = pack([ex(200), ex(100), ex(50), ex(6)], row_length=256, pad_id=0)
+    assert [r.content_length for r in rows] == [256, 100], "200 + 50 + 6 share a row; 100 waits for more"
+
+
+def test_a_resumed_stream_yields_the_same_rows_from_the_cache_or_the_file(demo, tmp_path):
+    from trainer.sample_data import write_sample_chat
+    from trainer.train.data import Cursor, RowStream, survey
+
+    _, tokenizer = demo
+    encoder = RecordEncoder(tokenizer, max_length=128)
+    path = write_sample_chat(tmp_path / "d.jsonl", 80, seed=5)
+    _, _, cached = survey(path, encoder, 128, tokenizer.pad_token_id)
+    whole = RowStream(path, encoder, Cursor("i", "s"), 128, tokenizer.pad_token_id)
+    expected = [r.input_ids for r in whole.take(1000)]
+    for examples in (None, cached):
+        cursor = Cursor("i", "s")
+        first = RowStream(path, encoder, cursor, 128, tokenizer.pad_token_id, examples)
+        rows = [r.input_ids for r in first.take(5)]
+        resumed = Cursor.from_json(cursor.to_json())
+        rows += [r.input_ids for r in RowStream(path, encoder, resumed, 128, tokenizer.pad_token_id, examples).take(1000)]
+        assert rows == expected

@@ -200,6 +200,7 @@ class CheckpointStore:
     def sweep_staging(self) -> list[str]:
         """Remove the staging dirs of saves that a crash interrupted (call before training)."""
         removed = []
+        self.root.mkdir(parents=True, exist_ok=True)
         for name in os.listdir(self.root):
             if name.startswith(STAGING_PREFIX) or (name.startswith(LATEST + ".") and name.endswith(".tmp")):
                 shutil.rmtree(self.root / name, ignore_errors=True) if (self.root / name).is_dir() \

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import orjson
 
-from trainer.train.examples import RecordEncoder, TokenStats
+from trainer.train.examples import Example, RecordEncoder, TokenStats
 from trainer.train.packing import Packer, Row
 
 
@@ -54,23 +54,34 @@ class Cursor:
         return cls(**data)
 
 
+_END = object()
+
+
 def _row_json(row: Row) -> dict:
     return {"input_ids": row.input_ids, "labels": row.labels, "position_ids": row.position_ids,
-            "content_length": row.content_length}
+            "padding": row.padding}
 
 
 class RowStream:
-    """Rows of one epoch from the cursor on; ``cursor`` stays current as rows are taken."""
+    """Rows of one epoch from the cursor on; ``cursor`` stays current as rows are taken.
 
-    def __init__(self, path: Path, encoder: RecordEncoder, cursor: Cursor, row_length: int, pad_id: int) -> None:
+    ``examples``: the item's records already encoded (by ``survey``), one entry per record
+    (None: rejected); then the file is not read or tokenized again.
+    """
+
+    def __init__(self, path: Path, encoder: RecordEncoder, cursor: Cursor, row_length: int, pad_id: int,
+                 examples: list[Example | None] | None = None) -> None:
         self.path = path
         self.encoder = encoder
         self.cursor = cursor
         self.packer = Packer(row_length, pad_id)
         self.packer.restore(cursor.packer)
-        self._pending = [Row(r["input_ids"], r["labels"], r["position_ids"], r["content_length"])
+        self._pending = [Row(r["input_ids"], r["labels"], r["position_ids"], r["padding"])
                          for r in cursor.pending_rows]
-        self._records = records(path, skip=cursor.records_done)
+        if examples is not None:
+            self._encoded = iter(examples[cursor.records_done:])
+        else:
+            self._encoded = (encoder.encode(record)[0] for record in records(path, skip=cursor.records_done))
         self._exhausted = False
 
     def _fill(self) -> bool:
@@ -78,13 +89,12 @@ class RowStream:
         while not self._pending:
             if self._exhausted:
                 return False
-            record = next(self._records, None)
-            if record is None:
+            example = next(self._encoded, _END)
+            if example is _END:
                 self._exhausted = True
                 self._pending.extend(self.packer.flush())
                 continue
             self.cursor.records_done += 1
-            example, _ = self.encoder.encode(record)
             if example is not None:
                 self._pending.extend(self.packer.feed(example))
         return True
@@ -99,15 +109,29 @@ class RowStream:
         return rows
 
 
-def survey(path: Path, encoder: RecordEncoder, row_length: int, pad_id: int) -> tuple[TokenStats, int]:
-    """One pass over the item: its token statistics and how many rows an epoch packs into."""
+CACHE_TOKENS = 16_000_000
+"""Items up to this many tokens keep their encoded examples in memory from the survey to the
+training pass (tokenizing is ~10% of a small model's step time); larger ones are re-read."""
+
+
+def survey(path: Path, encoder: RecordEncoder, row_length: int, pad_id: int,
+           cache_tokens: int = CACHE_TOKENS) -> tuple[TokenStats, int, list[Example | None] | None]:
+    """One pass over the item: token statistics, rows per epoch, and (when small enough) the
+    encoded examples for ``RowStream``."""
     stats = TokenStats()
     packer = Packer(row_length, pad_id)
     rows = 0
+    cache: list[Example | None] | None = []
+    cached_tokens = 0
     for record in records(path):
         example, truncated = encoder.encode(record)
         stats.add(example, truncated=truncated)
+        if cache is not None:
+            cache.append(example)
+            cached_tokens += len(example.input_ids) if example is not None else 0
+            if cached_tokens > cache_tokens:
+                cache = None
         if example is not None:
             rows += sum(1 for _ in packer.feed(example))
     rows += sum(1 for _ in packer.flush())
-    return stats, rows
+    return stats, rows, cache

@@ -84,3 +84,52 @@ def build_demo_model(dest: Path, *, hidden: int = 128, layers: int = 4, heads: i
     model.save_pretrained(dest)
     tokenizer.save_pretrained(dest)
     return dest
+
+
+DEMO_CONFIG = """\
+# Settings sized for the tiny demo model on a CPU (trainctl init --demo). Every other key
+# keeps its default; the full list is in docs/configuration.md.
+
+[model]
+path = "models/base"
+
+[train]
+max_length = 256
+micro_batch_size = 8
+learning_rate = 0.001
+warmup_steps = 10
+
+[checkpoint]
+every_steps = 20
+"""
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m trainer.train.demo_model BASE_DIR``: the demo model and sample data.
+
+    Run by ``trainctl init --demo`` in its own process, so that trainctl never imports torch.
+    """
+    import argparse
+
+    from trainer.sample_data import write_sample_chat
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("base", type=Path)
+    args = parser.parse_args(argv)
+    model = args.base / "models" / "base"
+    if (model / "config.json").exists():
+        print(f"demo model already in {model}")
+    else:
+        staging = args.base / "models" / ".staging-demo"
+        build_demo_model(staging)
+        staging.rename(model)  # whole or not at all
+        print(f"built the demo model in {model}")
+    samples = args.base / "samples"
+    samples.mkdir(exist_ok=True)
+    for n in range(3):
+        write_sample_chat(samples / f"chat-{n}.jsonl", 300, seed=100 + n)
+    print(f"sample data in {samples}")
+
+
+if __name__ == "__main__":
+    main()

@@ -76,6 +76,7 @@ class ItemPlan:
     rows_per_epoch: int
     total_steps: int
     stats: dict
+    examples: list | None = field(default=None, repr=False, compare=False)  # encoded, when small
 
 
 @dataclass(frozen=True)
@@ -243,7 +244,7 @@ class Engine:
 
     def prepare(self, item_id: str, sha256: str, data_path: Path) -> ItemPlan:
         """Survey an item: token statistics and step count; fail it if nothing can be learned."""
-        stats, rows = survey(data_path, self.encoder, self.config.train.max_length, self.pad_id)
+        stats, rows, examples = survey(data_path, self.encoder, self.config.train.max_length, self.pad_id)
         summary = stats.summary()
         if summary["target_tokens"] == 0:
             why = "every example would train on zero tokens"
@@ -253,7 +254,7 @@ class Engine:
                 why += f" ({summary['truncated']} truncated to train.max_length before any answer)"
             raise ItemFailed(why, transient=False)
         steps = math.ceil(rows / self.rows_per_step()) * self.config.train.epochs_per_item
-        return ItemPlan(item_id, sha256, data_path, rows, steps, summary)
+        return ItemPlan(item_id, sha256, data_path, rows, steps, summary, examples)
 
     def _cursor_for(self, plan: ItemPlan) -> Cursor:
         saved = self.state.cursor
@@ -283,7 +284,8 @@ class Engine:
         metrics = _MetricsFile(self.metrics_dir / f"{plan.item_id}.jsonl")
         epochs = self.config.train.epochs_per_item
         while cursor.epoch < epochs:
-            stream = RowStream(plan.data_path, self.encoder, cursor, self.config.train.max_length, self.pad_id)
+            stream = RowStream(plan.data_path, self.encoder, cursor, self.config.train.max_length, self.pad_id,
+                               plan.examples)
             while rows := stream.take(self.rows_per_step()):
                 progress = self._optimizer_step(rows, cursor, plan)
                 steps_since, since = self._since_checkpoint
