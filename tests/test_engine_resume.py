@@ -20,7 +20,7 @@ from trainer.sample_data import write_sample_chat  # noqa: E402
 RUNNER = Path(__file__).resolve().parent / "engine_runner.py"
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = {
-    "train": {"max_length": 128, "micro_batch_size": 4, "grad_accum_steps": 2, "learning_rate": 1e-3,
+    "train": {"max_length": 128, "micro_batch_size": 2, "grad_accum_steps": 2, "learning_rate": 1e-3,
               "warmup_steps": 3, "deterministic": True, "schedule": "cosine-per-item"},
     "checkpoint": {"every_steps": 2, "keep_last": 2},
 }
