@@ -88,6 +88,7 @@ def worker_engine(base: Path, data: Path) -> dict:
 
     engine.train(plan, step)
     train_s = end - start
+    peak_rss = _peak_rss()  # before the checkpoint and resume measurements load a second copy
     saved_start = time.perf_counter()
     checkpoint = engine.checkpoint()
     save_s = time.perf_counter() - saved_start
@@ -98,7 +99,7 @@ def worker_engine(base: Path, data: Path) -> dict:
     resumed._restore(resumed.store.latest_valid())
     resume_s = time.perf_counter() - resume_start
     return {"tokens": tokens, "seconds": train_s, "tokens_per_s": tokens / train_s, "steps": plan.total_steps,
-            "save_s": save_s, "save_bytes": written, "resume_s": resume_s, "peak_rss": _peak_rss()}
+            "save_s": save_s, "save_bytes": written, "resume_s": resume_s, "peak_rss": peak_rss}
 
 
 def worker_hf(model_dir: Path, data: Path, grouped: bool) -> dict:
