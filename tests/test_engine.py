@@ -209,3 +209,18 @@ def test_every_step_is_reported_and_written_to_the_item_metrics_file(base):
     for key in ("loss", "smoothed_loss", "lr", "grad_norm", "tokens_per_s", "eta_s", "host_rss_bytes"):
         assert last[key] is not None, key
     assert last["eta_s"] == 0 and last["host_rss_bytes"] > 10_000_000
+
+
+def test_epochs_per_item_pass_over_the_data_again(base):
+    once = Engine(base, _config())
+    once.start()
+    data = write_sample_chat(base / "d.jsonl", 60, seed=1)
+    steps_once = _plan(once, data).total_steps
+    shutil.rmtree(base / "checkpoints")
+    twice = Engine(base, _config(epochs_per_item=2))
+    twice.start()
+    plan = _plan(twice, data)
+    assert plan.total_steps == 2 * steps_once
+    seen = []
+    twice.train(plan, lambda p: seen.append(p.step) or True)
+    assert seen == list(range(1, 2 * steps_once + 1))
