@@ -14,7 +14,7 @@ import sys
 from ctl.cli import cli
 import trainer.spool, trainer.inbox, trainer.sweep, trainer.status, trainer.control, trainer.lock
 import trainer.daemon, trainer.demo, trainer.sample_data
-commands = [["init"], ["enqueue", sys.argv[2]], ["status", "--json"], ["list", "--all"],
+commands = [["init", "--demo"], ["enqueue", sys.argv[2]], ["status", "--json"], ["list", "--all"],
             ["history"], ["pause"], ["resume"], ["wait", "--idle", "--timeout", "0"]]
 for args in commands:
     try:
@@ -27,7 +27,9 @@ print("HEAVY:" + ",".join(heavy))
 
 
 def test_trainctl_commands_import_no_torch(tmp_path, chat_file):
+    """init --demo builds a model, with torch, in a child process: never in trainctl's own."""
     result = subprocess.run([sys.executable, "-c", PROBE, str(tmp_path / "b"), str(chat_file())],
                             capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stderr
     assert "HEAVY:\n" in result.stdout, result.stdout
+    assert (tmp_path / "b" / "models" / "base" / "config.json").exists(), "the demo model was built"
