@@ -67,6 +67,24 @@ class DaemonConfig:
         "Keep it above the longest optimizer step.",
         minimum=1,
     )
+    min_free_bytes: int = _setting(
+        10 * GiB, "Free space always left on the base dir's filesystem: before claiming an item and "
+                  "before every checkpoint, free space must cover this plus the checkpoint estimate "
+                  "times free_space_margin, or the daemon waits (state blocked).", minimum=0)
+    free_space_margin: float = _setting(1.5, "Multiplier on the estimated checkpoint size.", minimum=1)
+    disk_check_seconds: float = _setting(30.0, "How often a daemon blocked on disk space looks again.",
+                                         minimum=0.1)
+    retry_delay_seconds: float = _setting(
+        30.0, "First delay before a transiently failed item is tried again; it doubles with each "
+              "attempt (at most an hour).", minimum=0)
+    max_consecutive_errors: int = _setting(
+        5, "Unexpected errors in a row in the main loop before the daemon exits non-zero for systemd "
+           "to restart it.", minimum=1)
+    memory_growth_bytes: int = _setting(
+        2 * GiB, "If resident memory after items has grown by more than this since the first item, "
+                 "and keeps growing, the daemon checkpoints and exits for a clean restart.", minimum=0)
+    consolidate_when_idle: bool = _setting(
+        True, "Consolidate into a new version whenever the queue drains after new items were trained.")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -37,6 +37,7 @@ class Request(str, Enum):
     STOP = "stop"
     SKIP = "skip"
     PAUSE = "pause"
+    CONSOLIDATE = "consolidate"
 
 
 def _request_path(layout: Layout, request: Request) -> Path:
@@ -73,6 +74,11 @@ def send_stop(layout: Layout, reason: str | None = None) -> dict:
     return _send(layout, Request.STOP, reason=reason)
 
 
+def send_consolidate(layout: Layout) -> dict:
+    """Consolidate at the next moment the queue is idle (never while training)."""
+    return _send(layout, Request.CONSOLIDATE)
+
+
 # --- read by the daemon (every optimizer step: one listdir, then only what exists) ----------
 
 @dataclass(frozen=True)
@@ -80,6 +86,7 @@ class Requests:
     pause: dict | None = None
     skip: dict | None = None
     stop: dict | None = None
+    consolidate: dict | None = None
 
 
 def _load_request(path: Path) -> dict | None:
@@ -130,6 +137,10 @@ def clear_skip(layout: Layout) -> bool:
 
 def clear_stop(layout: Layout) -> bool:
     return _clear(layout, Request.STOP)
+
+
+def clear_consolidate(layout: Layout) -> bool:
+    return _clear(layout, Request.CONSOLIDATE)
 
 
 # --- the daemon's state file ---------------------------------------------------------------

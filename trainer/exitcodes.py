@@ -14,3 +14,4 @@ class ExitCode(IntEnum):
     NO_PERMISSION = 77  # EX_NOPERM: the OS refused access to a base-dir path
     CONFIG = 78  # EX_CONFIG: bad config, bad or foreign base dir
     LOCKED = 73  # EX_CANTCREAT: another daemon already holds the base dir
+    RESTART = 100  # the daemon asks systemd for a clean restart (memory kept growing)

@@ -282,3 +282,21 @@ def set_tokens(layout: Layout, item_id: str, tokens: dict) -> Item:
         _write_meta(layout, item, meta)
         return dataclasses.replace(item, meta=meta), None, {}
     return _change(layout, item_id, {ItemState.ACTIVE}, "record token statistics for", change)
+
+
+def claim_specific(layout: Layout, item_id: str) -> Item | None:
+    """Claim this pending item (the one a checkpoint is in the middle of), or None if it is not
+    pending (held, removed or failed meanwhile)."""
+    with spool_lock(layout):
+        try:
+            item = find(layout, item_id)
+        except NoSuchItem:
+            return None
+        if item.state is not ItemState.PENDING:
+            return None
+        if active_item(layout) is not None:
+            raise WrongState(f"{active_item(layout).id} is already active: requeue or finish it first")
+        claimed = _move(layout, item, ItemState.ACTIVE, item.priority)
+        events.append(layout, Event.CLAIMED, item_id, priority=item.priority.value if item.priority else None,
+                      attempts=item.meta.attempts if item.meta else None)
+        return claimed

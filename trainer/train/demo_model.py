@@ -101,6 +101,9 @@ warmup_steps = 10
 
 [checkpoint]
 every_steps = 20
+
+[daemon]
+min_free_bytes = 104857600   # 100 MiB: the demo runs anywhere; keep the 10 GiB default in production
 """
 
 

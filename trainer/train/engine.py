@@ -129,6 +129,9 @@ class Engine:
         self._step_time: float | None = None
         self._process = psutil.Process()
         self.metrics_dir = base / "metrics"
+        # Called with the estimated size before every save; the daemon blocks there until the
+        # disk has room (or raises to give up). The default does nothing.
+        self.space_guard: Callable[[int], None] = lambda estimate: None
 
     # --- start-up ------------------------------------------------------------------------
 
@@ -171,6 +174,15 @@ class Engine:
         self.state.base = base
         return self.checkpoint()
 
+    def checkpoint_estimate(self) -> int:
+        """Bytes the next checkpoint will take: the last one's size, or weights + Adam moments."""
+        if self.last_checkpoint is not None:
+            try:
+                return sum(f.stat().st_size for f in self.last_checkpoint.path.iterdir())
+            except OSError:
+                pass
+        return sum(p.numel() * 4 * 3 for p in self.params.values())
+
     def current_checkpoint(self) -> Checkpoint:
         """A checkpoint of exactly the weights in memory (saved now if steps were taken since)."""
         if self.last_checkpoint is None or self._since_checkpoint[0] > 0 or \
@@ -200,6 +212,7 @@ class Engine:
         for name, p in self.params.items():
             if not torch.isfinite(p).all():
                 raise ItemFailed(f"refusing to checkpoint non-finite weights ({name})", transient=True)
+        self.space_guard(self.checkpoint_estimate())
         info = {"config_hash": config_hash(self.config), "versions": _versions(),
                 "item": (self.state.cursor or {}).get("item_id"), "tokens_seen": self.state.tokens_seen}
         self.last_checkpoint = self.store.save(self.state.global_step, self._write_checkpoint, info)

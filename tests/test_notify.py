@@ -1,0 +1,59 @@
+"""sd_notify against a real datagram socket, as systemd listens."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+from trainer.notify import Notifier
+
+
+@pytest.fixture
+def listener(tmp_path):
+    path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(2)
+    yield path, sock
+    sock.close()
+
+
+def test_messages_arrive_as_utf8_key_value_lines(listener):
+    path, sock = listener
+    notifier = Notifier({"NOTIFY_SOCKET": str(path)})
+    notifier.ready("training item 3 — loss 2.1\nsecond line")
+    assert sock.recv(4096).decode() == "READY=1\nSTATUS=training item 3 — loss 2.1 second line"
+    notifier.extend_timeout(90)
+    assert sock.recv(4096) == b"EXTEND_TIMEOUT_USEC=90000000"
+
+
+def test_abstract_socket_addresses_work():
+    name = f"trainer-test-{os.getpid()}"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind("\0" + name)
+    sock.settimeout(2)
+    try:
+        Notifier({"NOTIFY_SOCKET": "@" + name}).watchdog()
+        assert sock.recv(100) == b"WATCHDOG=1"
+    finally:
+        sock.close()
+
+
+def test_without_a_socket_every_call_is_a_no_op():
+    notifier = Notifier({})
+    assert not notifier.enabled
+    notifier.ready("x")
+    notifier.stopping()
+
+
+def test_errors_are_raised_not_swallowed(tmp_path):
+    with pytest.raises(OSError):
+        Notifier({"NOTIFY_SOCKET": str(tmp_path / "nobody-listens")}).ready("x")
+
+
+def test_the_watchdog_interval_is_ours_only_when_the_pid_matches():
+    assert Notifier({"WATCHDOG_USEC": "30000000"}).watchdog_usec == 30_000_000
+    assert Notifier({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": str(os.getpid())}).watchdog_usec == 30_000_000
+    assert Notifier({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "1"}).watchdog_usec is None
