@@ -280,6 +280,17 @@ def stop(session: Session, reason: str | None) -> None:
 
 
 @cli.command()
+@click.pass_obj
+def consolidate(session: Session) -> None:
+    """Publish the trained model as a new version at the next idle moment (never mid-item)."""
+    control.send_consolidate(session.layout)
+    if _daemon_running(session.layout):
+        note("consolidation requested: it runs once inbox, pending and active are empty")
+    else:
+        note("consolidation requested: it runs when the daemon next finds the queue empty")
+
+
+@cli.command()
 @click.argument("item_id", callback=item_id_arg)
 @click.pass_obj
 def hold(session: Session, item_id: str) -> None:

@@ -532,3 +532,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"trainer: {exc}", file=sys.stderr)
         code = ExitCode.CONFIG
     sys.exit(int(code))
+
+
+if __name__ == "__main__":
+    main()

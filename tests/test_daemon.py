@@ -1,0 +1,307 @@
+"""The daemon as a real process on the real tiny model: one test per failure mode."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+pytest.importorskip("torch")
+
+from conftest import REPO, trainctl  # noqa: E402
+from trainer import intake, spool  # noqa: E402
+from trainer.config import default_config_toml, load_config  # noqa: E402
+from trainer.exitcodes import ExitCode  # noqa: E402
+from trainer.layout import init_base  # noqa: E402
+from trainer.sample_data import write_sample_chat  # noqa: E402
+from trainer.states import ItemState  # noqa: E402
+
+CONFIG = """
+[train]
+max_length = 128
+micro_batch_size = 2
+learning_rate = 0.001
+warmup_steps = 2
+[checkpoint]
+every_steps = 2
+[daemon]
+heartbeat_seconds = 0.2
+min_free_bytes = 1048576
+retry_delay_seconds = 0.2
+consolidate_when_idle = false
+[snapshot]
+at = "23:59"
+[spool]
+inbox_settle_seconds = 0.5
+max_attempts = 3
+"""
+
+
+@pytest.fixture(scope="module")
+def demo_model(tmp_path_factory):
+    from trainer.train.demo_model import build_demo_model
+
+    return build_demo_model(tmp_path_factory.mktemp("demo") / "base")
+
+
+@pytest.fixture
+def base(tmp_path, demo_model):
+    layout, _ = init_base(tmp_path / "base", default_config_toml())
+    layout.config_file.write_text(CONFIG)
+    shutil.copytree(demo_model, layout.root / "models" / "base")
+    return layout
+
+
+class Daemon:
+    def __init__(self, layout, *args: str) -> None:
+        self.layout = layout
+        self.log = open(layout.root.parent / "daemon.log", "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "trainer.daemon", "run", "--base-dir", str(layout.root),
+                                      *args], stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def state(self) -> dict:
+        try:
+            return orjson.loads(self.layout.daemon_state.read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            return {}
+
+    def wait_for(self, predicate, timeout=60, what="condition"):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited {self.proc.returncode} waiting for {what}:\n{self.output()}")
+            time.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {what}:\n{self.output()}")
+
+    def wait_ready(self):
+        self.wait_for(lambda: self.state().get("pid") == self.pid and self.state().get("state") != "starting",
+                      what="ready")
+
+    def step(self) -> int:
+        """The step this daemon reports (0 while the state file is still a predecessor's)."""
+        state = self.state()
+        if state.get("pid") != self.pid:
+            return 0
+        return (state.get("item") or {}).get("step") or 0
+
+    def output(self) -> str:
+        self.log.flush()
+        return (self.layout.root.parent / "daemon.log").read_text(errors="replace")[-4000:]
+
+    def finish(self, timeout=120) -> int:
+        code = self.proc.wait(timeout)
+        self.log.close()
+        return code
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+        self.log.close()
+
+
+@pytest.fixture
+def daemons():
+    started = []
+
+    def start(layout, *args):
+        daemon = Daemon(layout, *args)
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        daemon.kill()
+
+
+def _enqueue(layout, tmp_path, records=200, seed=1, name="data"):
+    path = write_sample_chat(tmp_path / f"{name}.jsonl", records, seed=seed)
+    return intake.enqueue(layout, path, limits=load_config(layout.config_file).spool).id
+
+
+def _metric_steps(layout, item_id) -> list[int]:
+    path = layout.root / "metrics" / f"{item_id}.jsonl"
+    if not path.exists():
+        return []
+    return [orjson.loads(line)["step"] for line in path.read_bytes().splitlines()]
+
+
+def test_second_daemon_refuses_to_start_naming_the_first(base, daemons):
+    first = daemons(base)
+    first.wait_ready()
+    second = subprocess.run([sys.executable, "-m", "trainer.daemon", "run", "--base-dir", str(base.root)],
+                            capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert second.returncode == ExitCode.LOCKED
+    assert f"pid {first.pid}" in second.stderr and "Traceback" not in second.stderr
+
+
+def test_kill_9_mid_training_then_restart_resumes_the_item_at_its_checkpoint(base, daemons, tmp_path):
+    item_id = _enqueue(base, tmp_path, records=600)
+    daemon = daemons(base)
+    daemon.wait_for(lambda: max(_metric_steps(base, item_id), default=0) >= 5, what="5 steps")
+    os.kill(daemon.pid, signal.SIGKILL)
+    daemon.kill()
+    status = orjson.loads(trainctl(base.root, "status", "--json").stdout)
+    assert status["daemon"]["liveness"] == "not-running", "a killed daemon is never reported training"
+    assert status["daemon"]["last_state"] == "training"
+    killed_at = max(_metric_steps(base, item_id))
+    again = daemons(base, "--exit-when-idle")
+    assert again.finish() == 0, again.output()
+    item = spool.find(base, item_id)
+    assert item.state is ItemState.DONE and item.meta.attempts == 1
+    steps = _metric_steps(base, item_id)
+    resumed_from = next(s for i, s in enumerate(steps) if i > 0 and s <= steps[i - 1])
+    assert 2 <= resumed_from <= killed_at, f"resumed at step {resumed_from}, not from the start"
+    assert orjson.loads(base.daemon_state.read_bytes())["state"] == "stopped", "stale state reset"
+
+
+def test_sigterm_checkpoints_and_requeues_the_item_without_costing_an_attempt(base, daemons, tmp_path):
+    item_id = _enqueue(base, tmp_path, records=600)
+    daemon = daemons(base)
+    daemon.wait_for(lambda: max(_metric_steps(base, item_id), default=0) >= 3, what="3 steps")
+    started = time.monotonic()
+    daemon.proc.send_signal(signal.SIGTERM)
+    assert daemon.finish(60) == 0, daemon.output()
+    assert time.monotonic() - started < 30
+    item = spool.find(base, item_id)
+    assert item.state is ItemState.PENDING and item.meta.attempts == 0
+    stopped_at = max(_metric_steps(base, item_id))
+    again = daemons(base, "--exit-when-idle")
+    assert again.finish() == 0
+    steps = _metric_steps(base, item_id)
+    assert steps[steps.index(stopped_at) + 1] == stopped_at + 1, "went on from the step it stopped at"
+    assert steps.count(1) == 1, "never started the item again from the beginning"
+    assert spool.find(base, item_id).state is ItemState.DONE
+
+
+def test_a_file_that_keeps_killing_the_daemon_is_quarantined(base, daemons, tmp_path):
+    poison = _enqueue(base, tmp_path, records=600, name="poison")
+    after = _enqueue(base, tmp_path, records=20, seed=2, name="after")
+    for _ in range(3):  # killed while training the same file, as a segfault or OOM kill would
+        daemon = daemons(base)
+        daemon.wait_for(lambda: spool.active_item(base) is not None and spool.active_item(base).id == poison
+                        and daemon.step() >= 1, what="training the poison file")
+        os.kill(daemon.pid, signal.SIGKILL)
+        daemon.kill()
+    final = daemons(base, "--exit-when-idle")
+    assert final.finish() == 0, final.output()
+    failed = spool.find(base, poison)
+    assert failed.state is ItemState.FAILED and "gave up after 3 interrupted attempts" in failed.meta.last_error.message
+    assert spool.find(base, after).state is ItemState.DONE, "the queue moved on"
+
+
+def test_pause_is_kept_across_a_restart_then_resume_and_skip_work(base, daemons, tmp_path):
+    assert trainctl(base.root, "pause", "--reason", "maintenance").returncode == 0
+    item_id = _enqueue(base, tmp_path, records=600)
+    daemon = daemons(base)
+    daemon.wait_for(lambda: daemon.state().get("state") == "paused", what="paused")
+    time.sleep(0.5)
+    assert spool.find(base, item_id).state is ItemState.PENDING, "nothing is claimed while paused"
+    assert "maintenance" in trainctl(base.root, "status").stdout
+    assert trainctl(base.root, "resume").returncode == 0
+    daemon.wait_for(lambda: daemon.step() >= 2, what="training after resume")
+    assert trainctl(base.root, "pause").returncode == 0
+    daemon.wait_for(lambda: daemon.state().get("state") == "paused", what="paused mid-item")
+    assert spool.find(base, item_id).state is ItemState.ACTIVE, "a pause keeps the item and the model"
+    assert trainctl(base.root, "skip", "--reason", "wrong data").returncode == 0
+    assert trainctl(base.root, "resume").returncode == 0
+    assert trainctl(base.root, "wait", item_id, "--timeout", "60").returncode == ExitCode.FAILED
+    error = spool.find(base, item_id).meta.last_error
+    assert error.kind == "skipped" and "skipped by request at step" in error.message and "wrong data" in error.message
+
+
+def test_stop_beats_skip_beats_pause_when_all_are_pending(base, daemons, tmp_path):
+    from trainer import control
+
+    item_id = _enqueue(base, tmp_path, records=600)
+    daemon = daemons(base)
+    daemon.wait_for(lambda: daemon.step() >= 2, what="training")
+    control.send_pause(base)
+    control.send_skip(base, item_id)
+    control.send_stop(base)
+    assert daemon.finish(60) == 0
+    assert spool.find(base, item_id).state is ItemState.PENDING, "stopped, not skipped"
+    assert (base.control / "pause.json").exists() and not (base.control / "stop.json").exists()
+
+
+def test_disk_below_the_threshold_blocks_without_burning_an_attempt_and_recovers(base, daemons, tmp_path):
+    item_id = _enqueue(base, tmp_path, records=40)
+    base.config_file.write_text(CONFIG.replace("min_free_bytes = 1048576", f"min_free_bytes = {1 << 60}"))
+    daemon = daemons(base)
+    daemon.wait_for(lambda: daemon.state().get("state") == "blocked", what="blocked")
+    assert "disk: need" in daemon.state()["reason"]
+    assert spool.find(base, item_id).state is ItemState.PENDING
+    base.config_file.write_text(CONFIG)  # space "appears": the daemon re-reads its config on SIGHUP
+    daemon.proc.send_signal(signal.SIGHUP)
+    assert trainctl(base.root, "wait", item_id, "--timeout", "60").returncode == 0
+    assert spool.find(base, item_id).meta.attempts == 0
+
+
+def test_malformed_and_empty_inbox_files_fail_with_reasons_and_the_rest_trains(base, daemons, tmp_path):
+    (base.inbox / "empty.jsonl").write_bytes(b"")
+    (base.inbox / "broken.jsonl").write_bytes(b'{"text": "ok"}\n{not json\n')
+    good = write_sample_chat(tmp_path / "good.jsonl", 30, seed=3)
+    shutil.copy(good, base.inbox / ".good.jsonl")
+    os.rename(base.inbox / ".good.jsonl", base.inbox / "good.jsonl")
+    time.sleep(0.6)  # let the copied files settle
+    daemon = daemons(base, "--exit-when-idle")
+    assert daemon.finish() == 0, daemon.output()
+    items = {i.meta.name: i for i in spool.list_items(base, list(ItemState))}
+    assert items["good.jsonl"].state is ItemState.DONE
+    assert items["empty.jsonl"].state is ItemState.FAILED and "empty" in items["empty.jsonl"].meta.last_error.message
+    assert "broken.jsonl:2" in items["broken.jsonl"].meta.last_error.message
+
+
+def test_consolidation_waits_until_nothing_is_training(base, daemons, tmp_path):
+    item_id = _enqueue(base, tmp_path, records=300)
+    daemon = daemons(base)
+    daemon.wait_for(lambda: daemon.step() >= 1, what="training")
+    assert trainctl(base.root, "consolidate").returncode == 0
+    assert trainctl(base.root, "wait", "--idle", "--timeout", "60").returncode == 0
+    daemon.wait_for(lambda: (base.root / "models" / "v001").exists(), what="the new version")
+    done_at = next(e["t"] for e in orjson.loads(trainctl(base.root, "history", "--json").stdout)["events"]
+                   if e["event"] == "done" and e["id"] == item_id)
+    created = orjson.loads((base.root / "models" / "v001" / "trainer_version.json").read_bytes())["created_at"]
+    assert created > done_at, "consolidated only after the item was done"
+
+
+def test_an_exception_in_the_loop_is_survived(base, monkeypatch, tmp_path):
+    from trainer.daemon import Daemon as InProcess
+    from trainer.layout import open_base
+
+    item_id = _enqueue(base, tmp_path, records=20)
+    daemon = InProcess(open_base(base.root), load_config(base.config_file))
+    original = daemon._take_inbox
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) <= 2:
+            raise RuntimeError("injected failure")
+        return original()
+
+    monkeypatch.setattr(daemon, "_take_inbox", flaky)
+    assert daemon.run(exit_when_idle=True) == 0
+    assert spool.find(base, item_id).state is ItemState.DONE
+    assert "injected failure" in daemon.last_error
+
+
+def test_a_broken_config_exits_with_the_config_code(base):
+    base.config_file.write_text("[train]\nmax_lenght = 5\n")
+    result = subprocess.run([sys.executable, "-m", "trainer.daemon", "run", "--base-dir", str(base.root)],
+                            capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert result.returncode == ExitCode.CONFIG and "train.max_lenght" in result.stderr
+    assert "Traceback" not in result.stderr
