@@ -90,6 +90,13 @@ def status_lines(status: dict) -> list[str]:
     checkpoint = status.get("last_checkpoint")
     if checkpoint:
         lines.append(f"checkpoint  {_kv(checkpoint)}")
+    memory = status.get("memory")
+    if isinstance(memory, dict) and memory.get("rss_after_items"):
+        samples = [size(v) for v in memory["rss_after_items"] if isinstance(v, (int, float))]
+        line = f"memory      after recent items: {', '.join(samples)}"
+        if isinstance(memory.get("gpu"), dict):
+            line += f"; GPU allocated {size(memory['gpu'].get('allocated'))}, reserved {size(memory['gpu'].get('reserved'))}"
+        lines.append(line)
     disk = status["disk"]
     lines.append(f"disk        {size(disk['free_bytes'])} free of {size(disk['total_bytes'])}")
     error = status.get("last_error")

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import orjson
 import pytest
@@ -98,7 +97,8 @@ class Daemon:
         return (state.get("item") or {}).get("step") or 0
 
     def output(self) -> str:
-        self.log.flush()
+        if not self.log.closed:
+            self.log.flush()
         return (self.layout.root.parent / "daemon.log").read_text(errors="replace")[-4000:]
 
     def finish(self, timeout=120) -> int:
@@ -305,3 +305,111 @@ def test_a_broken_config_exits_with_the_config_code(base):
                             capture_output=True, text=True, cwd=REPO, timeout=60)
     assert result.returncode == ExitCode.CONFIG and "train.max_lenght" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_sigint_is_as_graceful_as_sigterm(base, daemons, tmp_path):
+    item_id = _enqueue(base, tmp_path, records=600)
+    daemon = daemons(base)
+    daemon.wait_for(lambda: daemon.step() >= 2, what="training")
+    daemon.proc.send_signal(signal.SIGINT)
+    assert daemon.finish(60) == 0
+    item = spool.find(base, item_id)
+    assert item.state is ItemState.PENDING and item.meta.attempts == 0
+
+
+def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(base, daemons, tmp_path):
+    item_id = _enqueue(base, tmp_path, records=600)
+    daemon = daemons(base)
+    daemon.wait_for(lambda: daemon.step() >= 6, what="several checkpoints")
+    os.kill(daemon.pid, signal.SIGKILL)
+    daemon.kill()
+    from trainer.train.checkpoint import CheckpointStore
+
+    newest = CheckpointStore(base.root / "checkpoints").committed()[-1]
+    weights = newest.path / "trainable.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # a bit flip on disk
+    weights.write_bytes(bytes(data))
+    again = daemons(base, "--exit-when-idle")
+    assert again.finish() == 0, again.output()
+    assert newest.path.name in os.listdir(base.root / "checkpoints" / "quarantine")
+    assert "does not match its sha256" in (base.root.parent / "daemon.log").read_text()
+    assert spool.find(base, item_id).state is ItemState.DONE
+
+
+def test_data_changed_on_disk_after_queueing_fails_the_item_at_once(base, daemons, tmp_path):
+    item_id = _enqueue(base, tmp_path, records=20)
+    item = spool.find(base, item_id)
+    with open(item.data_path, "ab") as fh:
+        fh.write(b'{"text": "sneaked in"}\n')
+    daemon = daemons(base, "--exit-when-idle")
+    assert daemon.finish() == 0
+    failed = spool.find(base, item_id)
+    assert failed.state is ItemState.FAILED and "changed on disk" in failed.meta.last_error.message
+    assert failed.meta.attempts == 0, "deterministic: no retries burned"
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("mount") is None, reason="needs root to mount a small tmpfs")
+def test_a_real_full_disk_blocks_the_daemon_until_space_is_freed(tmp_path, demo_model, daemons):
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160m", "tmpfs", str(mount)]).returncode != 0:
+        pytest.skip("mounting a tmpfs is not permitted here")
+    try:
+        layout, _ = init_base(mount / "base", default_config_toml())
+        layout.config_file.write_text(CONFIG.replace("min_free_bytes = 1048576", "min_free_bytes = 8388608")
+                                      .replace("[daemon]", "[daemon]\ndisk_check_seconds = 0.2"))
+        shutil.copytree(demo_model, layout.root / "models" / "base")
+        item_id = _enqueue(layout, tmp_path, records=100)
+        filler = mount / "filler"
+        stats = os.statvfs(mount)
+        filler.write_bytes(b"\0" * max(0, stats.f_bavail * stats.f_frsize - (4 << 20)))  # leave 4 MiB
+        daemon = daemons(layout)
+        daemon.wait_for(lambda: daemon.state().get("state") == "blocked", what="blocked on disk")
+        assert "disk: need" in daemon.state()["reason"]
+        assert spool.find(layout, item_id).state is ItemState.PENDING
+        filler.unlink()
+        assert trainctl(layout.root, "wait", item_id, "--timeout", "90", timeout=120).returncode == 0
+        assert spool.find(layout, item_id).meta.attempts == 0, "blocking burns no attempt"
+        daemon.proc.send_signal(signal.SIGTERM)
+        assert daemon.finish(60) == 0
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def test_growing_memory_after_items_asks_for_a_clean_restart(base, monkeypatch, tmp_path):
+    from trainer.daemon import Daemon as InProcess
+    from trainer.layout import open_base
+
+    for n in range(5):
+        _enqueue(base, tmp_path, records=10, seed=n, name=f"m{n}")
+    daemon = InProcess(open_base(base.root), load_config(base.config_file))
+    samples = iter([1 << 30, 2 << 30, 3 << 30, 4 << 30, 5 << 30])
+    monkeypatch.setattr(daemon, "_resident_bytes", lambda: next(samples))  # memory that keeps growing
+    assert daemon.run(exit_when_idle=True) == ExitCode.RESTART
+    state = orjson.loads(base.daemon_state.read_bytes())
+    assert state["state"] == "stopped" and "resident memory grew" in state["reason"]
+    assert spool.counts(base)["active"] == 0, "the item finished before the restart"
+
+
+def test_the_snapshot_date_is_persisted_so_restarts_and_clock_jumps_do_not_repeat_it(base, tmp_path):
+    from datetime import date, timedelta
+
+    from trainer.daemon import Daemon as InProcess
+    from trainer.layout import open_base
+
+    base.config_file.write_text(CONFIG.replace('at = "23:59"', 'at = "00:00"'))
+    _enqueue(base, tmp_path, records=20)
+    first = InProcess(open_base(base.root), load_config(base.config_file))
+    assert first.run(exit_when_idle=True) == 0
+    today = date.today().isoformat()
+    assert os.listdir(base.root / "snapshots") == [today]
+    assert orjson.loads((base.run / "housekeeping.json").read_bytes())["last_snapshot"] == today
+    # A later day already recorded (the clock was ahead, then jumped back): nothing is taken.
+    shutil.rmtree(base.root / "snapshots" / today)
+    tomorrow = (date.today() + timedelta(days=1)).isoformat()
+    (base.run / "housekeeping.json").write_bytes(orjson.dumps({"last_snapshot": tomorrow}))
+    _enqueue(base, tmp_path, records=20, seed=5, name="second")
+    second = InProcess(open_base(base.root), load_config(base.config_file))
+    assert second.run(exit_when_idle=True) == 0
+    assert os.listdir(base.root / "snapshots") == []

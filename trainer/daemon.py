@@ -59,7 +59,8 @@ class Daemon:
         self.item = None  # the active Item while training
         self.progress = None
         self.last_error: str | None = None
-        self.memory: list[int] = []
+        self.memory: list[int] = []  # resident bytes after each item
+        self.gpu_memory: dict | None = None
         self._state_written = 0.0
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._watcher = None
@@ -107,7 +108,8 @@ class Daemon:
         record = control.daemon_state(
             state.value, pid=os.getpid(), started_at=self.started_at, now=utc_now(), item=item,
             last_checkpoint=checkpoint, last_error=self.last_error, reason=reason,
-            memory={"rss_after_items": self.memory[-5:]})
+            memory={"rss_after_items": self.memory[-5:], "gpu": self.gpu_memory,
+                    "growth_limit": self.config.daemon.memory_growth_bytes})
         control.write_state(self.layout, record)
         summary = state.value + (f": {reason}" if reason else "")
         if item and "step" in item:
@@ -210,6 +212,8 @@ class Daemon:
                     errors = 0
                 except Shutdown:
                     break
+                except _RestartRequested:
+                    raise
                 except Exception as exc:  # the loop never dies of one exception
                     errors += 1
                     self.last_error = f"{iso(utc_now())} {type(exc).__name__}: {exc}"
@@ -275,9 +279,7 @@ class Daemon:
         self.item, self.progress = item, None
         self.publish(DaemonState.TRAINING)
         try:
-            if item.meta is None:
-                raise ItemFailed(f"its metadata is unreadable ({item.meta_problem}): trainctl retry rebuilds it",
-                                 transient=False)
+            self._check_item_data(item)
             plan = self.engine.prepare(item.id, item.meta.sha256, item.data_path)
             spool.set_tokens(self.layout, item.id, plan.stats)
             log.info("training %s (%s): %d examples, %d steps", item.id, item.meta.name, plan.stats["examples"],
@@ -313,6 +315,25 @@ class Daemon:
             self._item_failed(item, f"{type(exc).__name__}: {exc}", transient=True)
         finally:
             self.item, self.progress = None, None
+
+    def _check_item_data(self, item) -> None:
+        """Validate again at claim: the queued copy must still be what was validated."""
+        from trainer import intake
+        from trainer.errors import InvalidData
+        from trainer.train.engine import ItemFailed
+
+        if item.meta is None:
+            raise ItemFailed(f"its metadata is unreadable ({item.meta_problem}): trainctl retry rebuilds it",
+                             transient=False)
+        try:
+            report = intake.validate_item_data(item, self.config.spool)
+        except (InvalidData, TrainerError) as exc:
+            raise ItemFailed(str(exc), transient=False) from None
+        if not report.ok:
+            raise ItemFailed("invalid data: " + "; ".join(report.describe(item.meta.name)[:3]), transient=False)
+        if report.sha256 != item.meta.sha256:
+            raise ItemFailed(f"its data changed on disk since it was queued (sha256 {report.sha256[:12]}, "
+                             f"expected {item.meta.sha256[:12]}): enqueue the file again", transient=False)
 
     def _item_failed(self, item, reason: str, *, transient: bool) -> None:
         self.last_error = f"{iso(utc_now())} {item.id}: {reason}"
@@ -370,10 +391,17 @@ class Daemon:
             self.publish(DaemonState.PAUSED, reason=requests.pause.get("reason"))
             self.wait(self.config.daemon.heartbeat_seconds)
 
-    def _after_item(self) -> None:
+    def _resident_bytes(self) -> int:
         import psutil
 
-        self.memory.append(psutil.Process().memory_info().rss)
+        return psutil.Process().memory_info().rss
+
+    def _after_item(self) -> None:
+        import torch
+
+        self.memory.append(self._resident_bytes())
+        if torch.cuda.is_available():
+            self.gpu_memory = {"allocated": torch.cuda.memory_allocated(), "reserved": torch.cuda.memory_reserved()}
         if memory_creeping(self.memory, self.config.daemon.memory_growth_bytes):
             self.engine.current_checkpoint()
             raise _RestartRequested(f"resident memory grew from {self.memory[0]:,} to {self.memory[-1]:,} bytes "
@@ -405,7 +433,7 @@ class Daemon:
                             self.config.daemon.min_free_bytes)
         if self._free_bytes() >= need:
             return True
-        self.engine.store.retain()
+        self.engine.store.retain(keep=2)  # short of space: keep only the latest two
         have = self._free_bytes()
         if have >= need:
             return True
@@ -416,13 +444,17 @@ class Daemon:
         return False
 
     def _space_guard(self, estimate: int) -> None:
-        """Before every checkpoint: wait (blocked, still heartbeating) until the disk has room."""
+        """Before every checkpoint: wait (blocked, still heartbeating) until the disk has room.
+
+        Also asks systemd for time: a save during a stop must not be killed by TimeoutStopSec.
+        """
+        self.notifier.extend_timeout(max(60.0, estimate / 50e6 * 3))  # ~50 MB/s worst case, x3
         need = space_needed(estimate, self.config.daemon.free_space_margin, self.config.daemon.min_free_bytes)
         while True:
             have = self._free_bytes()
             if have >= need:
                 return
-            self.engine.store.retain()
+            self.engine.store.retain(keep=2)  # short of space: keep only the latest two
             if self._free_bytes() >= need:
                 return
             reason = f"disk: need {need:,} bytes free, have {have:,} (checkpoint waiting)"

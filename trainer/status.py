@@ -70,6 +70,7 @@ def summarize(
         "queues": queues,
         "last_checkpoint": state.get("last_checkpoint") if state else None,
         "last_error": state.get("last_error") if state else None,
+        "memory": state.get("memory") if state and alive else None,
         "disk": disk,
     }
 

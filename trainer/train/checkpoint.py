@@ -187,10 +187,12 @@ class CheckpointStore:
         self.retain()
         return checkpoint
 
-    def retain(self) -> list[Path]:
-        """Delete all but the newest ``keep_last`` committed checkpoints (by recorded step)."""
+    def retain(self, keep: int | None = None) -> list[Path]:
+        """Delete all but the newest ``keep_last`` (or ``keep``, never below two) committed
+        checkpoints, by recorded step."""
+        keep = self.keep_last if keep is None else max(2, keep)
         committed = self.committed()
-        doomed = committed[: max(0, len(committed) - self.keep_last)]
+        doomed = committed[: max(0, len(committed) - keep)]
         for checkpoint in doomed:
             shutil.rmtree(checkpoint.path, ignore_errors=True)
         if doomed:
