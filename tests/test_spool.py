@@ -214,3 +214,20 @@ def test_token_statistics_are_recorded_on_the_active_item(layout, limits, chat_f
     stats = {"examples": 3, "mean": 12.0, "p95": 14, "max": 14, "truncated": 0}
     spool.set_tokens(layout, item_id, stats)
     assert spool.find(layout, item_id).meta.tokens == stats
+
+
+def test_an_item_deleted_by_hand_between_listing_and_claim_is_skipped(layout, limits, chat_file, monkeypatch):
+    import shutil
+
+    first = intake.enqueue(layout, chat_file(), limits=limits).id
+    second = intake.enqueue(layout, chat_file(), limits=limits).id
+    real = spool._entries
+
+    def listing_then_rm(directory):
+        names = real(directory)
+        if first in names:
+            shutil.rmtree(directory / first)  # someone's rm -rf lands right after the listing
+        return names
+
+    monkeypatch.setattr(spool, "_entries", listing_then_rm)
+    assert spool.claim_next(layout, utc_now()).id == second

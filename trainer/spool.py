@@ -212,7 +212,10 @@ def claim_next(layout: Layout, now: datetime) -> Item | None:
         for priority in Priority.in_service_order():
             directory = layout.pending(priority)
             for item_id in _entries(directory):
-                item = load_item(directory / item_id, ItemState.PENDING, priority)
+                try:
+                    item = load_item(directory / item_id, ItemState.PENDING, priority)
+                except FileNotFoundError:
+                    continue  # deleted by hand between the listing and now
                 if item.meta is not None and item.meta.not_before is not None:
                     if parse_iso(item.meta.not_before) > now:  # parse_meta checked the format
                         continue
