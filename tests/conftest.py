@@ -101,3 +101,11 @@ def open_layout():
     base, _ = init_base(parent / "base", default_config_toml())
     yield base
     shutil.rmtree(parent, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def demo_model(tmp_path_factory):
+    """The tiny demo model, built once for the whole session (tests copy it, never change it)."""
+    from trainer.train.demo_model import build_demo_model
+
+    return build_demo_model(tmp_path_factory.mktemp("demo") / "base")

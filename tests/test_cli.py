@@ -286,8 +286,11 @@ def test_the_base_dir_comes_from_the_environment(layout, chat_file):
 
 def test_status_watch_refreshes_until_interrupted(layout, fake_daemon):
     fake_daemon(layout.root)
+    # A shell without job control starts background jobs with SIGINT ignored, and Python keeps
+    # it ignored; give the child the default, as a terminal would.
     watcher = subprocess.Popen([sys.executable, "-m", "ctl", "--base-dir", str(layout.root), "status", "--watch"],
-                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(2.5)
     watcher.send_signal(signal.SIGINT)
     out, err = watcher.communicate(timeout=10)

@@ -43,13 +43,6 @@ max_attempts = 3
 """
 
 
-@pytest.fixture(scope="module")
-def demo_model(tmp_path_factory):
-    from trainer.train.demo_model import build_demo_model
-
-    return build_demo_model(tmp_path_factory.mktemp("demo") / "base")
-
-
 @pytest.fixture
 def base(tmp_path, demo_model):
     layout, _ = init_base(tmp_path / "base", default_config_toml())

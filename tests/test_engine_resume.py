@@ -26,13 +26,6 @@ CONFIG = {
 }
 
 
-@pytest.fixture(scope="module")
-def demo_model(tmp_path_factory):
-    from trainer.train.demo_model import build_demo_model
-
-    return build_demo_model(tmp_path_factory.mktemp("demo") / "base")
-
-
 def _base(tmp_path: Path, demo_model: Path, name: str) -> Path:
     base = tmp_path / name
     shutil.copytree(demo_model, base / "models" / "base")

@@ -15,15 +15,12 @@ from trainer.train.packing import Packer, pack  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
+def demo(demo_model):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from trainer.train.demo_model import build_demo_model
-
-    path = build_demo_model(tmp_path_factory.mktemp("model"))
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(demo_model, dtype=torch.float32)
     model.eval()
-    return model, AutoTokenizer.from_pretrained(path)
+    return model, AutoTokenizer.from_pretrained(demo_model)
 
 
 def _examples(tokenizer, n, seed=0, max_length=256):

@@ -17,13 +17,6 @@ from trainer.train import publish  # noqa: E402
 from trainer.train.engine import WEIGHTS_FILE, Engine  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def demo_model(tmp_path_factory):
-    from trainer.train.demo_model import build_demo_model
-
-    return build_demo_model(tmp_path_factory.mktemp("demo") / "base")
-
-
 @pytest.fixture
 def base(tmp_path, demo_model):
     shutil.copytree(demo_model, tmp_path / "models" / "base")
