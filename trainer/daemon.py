@@ -59,6 +59,7 @@ class Daemon:
         self.item = None  # the active Item while training
         self.progress = None
         self.last_error: str | None = None
+        self.model_load_s: float | None = None  # imports + weights, reported in the state file
         self.memory: list[int] = []  # resident bytes after each item
         self.gpu_memory: dict | None = None
         self._state_written = 0.0
@@ -107,7 +108,7 @@ class Daemon:
             checkpoint = {"step": self.engine.last_checkpoint.step, "name": self.engine.last_checkpoint.path.name}
         record = control.daemon_state(
             state.value, pid=os.getpid(), started_at=self.started_at, now=utc_now(), item=item,
-            last_checkpoint=checkpoint, last_error=self.last_error, reason=reason,
+            last_checkpoint=checkpoint, last_error=self.last_error, reason=reason, model_load_s=self.model_load_s,
             memory={"rss_after_items": self.memory[-5:], "gpu": self.gpu_memory,
                     "growth_limit": self.config.daemon.memory_growth_bytes})
         control.write_state(self.layout, record)
@@ -188,8 +189,12 @@ class Daemon:
 
     def _run_locked(self, exit_when_idle: bool) -> int:
         from trainer.inbox import InboxScanner
-        from trainer.train.engine import Engine
         from trainer.watch import Watcher
+
+        started = time.monotonic()
+        from trainer.train.engine import Engine  # torch and transformers: part of loading the model
+
+        self._imports_s = time.monotonic() - started
 
         self.publish(DaemonState.STARTING, reason="recovering")
         self.recover()
@@ -197,6 +202,7 @@ class Daemon:
         self.engine = Engine(self.layout.root, self.config)
         self.engine.space_guard = self._space_guard
         self.engine.start()
+        self.model_load_s = round(self._imports_s + self.engine.load_seconds, 3)
         dirs = [self.layout.inbox, self.layout.control, *[self.layout.pending(p) for p in _priorities()]]
         self._watcher = Watcher(dirs, self._wake_r)
         self._scanner = InboxScanner(self.layout.inbox, self.config.spool.inbox_settle_seconds)
@@ -281,9 +287,11 @@ class Daemon:
         try:
             self._check_item_data(item)
             plan = self.engine.prepare(item.id, item.meta.sha256, item.data_path)
-            spool.set_tokens(self.layout, item.id, plan.stats)
-            log.info("training %s (%s): %d examples, %d steps", item.id, item.meta.name, plan.stats["examples"],
-                     plan.total_steps)
+            if plan.stats:  # empty when resuming: recorded the first time
+                spool.set_tokens(self.layout, item.id, plan.stats)
+            log.info("training %s (%s): %d steps%s", item.id, item.meta.name, plan.total_steps,
+                     f", resuming at step {self.engine.state.cursor['item_step']}"
+                     if not plan.stats and self.engine.state.cursor else "")
             while True:
                 self._action = control.Action.NONE
                 if self.engine.train(plan, self._after_step):

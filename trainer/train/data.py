@@ -43,11 +43,15 @@ class Cursor:
     packer: dict | None = None
     pending_rows: list[dict] = field(default_factory=list)
     item_step: int = 0  # optimizer steps taken on this item
+    # The survey's results, so a resumed item need not be surveyed (tokenized) again.
+    rows_per_epoch: int = 0
+    total_steps: int = 0
 
     def to_json(self) -> dict:
         return {"item_id": self.item_id, "sha256": self.sha256, "epoch": self.epoch,
                 "records_done": self.records_done, "packer": self.packer,
-                "pending_rows": self.pending_rows, "item_step": self.item_step}
+                "pending_rows": self.pending_rows, "item_step": self.item_step,
+                "rows_per_epoch": self.rows_per_epoch, "total_steps": self.total_steps}
 
     @classmethod
     def from_json(cls, data: dict) -> "Cursor":

@@ -140,6 +140,9 @@ class Engine:
         cfg = self.config.train
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True)
+            # Multi-threaded CPU kernels were seen to differ in the last bits between a run and
+            # its resumption (about 1 run in 3); one thread makes CPU results bitwise repeatable.
+            torch.set_num_threads(1)
         random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
         swept = self.store.sweep_staging()
@@ -148,7 +151,9 @@ class Engine:
         checkpoint = self.store.latest_valid()
         # The checkpoint says which model it trains (a consolidation moves LoRA to a new base).
         base = _saved_state(checkpoint).get("base") if checkpoint is not None else None
+        started = time.monotonic()
         self._load_model(base)
+        self.load_seconds = time.monotonic() - started
         self.state = TrainState(micro_batch_size=cfg.micro_batch_size, base=base)
         if checkpoint is not None:
             self._restore(checkpoint)
@@ -256,7 +261,15 @@ class Engine:
         return self.config.train.micro_batch_size * self.config.train.grad_accum_steps
 
     def prepare(self, item_id: str, sha256: str, data_path: Path) -> ItemPlan:
-        """Survey an item: token statistics and step count; fail it if nothing can be learned."""
+        """Survey an item: token statistics and step count; fail it if nothing can be learned.
+
+        An item the checkpoint is in the middle of was surveyed before the interruption: its
+        counts come from the cursor, so resuming does not tokenize the whole file first.
+        """
+        saved = self.state.cursor
+        if (saved and saved.get("item_id") == item_id and saved.get("sha256") == sha256
+                and saved.get("total_steps")):
+            return ItemPlan(item_id, sha256, data_path, saved["rows_per_epoch"], saved["total_steps"], {}, None)
         stats, rows, examples = survey(data_path, self.encoder, self.config.train.max_length, self.pad_id)
         summary = stats.summary()
         if summary["target_tokens"] == 0:
@@ -277,7 +290,7 @@ class Engine:
             log.warning("the checkpoint was in the middle of item %s; starting %s from its beginning "
                         "(the updates already made from %s stay)", saved.get("item_id"), plan.item_id,
                         saved.get("item_id"))
-        return Cursor(plan.item_id, plan.sha256)
+        return Cursor(plan.item_id, plan.sha256, rows_per_epoch=plan.rows_per_epoch, total_steps=plan.total_steps)
 
     def already_trained(self, plan: ItemPlan) -> bool:
         """True when the last checkpoint already finished this exact item (a crash came between
