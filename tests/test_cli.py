@@ -139,7 +139,8 @@ def test_status_reports_a_live_daemon_and_its_progress(layout, chat_file, fake_d
 def test_a_killed_daemon_is_reported_dead_never_training(layout, chat_file, fake_daemon):
     daemon = fake_daemon(layout.root, "--consume", "--train-seconds", "30")
     trainctl(layout.root, "enqueue", str(chat_file()))
-    while spool.counts(layout)["active"] == 0:
+    # Killed once it has said "training" (it claims first, then publishes its state).
+    while orjson.loads(layout.daemon_state.read_bytes()).get("state") != "training":
         time.sleep(0.02)
     os.kill(daemon.pid, signal.SIGKILL)
     daemon.proc.wait()
