@@ -105,15 +105,14 @@ def worker(kind: str, model_dir: Path, data: Path, row: int, batch: int) -> dict
                                   TrainerCallback, TrainingArguments)
 
         from trainer.train.data import records
-        from trainer.train.examples import IGNORE, RecordEncoder
+        from trainer.train.examples import IGNORE, RecordEncoder, hf_labels
 
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         encoder = RecordEncoder(tokenizer, max_length=row)
         rows = []
         for rec in records(data):
             ex, _ = encoder.encode(rec)
-            labels = [IGNORE] + [ex.input_ids[t + 1] if ex.labels[t] != IGNORE else IGNORE
-                                 for t in range(len(ex.input_ids) - 1)]
+            labels = hf_labels(ex)
             rows.append({"input_ids": ex.input_ids, "labels": labels})
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16 if cuda else torch.float32,
                                                      attn_implementation="sdpa")

@@ -109,7 +109,7 @@ def worker_hf(model_dir: Path, data: Path, grouped: bool) -> dict:
     from transformers.utils import logging as hf_logging
 
     from trainer.train.data import records
-    from trainer.train.examples import IGNORE, RecordEncoder
+    from trainer.train.examples import IGNORE, RecordEncoder, hf_labels
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
@@ -118,9 +118,7 @@ def worker_hf(model_dir: Path, data: Path, grouped: bool) -> dict:
     rows = []
     for rec in records(data):
         example, _ = encoder.encode(rec)
-        # HF models shift labels themselves: label t is token t where token t is learned.
-        labels = [IGNORE] + [example.input_ids[t + 1] if example.labels[t] != IGNORE else IGNORE
-                             for t in range(len(example.input_ids) - 1)]
+        labels = hf_labels(example)
         rows.append({"input_ids": example.input_ids, "labels": labels})
     tokens = sum(len(r["input_ids"]) for r in rows)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa")

@@ -264,27 +264,25 @@ def requeue(layout: Layout, item_id: str, *, reason: str, not_before: datetime |
     return _change(layout, item_id, {ItemState.ACTIVE}, "requeue", change)
 
 
-def set_cursor(layout: Layout, item_id: str, cursor: dict) -> Item:
-    """Record where training stands in the active item (the engine decides the content)."""
+def _annotate_active(layout: Layout, item_id: str, what: str, **fields: object) -> Item:
+    """Replace some metadata fields of the active item (no state change, no event)."""
     def change(item: Item):
         if item.meta is None:
-            raise WrongState(f"{item_id}: cannot record a cursor: {item.meta_problem}")
-        meta = dataclasses.replace(item.meta, cursor=cursor)
+            raise WrongState(f"{item_id}: cannot record {what}: {item.meta_problem}")
+        meta = dataclasses.replace(item.meta, **fields)
         _write_meta(layout, item, meta)
         return dataclasses.replace(item, meta=meta), None, {}
-    return _change(layout, item_id, {ItemState.ACTIVE}, "record a cursor for", change)
+    return _change(layout, item_id, {ItemState.ACTIVE}, f"record {what} for", change)
 
+
+def set_cursor(layout: Layout, item_id: str, cursor: dict) -> Item:
+    """Record where training stands in the active item (the engine decides the content)."""
+    return _annotate_active(layout, item_id, "a cursor", cursor=cursor)
 
 
 def set_tokens(layout: Layout, item_id: str, tokens: dict) -> Item:
     """Record the active item's token statistics (from the engine's survey of it)."""
-    def change(item: Item):
-        if item.meta is None:
-            raise WrongState(f"{item_id}: cannot record token statistics: {item.meta_problem}")
-        meta = dataclasses.replace(item.meta, tokens=tokens)
-        _write_meta(layout, item, meta)
-        return dataclasses.replace(item, meta=meta), None, {}
-    return _change(layout, item_id, {ItemState.ACTIVE}, "record token statistics for", change)
+    return _annotate_active(layout, item_id, "token statistics", tokens=tokens)
 
 
 def claim_specific(layout: Layout, item_id: str) -> Item | None:

@@ -36,6 +36,13 @@ def labels_from_mask(ids: list[int], learn: list[bool]) -> list[int]:
     return labels
 
 
+def hf_labels(example: Example) -> list[int]:
+    """The same targets in Hugging Face's convention (labels aligned with the inputs; the
+    model shifts them itself), for comparing against transformers.Trainer."""
+    return [IGNORE] + [example.input_ids[t + 1] if example.labels[t] != IGNORE else IGNORE
+                       for t in range(len(example.input_ids) - 1)]
+
+
 @dataclass
 class TokenStats:
     """What encoding an item's records found, kept in the item's metadata."""
