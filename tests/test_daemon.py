@@ -15,6 +15,7 @@ import pytest
 pytest.importorskip("torch")
 
 from conftest import REPO, trainctl  # noqa: E402
+from daemon_proc import DaemonProcess  # noqa: E402
 from trainer import intake, spool  # noqa: E402
 from trainer.config import default_config_toml, load_config  # noqa: E402
 from trainer.exitcodes import ExitCode  # noqa: E402
@@ -51,67 +52,12 @@ def base(tmp_path, demo_model):
     return layout
 
 
-class Daemon:
-    def __init__(self, layout, *args: str) -> None:
-        self.layout = layout
-        self.log = open(layout.root.parent / "daemon.log", "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "trainer.daemon", "run", "--base-dir", str(layout.root),
-                                      *args], stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def state(self) -> dict:
-        try:
-            return orjson.loads(self.layout.daemon_state.read_bytes())
-        except (OSError, orjson.JSONDecodeError):
-            return {}
-
-    def wait_for(self, predicate, timeout=60, what="condition"):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return
-            if self.proc.poll() is not None:
-                raise AssertionError(f"daemon exited {self.proc.returncode} waiting for {what}:\n{self.output()}")
-            time.sleep(0.05)
-        raise AssertionError(f"timed out waiting for {what}:\n{self.output()}")
-
-    def wait_ready(self):
-        self.wait_for(lambda: self.state().get("pid") == self.pid and self.state().get("state") != "starting",
-                      what="ready")
-
-    def step(self) -> int:
-        """The step this daemon reports (0 while the state file is still a predecessor's)."""
-        state = self.state()
-        if state.get("pid") != self.pid:
-            return 0
-        return (state.get("item") or {}).get("step") or 0
-
-    def output(self) -> str:
-        if not self.log.closed:
-            self.log.flush()
-        return (self.layout.root.parent / "daemon.log").read_text(errors="replace")[-4000:]
-
-    def finish(self, timeout=120) -> int:
-        code = self.proc.wait(timeout)
-        self.log.close()
-        return code
-
-    def kill(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(10)
-        self.log.close()
-
-
 @pytest.fixture
 def daemons():
     started = []
 
     def start(layout, *args):
-        daemon = Daemon(layout, *args)
+        daemon = DaemonProcess(layout, *args)
         started.append(daemon)
         return daemon
 

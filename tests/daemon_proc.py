@@ -1,0 +1,68 @@
+"""A real `trainer run` process for tests: started, watched through its state file, killed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import orjson
+
+from conftest import REPO
+
+
+class DaemonProcess:
+    """One real daemon on a base dir; its output goes to daemon.log beside the base dir."""
+
+    def __init__(self, layout, *args: str) -> None:
+        self.layout = layout
+        self.log = open(layout.root.parent / "daemon.log", "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "trainer.daemon", "run", "--base-dir", str(layout.root),
+                                      *args], stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def state(self) -> dict:
+        try:
+            return orjson.loads(self.layout.daemon_state.read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            return {}
+
+    def wait_for(self, predicate, timeout=60, what="condition"):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited {self.proc.returncode} waiting for {what}:\n{self.output()}")
+            time.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {what}:\n{self.output()}")
+
+    def wait_ready(self):
+        self.wait_for(lambda: self.state().get("pid") == self.pid and self.state().get("state") != "starting",
+                      what="ready")
+
+    def step(self) -> int:
+        """The step this daemon reports (0 while the state file is still a predecessor's)."""
+        state = self.state()
+        if state.get("pid") != self.pid:
+            return 0
+        return (state.get("item") or {}).get("step") or 0
+
+    def output(self) -> str:
+        if not self.log.closed:
+            self.log.flush()
+        return (self.layout.root.parent / "daemon.log").read_text(errors="replace")[-4000:]
+
+    def finish(self, timeout=120) -> int:
+        code = self.proc.wait(timeout)
+        self.log.close()
+        return code
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+        self.log.close()
