@@ -19,7 +19,7 @@ import orjson
 from ctl import render
 from trainer import control, events, spool
 from trainer.config import Config, load_config
-from trainer.errors import (ConfigError, FormatMismatch, InvalidData, LayoutError, NoSuchItem,
+from trainer.errors import (ConfigError, FormatMismatch, InvalidData, LayoutError, NeedsRoot, NoSuchItem,
                             NotABaseDir, TrainerError, WrongState)
 from trainer.exitcodes import ExitCode
 from trainer.ids import check_id
@@ -89,8 +89,10 @@ def cli(ctx: click.Context, base_dir: Path, config_path: Path | None) -> None:
 
 @cli.command()
 @click.option("--demo", is_flag=True, help="Also build the tiny demo model and sample data (offline).")
+@click.option("--link-config", type=click.Path(path_type=Path, dir_okay=False),
+              help="Make a new base dir's config.toml a symlink to this file (the systemd units do).")
 @click.pass_obj
-def init(session: Session, demo: bool) -> None:
+def init(session: Session, demo: bool, link_config: Path | None) -> None:
     """Create the base directory layout and a commented default config (safe to re-run)."""
     from trainer.config import default_config_toml
 
@@ -98,7 +100,7 @@ def init(session: Session, demo: bool) -> None:
     if demo:
         config_text = _demo_config() + "\n" + "\n".join("# " + line if line and not line.startswith("#") else line
                                                        for line in config_text.splitlines()) + "\n"
-    layout, created = init_base(session.base_dir, config_text)
+    layout, created = init_base(session.base_dir, config_text, config_link=link_config)
     verb = "initialised" if created else "checked (already initialised)"
     note(f"{verb} {layout.root}; config: {layout.config_file}")
     if demo:
@@ -456,6 +458,26 @@ def logs(follow: bool, lines: int, unit: str) -> None:
         finish(ExitCode.FAILED)
 
 
+@cli.command("install-unit")
+@click.option("--venv", type=click.Path(path_type=Path, file_okay=False), default=sys.prefix, show_default="this venv",
+              help="The venv the units run the daemon from.")
+@click.option("--root", type=click.Path(path_type=Path, file_okay=False), default="/", show_default=True,
+              help="Install under this directory instead (staging an image); the running system is left alone.")
+@click.option("--units", "source", type=click.Path(path_type=Path, file_okay=False),
+              help="The directory holding the unit files (default: the checkout's systemd/).")
+def install_unit(venv: Path, root: Path, source: Path | None) -> None:
+    """Install trainer.service, trainer@.service, the trainer user and an example config.
+
+    Never enables or starts anything, never overwrites /etc/trainer/config.toml.
+    """
+    from trainer import install
+
+    install.install(root=root, venv=venv.absolute(), source=source or install.units_source(), say=note)
+    note("next: systemctl enable --now trainer   (or trainer@0 trainer@1 ... for one daemon per GPU)")
+    note("      usermod -aG trainer USER          (who may use trainctl; log in again after)")
+    note("      put a model in /var/lib/trainer/models/base, or set [model] path in /etc/trainer/config.toml")
+
+
 EXIT_FOR_ERROR = {
     NoSuchItem: ExitCode.NO_SUCH_ITEM,
     InvalidData: ExitCode.DATA_INVALID,
@@ -464,6 +486,7 @@ EXIT_FOR_ERROR = {
     FormatMismatch: ExitCode.CONFIG,
     LayoutError: ExitCode.CONFIG,
     WrongState: ExitCode.FAILED,
+    NeedsRoot: ExitCode.NO_PERMISSION,
 }
 
 

@@ -39,3 +39,7 @@ class InvalidData(TrainerError):
 
 class WrongState(TrainerError):
     """The item is not in a state that allows the operation (e.g. removing the active item)."""
+
+
+class NeedsRoot(TrainerError):
+    """The operation changes the system (installing units): run it as root."""

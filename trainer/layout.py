@@ -167,10 +167,12 @@ def _make_dir(path: Path) -> None:
     os.chmod(path, DIR_MODE)  # mkdir's mode is filtered by the umask; the group must write
 
 
-def init_base(root: Path, config_text: str) -> tuple[Layout, bool]:
+def init_base(root: Path, config_text: str, *, config_link: Path | None = None) -> tuple[Layout, bool]:
     """Create (or complete) the layout; never touches existing items, config or data.
 
-    Returns the layout and whether the base dir was new.
+    With ``config_link``, a new base dir's config.toml is a symlink to that file instead (the
+    systemd units keep the config in /etc/trainer, where the daemon cannot rewrite it, and
+    trainctl still finds it in the base dir). Returns the layout and whether it was new.
     """
     layout = Layout(Path(root).absolute())
     existed = layout.format_file.exists()
@@ -185,7 +187,9 @@ def init_base(root: Path, config_text: str) -> tuple[Layout, bool]:
         fd = os.open(shared_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o660)
         os.fchmod(fd, 0o660)
         os.close(fd)
-    if not layout.config_file.exists():
+    if config_link is not None and not os.path.lexists(layout.config_file):
+        os.symlink(Path(config_link).absolute(), layout.config_file)
+    elif not layout.config_file.exists():
         write_atomic(layout.tmp, layout.config_file, config_text.encode())
     if not existed:
         marker = orjson.dumps({"format": FORMAT_NAME, "version": FORMAT_VERSION})

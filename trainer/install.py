@@ -1,0 +1,120 @@
+"""Putting the systemd units in place: `trainctl install-unit`.
+
+What is installed (under ``root``, "/" for real):
+
+    etc/systemd/system/trainer.service     the units, with the venv's path filled in
+    etc/systemd/system/trainer@.service
+    etc/sysusers.d/trainer.conf            the trainer user and group
+    etc/trainer/config.toml                the example config, only if there is none
+
+Then, on the running system only: systemd-sysusers creates the user, and systemctl
+daemon-reload makes systemd see the units. Nothing is enabled or started: the command prints
+what to run next. Re-running it updates the units and never touches an existing config.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from trainer.errors import NeedsRoot, TrainerError
+from trainer.fsutil import write_atomic
+
+VENV_PLACEHOLDER = "@VENV@"
+UNITS = ("trainer.service", "trainer@.service")
+ENTRY_POINTS = ("trainer", "trainctl")  # what ExecStartPre/ExecStart run from the venv
+
+
+class InstallError(TrainerError):
+    pass
+
+
+@dataclass(frozen=True)
+class Placement:
+    source: Path
+    target: Path  # relative to the root
+    text: str
+    replace: bool  # False: an existing file is the user's and is kept
+    mode: int = 0o644
+
+
+def units_source() -> Path:
+    """The systemd/ directory of the checkout this package runs from."""
+    return Path(__file__).resolve().parent.parent / "systemd"
+
+
+def render_unit(text: str, venv: Path) -> str:
+    if VENV_PLACEHOLDER not in text:
+        raise InstallError(f"the unit has no {VENV_PLACEHOLDER} to fill in: is it the project's unit file?")
+    return text.replace(VENV_PLACEHOLDER, str(venv))
+
+
+def check_venv(venv: Path) -> None:
+    for name in ENTRY_POINTS:
+        if not os.access(venv / "bin" / name, os.X_OK):
+            raise InstallError(f"{venv}/bin/{name}: missing: install the project into that venv first "
+                               f"({venv}/bin/pip install PATH_TO_CHECKOUT), or pass --venv")
+
+
+def plan(source: Path, venv: Path) -> list[Placement]:
+    """What goes where; pure apart from reading the source files."""
+    if not source.is_dir():
+        raise InstallError(f"{source}: the unit files are not there: run install-unit from a checkout's venv "
+                           f"or pass --units DIR (the checkout's systemd/ directory)")
+    placements = [Placement(source / name, Path("etc/systemd/system") / name,
+                            render_unit((source / name).read_text(), venv), replace=True) for name in UNITS]
+    placements.append(Placement(source / "trainer.sysusers", Path("etc/sysusers.d/trainer.conf"),
+                                (source / "trainer.sysusers").read_text(), replace=True))
+    placements.append(Placement(source / "config.example.toml", Path("etc/trainer/config.toml"),
+                                (source / "config.example.toml").read_text(), replace=False))
+    return placements
+
+
+def place(root: Path, placements: list[Placement], say) -> None:
+    for p in placements:
+        target = root / p.target
+        if target.exists() and not p.replace:
+            say(f"kept      {target} (already there)")
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        verb = "updated  " if target.exists() else "installed"
+        # Staged in the target's own directory so that the rename is atomic.
+        write_atomic(target.parent, target, p.text.encode(), mode=p.mode)
+        say(f"{verb} {target}")
+
+
+def activate(root: Path, say) -> None:
+    """On the live system: create the user, make systemd re-read its units."""
+    if root != Path("/"):
+        say(f"not touching the running system (--root {root}): run systemd-sysusers and "
+            f"systemctl daemon-reload there")
+        return
+    sysusers = shutil.which("systemd-sysusers")
+    if sysusers is None:
+        say("systemd-sysusers not found: create the user yourself: "
+            "useradd --system --home-dir /var/lib/trainer --shell /usr/sbin/nologin trainer")
+    else:
+        _run([sysusers, "/etc/sysusers.d/trainer.conf"], say)
+    if Path("/run/systemd/system").is_dir():  # sd_booted(): systemd is PID 1
+        _run(["systemctl", "daemon-reload"], say)
+    else:
+        say("systemd is not running here: the units take effect at the next boot")
+
+
+def _run(argv: list[str], say) -> None:
+    result = subprocess.run(argv, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise InstallError(f"{' '.join(argv)} failed (exit {result.returncode}): {result.stderr.strip()}")
+    say(f"ran       {' '.join(argv)}")
+
+
+def install(*, root: Path, venv: Path, source: Path, say=print) -> None:
+    check_venv(venv)
+    placements = plan(source, venv)
+    if root == Path("/") and os.geteuid() != 0:
+        raise NeedsRoot("installing into /etc needs root: run it with sudo (or pass --root DIR to stage the files)")
+    place(root, placements, say)
+    activate(root, say)
