@@ -11,6 +11,7 @@ or its size and mtime have not changed for the settle period.
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ from trainer.validate import Problem, Report, validate_stream
 IN_PROGRESS_SUFFIXES = (".tmp", ".part")
 ORIGIN_NAME = "origin.json"  # in a staging dir: "this data came from inbox/<name>"
 MAX_REREADS = 3  # a file still growing after this many reads is rejected, not looped on
+
+log = logging.getLogger("trainer.inbox")
 
 
 def is_candidate_name(name: str) -> bool:
@@ -71,11 +74,13 @@ class InboxScanner:
         self.inbox = inbox
         self.settle_s = settle_s
         self._seen: dict[str, Observation] = {}
+        self._refused: dict[str, tuple[int, int]] = {}  # name -> (type, inode), logged once
 
     def ready(self, now_wall: float, now_mono: float, renamed: frozenset[str] = frozenset()) -> list[str]:
         """Names of complete files, oldest mtime first; ``renamed``: names known to have
         arrived by rename (from inotify's IN_MOVED_TO), taken at once."""
         current: dict[str, Observation] = {}
+        refused: dict[str, tuple[int, int]] = {}
         with os.scandir(self.inbox) as entries:
             for entry in entries:
                 if not is_candidate_name(entry.name):
@@ -85,18 +90,39 @@ class InboxScanner:
                 except FileNotFoundError:
                     continue
                 if not stat.S_ISREG(st.st_mode):
-                    continue  # symlinks, fifos, devices, directories: never followed or opened
+                    # Symlinks, fifos, devices, directories: never followed or opened, and left
+                    # where they are. Said once (not on every scan), so the person who dropped
+                    # it can find out why it sits there untaken.
+                    refused[entry.name] = (stat.S_IFMT(st.st_mode), st.st_ino)
+                    if self._refused.get(entry.name) != refused[entry.name]:
+                        log.warning("inbox: not taking %s: %s; only regular files are taken (copy the "
+                                    "file itself into the inbox)", display_name(entry.name),
+                                    _kind(st.st_mode))
+                    continue
                 seen = Observation(st.st_size, st.st_mtime_ns, st.st_ino, now_mono)
                 before = self._seen.get(entry.name)
                 if before is not None and before.same_file_state(seen):
                     seen = before
                 current[entry.name] = seen
         self._seen = current
+        self._refused = refused
         ready = [
             name for name, seen in current.items()
             if name in renamed or is_settled(seen, now_wall, now_mono, self.settle_s)
         ]
         return sorted(ready, key=lambda name: (current[name].mtime_ns, name))
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return "a symlink (never followed)"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a fifo"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a device node"
 
 
 @dataclass(frozen=True)

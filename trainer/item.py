@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,10 +25,23 @@ DATA_NAME = "data.jsonl"
 META_NAME = "meta.json"
 
 
+# Control characters and bidi overrides in a file name: a newline would split a listing or a
+# log line in two, an ESC sequence would drive the reader's terminal, and U+202E would show
+# "gnp.jsonl" reversed. Any user may name a file in the inbox, so names are shown escaped.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def _escape(match: re.Match) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
 def display_name(name: str) -> str:
-    """A file name as text that can always be stored and printed: bytes that are not UTF-8
-    (kept by Python as surrogates) are shown as \\xNN escapes."""
-    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    """A file name as text that can always be stored and printed on one line: bytes that are
+    not UTF-8 (kept by Python as surrogates), control characters and bidi overrides are shown
+    as \\xNN or \\uNNNN escapes."""
+    text = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return _UNPRINTABLE.sub(_escape, text)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -160,6 +174,12 @@ def _read_regular(path: Path) -> bytes:
 def load_item(path: Path, state: ItemState, priority: Priority | None) -> Item:
     """Read an item directory; an unreadable meta.json becomes ``meta_problem``, not an error."""
     item_id = path.name
+    if os.path.islink(path):
+        # Not ours: a symlink put in a state dir by hand. Following it would read (and, on the
+        # next state change, write meta.json) outside the base dir; it is listed with the
+        # reason instead, and fails when claimed without anything behind it being touched.
+        return Item(item_id, state, priority, path, None,
+                    "a symlink, not an item directory (never followed): remove it")
     try:
         meta = parse_meta(_read_regular(path / META_NAME))
     except FileNotFoundError:
