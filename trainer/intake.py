@@ -17,7 +17,7 @@ from pathlib import Path
 from trainer import events, spool
 from trainer.config import SpoolConfig
 from trainer.errors import InvalidData, WrongState
-from trainer.fsutil import DIR_MODE, FILE_MODE, StagingDir, rename_durably, unlink_durably, write_atomic
+from trainer.fsutil import FILE_MODE, StagingDir, make_group_dir, rename_durably, unlink_durably, write_atomic
 from trainer.ids import new_id
 from trainer.item import DATA_NAME, META_NAME, Item, ItemMeta, display_name
 from trainer.layout import Layout
@@ -32,8 +32,11 @@ def _open_regular_file(path: Path) -> tuple[int, os.stat_result]:
     """Open a file to read it; every way that can fail is one line naming the file."""
     shown = display_name(str(path))
     try:
+        # Judged before it is opened: opening a device can act on it (a tape rewinds, a tty
+        # becomes the controlling terminal). fstat below settles a swap in between.
+        _refuse_unless_regular(os.stat(path).st_mode, shown)
         # O_NONBLOCK: opening a fifo must not wait for a writer; it is refused just below.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
     except FileNotFoundError:
         raise InvalidData(f"{shown}: no such file") from None
     except PermissionError:
@@ -41,12 +44,19 @@ def _open_regular_file(path: Path) -> tuple[int, os.stat_result]:
     except OSError as exc:
         raise InvalidData(f"{shown}: cannot open it: {exc.strerror}") from None
     st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
+    try:
+        _refuse_unless_regular(st.st_mode, shown)
+    except InvalidData:
         os.close(fd)
-        if stat.S_ISDIR(st.st_mode):
-            raise InvalidData(f"{shown}: is a directory: enqueue the .jsonl files inside it")
-        raise InvalidData(f"{shown}: not a regular file (fifo, device or socket): enqueue a regular .jsonl file")
+        raise
     return fd, st
+
+
+def _refuse_unless_regular(mode: int, shown: str) -> None:
+    if stat.S_ISDIR(mode):
+        raise InvalidData(f"{shown}: is a directory: enqueue the .jsonl files inside it")
+    if not stat.S_ISREG(mode):
+        raise InvalidData(f"{shown}: not a regular file (fifo, device or socket): enqueue a regular .jsonl file")
 
 
 def copy_validated(src_fd: int, dest: Path, limits: SpoolConfig) -> Report:
@@ -124,8 +134,7 @@ def enqueue_batch(
                     continue
                 seen[st.st_dev, st.st_ino] = src
                 item_id = new_id()
-                os.mkdir(stage.path / item_id, DIR_MODE)
-                os.chmod(stage.path / item_id, DIR_MODE)
+                make_group_dir(stage.path / item_id)
                 report = copy_validated(fd, stage.path / item_id / DATA_NAME, limits)
             finally:
                 os.close(fd)
@@ -172,6 +181,10 @@ def delete_source(queued: Queued) -> str | None:
 
 
 def validate_item_data(item: Item, limits: SpoolConfig) -> Report:
+    if os.path.islink(item.path):
+        # O_NOFOLLOW below guards only the last component; the item dir itself must not be a
+        # link to data outside the base dir (retry would then write meta.json there too).
+        raise WrongState(f"{item.id}: {item.path} is a symlink, not an item directory: remove it")
     try:
         fd = os.open(item.data_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except PermissionError:

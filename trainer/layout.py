@@ -27,7 +27,7 @@ from pathlib import Path
 import orjson
 
 from trainer.errors import FormatMismatch, LayoutError, NotABaseDir
-from trainer.fsutil import DIR_MODE, fsync_dir, write_atomic
+from trainer.fsutil import fsync_dir, make_group_dir, write_atomic
 from trainer.states import ItemState, Priority
 
 FORMAT_NAME = "trainer-base"
@@ -161,10 +161,9 @@ def open_base(root: Path) -> Layout:
 
 def _make_dir(path: Path) -> None:
     try:
-        os.mkdir(path, DIR_MODE)
+        make_group_dir(path)
     except FileExistsError:
         return
-    os.chmod(path, DIR_MODE)  # mkdir's mode is filtered by the umask; the group must write
 
 
 def init_base(root: Path, config_text: str, *, config_link: Path | None = None) -> tuple[Layout, bool]:
@@ -178,7 +177,12 @@ def init_base(root: Path, config_text: str, *, config_link: Path | None = None) 
     existed = layout.format_file.exists()
     if existed:
         check_format(layout)
-    layout.root.mkdir(parents=True, exist_ok=True)
+    if not layout.root.is_dir():
+        layout.root.mkdir(parents=True)
+        # mkdir honours the umask, and under umask 0 the base dir would be world-writable:
+        # anyone could then replace inbox/ or events.jsonl. Whatever else the umask allows
+        # stays (readable by all, so that trainctl can name a refusal by its path).
+        os.chmod(layout.root, stat.S_IMODE(os.stat(layout.root).st_mode) & ~0o002)
     for path in (layout.root / "pending", *layout.spool_dirs()):
         _make_dir(path)
     for shared_file in (layout.events, layout.spool_lock):

@@ -1,0 +1,245 @@
+"""Security: who can steer the daemon and read the data, and what nothing can make it touch.
+
+- A user outside the base dir's group can neither enqueue, steer, nor read training data
+  (and a group member can, so the refusal is the group's and nothing else's).
+- No id and nothing in the inbox or the spool makes trainctl or the daemon read or write
+  outside the base dir.
+- After a real daemon run nothing it created is world-writable, and no secret from its
+  environment is in any file it wrote or in what it printed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, trainctl, write_jsonl
+from trainer import intake, spool
+from trainer.config import Config
+from trainer.errors import WrongState
+from trainer.exitcodes import ExitCode
+from trainer.inbox import ingest
+from trainer.states import ItemState, Priority
+from trainer.timefmt import utc_now
+
+OUTSIDER, MEMBER, GROUP = 61001, 61002, 61003  # numeric ids: setpriv needs no passwd entry
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
+                                reason="needs root (to act as other users) and setpriv")
+
+
+def _as(uid: int, *groups: int) -> list[str]:
+    group_arg = f"--groups={','.join(map(str, groups))}" if groups else "--clear-groups"
+    return ["setpriv", f"--reuid={uid}", f"--regid={uid}", group_arg]
+
+
+def _run_as(prefix: list[str], base: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*prefix, sys.executable, "-m", "ctl", "--base-dir", str(base), *args],
+                          capture_output=True, text=True, cwd=REPO, timeout=60)
+
+
+def _tree(root: Path) -> dict[str, tuple]:
+    """Every path under root with what would show a change to it."""
+    return {str(p.relative_to(root)): (os.lstat(p).st_mode, os.lstat(p).st_size, os.lstat(p).st_mtime_ns)
+            for p in [root, *root.rglob("*")]}
+
+
+@pytest.fixture
+def shared(open_layout, tmp_path):
+    """A base dir of group GROUP holding a pending and a failed item, and a file anyone may read."""
+    layout = open_layout
+    secret_record = {"text": "confidential training text"}
+    pending = intake.enqueue(layout, write_jsonl(tmp_path / "a.jsonl", [secret_record]), limits=Config().spool)
+    (layout.inbox / "bad.jsonl").write_bytes(b"not json\n")
+    failed = ingest(layout, "bad.jsonl", Config().spool)
+    for path in [layout.root, *layout.root.rglob("*")]:
+        os.chown(path, 0, GROUP, follow_symlinks=False)
+    src = layout.root.parent / "data.jsonl"
+    write_jsonl(src, [{"text": "from a user"}])
+    os.chmod(src, 0o644)
+    return layout, pending.id, failed.item_id, src
+
+
+@needs_root
+def test_a_user_outside_the_group_can_neither_steer_nor_read(shared):
+    layout, pending_id, failed_id, src = shared
+    outsider = _as(OUTSIDER)
+    before = _tree(layout.root)
+    commands = [["enqueue", str(src)], ["pause"], ["resume"], ["skip"], ["stop"], ["consolidate"],
+                ["hold", pending_id], ["release", pending_id], ["remove", pending_id], ["retry", failed_id],
+                ["retry", "--all-failed"], ["move", pending_id, "--priority", "high"], ["show", pending_id],
+                ["history"], ["list", "--all"], ["wait", pending_id, "--timeout", "1"]]
+    for args in commands:
+        result = _run_as(outsider, layout.root, *args)
+        assert result.returncode == ExitCode.NO_PERMISSION, (args, result.returncode, result.stderr)
+        assert "Traceback" not in result.stderr and "confidential" not in result.stdout + result.stderr
+    item_dir = layout.pending(Priority.NORMAL) / pending_id
+    for reader in (["cat", str(item_dir / "data.jsonl")], ["ls", str(layout.inbox)],
+                   ["cp", str(src), str(layout.inbox / "dropped.jsonl")], ["cat", str(layout.events)]):
+        result = subprocess.run([*outsider, *reader], capture_output=True, text=True)
+        assert result.returncode != 0 and "confidential" not in result.stdout, reader
+    assert _tree(layout.root) == before, "nothing changed, nothing was added"
+
+
+@needs_root
+def test_a_group_member_can_do_what_an_outsider_cannot(shared):
+    layout, pending_id, _, src = shared
+    member = _as(MEMBER, GROUP)
+    for args in (["enqueue", str(src)], ["show", pending_id], ["pause"], ["resume"], ["list"]):
+        result = _run_as(member, layout.root, *args)
+        assert result.returncode == 0, (args, result.stderr)
+    cat = subprocess.run([*member, "cat", str(layout.pending(Priority.NORMAL) / pending_id / "data.jsonl")],
+                         capture_output=True, text=True)
+    assert "confidential" in cat.stdout
+
+
+BAD_IDS = ["../x", "..", "/etc/passwd", "a/b", "20261128T194440.123456Z-3fa9c1b2/../../../etc",
+           "20261128T194440.123456Z-3fa9c1b2\n", "-20261128T194440.123456Z-3fa9c1b2"]
+
+
+@pytest.mark.parametrize("bad_id", BAD_IDS)
+def test_an_id_that_is_a_path_is_refused_by_every_command_before_it_touches_anything(layout, bad_id):
+    before = _tree(layout.root)
+    for args in (["show"], ["hold"], ["release"], ["remove"], ["retry"], ["move", "--priority", "high"],
+                 ["wait", "--timeout", "1"]):
+        result = trainctl(layout.root, args[0], "--", bad_id, *args[1:])
+        assert result.returncode in (ExitCode.NO_SUCH_ITEM, ExitCode.USAGE), (args, bad_id, result.stderr)
+        assert "not an item id" in result.stderr or "Usage" in result.stderr
+    assert trainctl(layout.root, "history", "--id", bad_id).returncode in (ExitCode.NO_SUCH_ITEM, ExitCode.USAGE)
+    assert _tree(layout.root) == before
+
+
+def test_a_symlink_planted_in_the_spool_is_never_followed(layout, tmp_path):
+    """A group member links pending/normal/ID to a directory outside: it is listed with the
+    reason, fails when claimed, cannot be retried, and removing it removes only the link."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "data.jsonl").write_bytes(b'{"text": "outside"}\n')
+    item_id = "20261128T000000.000000Z-0badc0de"
+    meta = (b'{"schema": 1, "id": "%s", "name": "x", "source": "enqueue", "sha256": "", "size": 1, '
+            b'"records": 1, "enqueued_at": "2026-11-28T00:00:00+00:00", "priority": "normal", "attempts": 0}'
+            % item_id.encode())
+    (outside / "meta.json").write_bytes(meta)
+    before = _tree(outside)
+    os.symlink(outside, layout.pending(Priority.NORMAL) / item_id)
+
+    listed = spool.find(layout, item_id)
+    assert listed.meta is None and "symlink" in listed.meta_problem
+    claimed = spool.claim_next(layout, utc_now())
+    assert claimed.id == item_id
+    with pytest.raises(WrongState, match="symlink"):
+        intake.validate_item_data(claimed, Config().spool)  # what the daemon checks at claim
+    spool.fail(layout, item_id, "its metadata is unreadable")
+    with pytest.raises(WrongState, match="symlink"):
+        intake.retry(layout, item_id, Config().spool)
+    spool.remove(layout, item_id)
+    assert _tree(outside) == before, "nothing outside was read into the spool or written"
+    assert spool.counts(layout)["failed"] == 0
+
+
+def test_an_inbox_symlink_to_a_file_outside_is_never_read(layout, tmp_path):
+    target = write_jsonl(tmp_path / "private.jsonl", [{"text": "private"}])
+    os.utime(target, (1_000_000_000, 1_000_000_000))
+    os.symlink(target, layout.inbox / "link.jsonl")
+    assert ingest(layout, "link.jsonl", Config().spool) is None
+    assert os.stat(target).st_atime == 1_000_000_000, "not even opened"
+    assert os.path.islink(layout.inbox / "link.jsonl") and spool.counts(layout)["pending"] == 0
+
+
+def _world_writable(root: Path) -> list[str]:
+    found = []
+    for path in [root, *root.rglob("*")]:
+        st = os.lstat(path)
+        if not stat.S_ISLNK(st.st_mode) and st.st_mode & stat.S_IWOTH:
+            found.append(str(path.relative_to(root)))
+    return found
+
+
+SECRET = "fake-secret-5b0e8d1c2a7f4e39"
+ENGINE_DIRS = ("checkpoints", "metrics", "snapshots", "models")  # written by trainer/train
+
+
+@pytest.fixture(scope="module")
+def daemon_run(tmp_path_factory, request):
+    """One real daemon run under umask 0 (the harshest) with secrets in its environment:
+    two good files, one bad one, then trainctl's views of it all."""
+    pytest.importorskip("torch")
+    from chaos_base import small_base
+    from daemon_proc import DaemonProcess
+
+    demo_model = request.getfixturevalue("demo_model")
+    root = tmp_path_factory.mktemp("secure")
+    secrets = {"TRAINER_FAKE_SECRET": SECRET, "HF_TOKEN": "hf_" + SECRET, "AWS_SECRET_ACCESS_KEY": SECRET[::-1]}
+    saved_env = {k: os.environ.get(k) for k in secrets}
+    old_umask = os.umask(0)
+    try:
+        os.environ.update(secrets)
+        layout = small_base(root / "base", demo_model)
+        for models in [layout.root / "models", *(layout.root / "models").rglob("*")]:
+            os.chmod(models, os.stat(models).st_mode & ~0o022)  # the copied model is ours, not the daemon's
+        for n in range(2):
+            src = write_jsonl(root / f"good{n}.jsonl", [{"text": f"good {n}"}] * 4)
+            intake.enqueue(layout, src, limits=Config().spool)
+        (layout.inbox / "bad.jsonl").write_bytes(b'{"text": 5}\n')
+        daemon = DaemonProcess(layout, "--exit-when-idle")
+        assert daemon.finish(240) == 0, daemon.output()
+        views = [trainctl(layout.root, *args) for args in (["status", "--json"], ["list", "--all", "--json"],
+                                                             ["history", "--json"])]
+    finally:
+        os.umask(old_umask)
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return layout, secrets, views
+
+
+def test_no_secret_from_the_environment_is_written_or_printed(daemon_run):
+    layout, secrets, views = daemon_run
+    assert spool.counts(layout)["done"] == 2 and spool.counts(layout)["failed"] == 1
+    needles = [value.encode() for value in secrets.values()]
+    files = [p for p in layout.root.parent.rglob("*") if p.is_file() and not p.is_symlink()]
+    assert len(files) > 20
+    for path in files:  # every file it wrote, its log (daemon.log beside the base dir) too
+        data = path.read_bytes()
+        assert not any(needle in data for needle in needles), path
+    for view in views:
+        assert view.returncode in (0, ExitCode.NOT_RUNNING) and not any(n.decode() in view.stdout + view.stderr for n in needles)
+
+
+def test_nothing_the_daemon_creates_is_world_writable_even_under_umask_0(daemon_run):
+    layout, _, _ = daemon_run
+    # A file dropped in the inbox is taken by rename and keeps the mode its writer gave it
+    # (here 0666: it was written under umask 0 too). The daemon did not create it, and it is
+    # out of others' reach: every spool directory is 2770.
+    dropped = {f"{i.path.relative_to(layout.root)}/data.jsonl" for i in spool.list_items(layout, list(ItemState))
+               if i.meta.source == "inbox"}
+    found = [p for p in _world_writable(layout.root) if p not in dropped]
+    assert all(os.stat(layout.root / p).st_mode & 0o7777 == 0o2770 for p in
+               ("inbox", "pending/normal", "failed", "done", "tmp", "control", "run"))
+    spool_part = [p for p in found if p.split("/")[0] not in ENGINE_DIRS]
+    assert spool_part == [], "the spool sets its modes whatever the umask"
+    engine_part = [p for p in found if p.split("/")[0] in ENGINE_DIRS]
+    if engine_part:
+        # Under the unit's UMask=0007 none of these is world-writable; under umask 0 the
+        # engine's directories and checkpoint files are (docs/reliability.md, Security).
+        pytest.xfail(f"the engine leaves its modes to the umask: {engine_part[:4]} ...")
+
+
+def test_init_under_umask_0_makes_nothing_world_writable(tmp_path):
+    from trainer.config import default_config_toml
+    from trainer.layout import init_base
+
+    old = os.umask(0)
+    try:
+        layout, _ = init_base(tmp_path / "new" / "base", default_config_toml())
+    finally:
+        os.umask(old)
+    assert _world_writable(layout.root) == [], "the base dir itself included"
