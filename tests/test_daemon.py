@@ -352,3 +352,89 @@ def test_the_snapshot_date_is_persisted_so_restarts_and_clock_jumps_do_not_repea
     second = InProcess(open_base(base.root), load_config(base.config_file))
     assert second.run(exit_when_idle=True) == 0
     assert os.listdir(base.root / "snapshots") == []
+
+
+def _unprivileged_ids() -> tuple[int, int]:
+    import grp
+    import pwd
+
+    try:
+        user = pwd.getpwnam("nobody")
+        return user.pw_uid, user.pw_gid
+    except KeyError:
+        try:
+            return 65534, grp.getgrnam("nogroup").gr_gid
+        except KeyError:
+            return 65534, 65534
+
+
+def _as_user(uid: int, gid: int) -> list[str]:
+    return ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
+                    reason="needs root and setpriv to run the daemon as an unprivileged user")
+def test_an_unreadable_queued_file_fails_naming_its_path_and_the_next_item_trains(open_layout, demo_model,
+                                                                                     tmp_path):
+    uid, gid = _unprivileged_ids()
+    probe = subprocess.run([*_as_user(uid, gid), sys.executable, "-c", "import trainer.daemon, torch"],
+                           capture_output=True, text=True, cwd=REPO, timeout=120)
+    if probe.returncode != 0:
+        pytest.skip(f"uid {uid} cannot run the project's python here: {probe.stderr.strip()[-200:]}")
+    layout = open_layout
+    layout.config_file.write_text(CONFIG)
+    shutil.copytree(demo_model, layout.root / "models" / "base")
+    locked_id = _enqueue(layout, tmp_path, records=20, name="locked")
+    next_id = _enqueue(layout, tmp_path, records=20, seed=2, name="next")
+    for directory, _, names in os.walk(layout.root):  # the daemon's base dir is its own
+        for path in [directory, *(os.path.join(directory, name) for name in names)]:
+            os.chown(path, uid, gid, follow_symlinks=False)
+    locked = spool.find(layout, locked_id).data_path
+    content = locked.read_bytes()
+    os.chown(locked, 0, 0)  # someone else's file, private to them
+    os.chmod(locked, 0o600)
+    log_path = layout.root.parent / "daemon.log"
+    with open(log_path, "wb") as log:
+        daemon = subprocess.run([*_as_user(uid, gid), sys.executable, "-m", "trainer.daemon", "run", "--base-dir",
+                                 str(layout.root), "--exit-when-idle"],
+                                stdout=log, stderr=subprocess.STDOUT, cwd=REPO, timeout=180)
+    output = log_path.read_text(errors="replace")
+    assert daemon.returncode == 0, output
+    failed = spool.find(layout, locked_id)
+    assert failed.state is ItemState.FAILED, output
+    message = failed.meta.last_error.message
+    assert "permission denied" in message and str(failed.data_path) in message, message
+    assert failed.meta.attempts == 0, "a permission problem is not retried in a loop"
+    assert f"{failed.data_path}: permission denied" in output, "the log names the file"
+    assert output.count(f"{locked_id} failed") == 1 and "Traceback" not in output, output
+    assert failed.data_path.read_bytes() == content, "nothing the user gave is lost"
+    assert spool.find(layout, next_id).state is ItemState.DONE, output
+    # Made readable, it is retried and trains (as the spool's owner would do it).
+    os.chown(failed.data_path, uid, gid)
+    assert trainctl(layout.root, "retry", locked_id).returncode == 0
+    with open(log_path, "ab") as log:
+        again = subprocess.run([*_as_user(uid, gid), sys.executable, "-m", "trainer.daemon", "run", "--base-dir",
+                                str(layout.root), "--exit-when-idle"],
+                               stdout=log, stderr=subprocess.STDOUT, cwd=REPO, timeout=180)
+    assert again.returncode == 0, log_path.read_text(errors="replace")
+    assert spool.find(layout, locked_id).state is ItemState.DONE
+
+
+def test_a_clock_moving_back_and_forward_while_the_daemon_runs_takes_one_snapshot_per_new_day(base, tmp_path):
+    from datetime import datetime, timedelta
+
+    from trainer.daemon import Daemon as InProcess
+    from trainer.layout import open_base
+
+    base.config_file.write_text(CONFIG.replace('at = "23:59"', 'at = "12:00"'))
+    for n in range(3):
+        _enqueue(base, tmp_path, records=20, seed=n, name=f"c{n}")
+    day = datetime(2031, 5, 14, 13, 0)
+    # The local clock as items complete: the snapshot day, then a jump back a day (an NTP
+    # correction), then forward to the next day.
+    after_items = [day, day, day - timedelta(days=1), day + timedelta(days=1)]
+    daemon = InProcess(open_base(base.root), load_config(base.config_file),
+                       local_clock=lambda: after_items[daemon.engine.state.items_completed])
+    assert daemon.run(exit_when_idle=True) == 0
+    assert sorted(os.listdir(base.root / "snapshots")) == ["2031-05-14", "2031-05-15"]
+    assert orjson.loads((base.run / "housekeeping.json").read_bytes())["last_snapshot"] == "2031-05-15"

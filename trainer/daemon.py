@@ -18,6 +18,7 @@ import signal
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -47,8 +48,11 @@ class Shutdown(Exception):
 
 class Daemon:
     def __init__(self, layout: Layout, config: Config, *, config_path: Path | None = None,
-                 notifier: Notifier | None = None) -> None:
+                 notifier: Notifier | None = None, local_clock: Callable[[], datetime] = datetime.now) -> None:
         self.layout = layout
+        # Local wall-clock time for the daily snapshot: read at every housekeeping, so a test
+        # can move it (jump it back or forward) while the daemon runs.
+        self.local_clock = local_clock
         self.config = config
         self.config_path = config_path
         self.notifier = notifier or Notifier()
@@ -333,6 +337,13 @@ class Daemon:
         if item.meta is None:
             raise ItemFailed(f"its metadata is unreadable ({item.meta_problem}): trainctl retry rebuilds it",
                              transient=False)
+        if not _readable(item.data_path):
+            # Named where the file will be (failed/ID/), not where it is now: the message is
+            # read after the move, and it is that path which must be made readable.
+            kept = self.layout.state_dir(ItemState.FAILED) / item.id / item.data_path.name
+            raise ItemFailed(f"{kept}: permission denied: the daemon (uid {os.getuid()}) cannot read it; "
+                             f"make it readable to the daemon's user or group, then trainctl retry {item.id}",
+                             transient=False)
         try:
             report = intake.validate_item_data(item, self.config.spool)
         except (InvalidData, TrainerError) as exc:
@@ -490,7 +501,7 @@ class Daemon:
         from trainer.train import publish
 
         state = self._housekeeping_state()
-        day = snapshot_due(state.get("last_snapshot"), datetime.now(), self.config.snapshot.at)
+        day = snapshot_due(state.get("last_snapshot"), self.local_clock(), self.config.snapshot.at)
         if day is None or self.engine.state.global_step == 0:
             return
         try:
@@ -537,6 +548,17 @@ class Daemon:
 
 class _RestartRequested(Exception):
     """Memory kept growing: checkpointed, exit for systemd to restart us cleanly."""
+
+
+def _readable(path: Path) -> bool:
+    """False only for a permission error: any other problem is for the validation to report."""
+    try:
+        os.close(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK))
+    except PermissionError:
+        return False
+    except OSError:
+        return True
+    return True
 
 
 def _priorities():
