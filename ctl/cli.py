@@ -73,8 +73,9 @@ def item_id_arg(ctx: click.Context, param: click.Parameter, value: str | None) -
 
 
 @click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--base-dir", type=click.Path(path_type=Path, file_okay=False), envvar=BASE_DIR_ENV,
-              default=DEFAULT_BASE_DIR, show_default=True,
+# readable=False: an unreadable base dir is ours to report (exit 77, naming the group to join).
+@click.option("--base-dir", type=click.Path(path_type=Path, file_okay=False, readable=False),
+              envvar=BASE_DIR_ENV, default=DEFAULT_BASE_DIR, show_default=True,
               help=f"The trainer's base directory (or set {BASE_DIR_ENV}).")
 @click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False),
               help="Config file (default: BASE_DIR/config.toml).")

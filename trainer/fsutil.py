@@ -12,11 +12,24 @@ import errno
 import fcntl
 import os
 import shutil
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
 FILE_MODE = 0o640  # group-readable: trainctl users share the daemon's group
 DIR_MODE = 0o2770  # group-writable and setgid, so new entries keep the daemon's group
+
+
+def make_group_dir(path: Path) -> None:
+    """mkdir with DIR_MODE, chmod only when the umask took bits away.
+
+    The setgid bit comes from the parent (a directory made inside a setgid directory inherits
+    it), so under the systemd unit (a setgid StateDirectory, UMask=0007) no mode with setgid is
+    ever passed to a syscall: RestrictSUIDSGID=yes refuses those with EPERM.
+    """
+    os.mkdir(path, DIR_MODE & 0o777)
+    if stat.S_IMODE(os.stat(path).st_mode) != DIR_MODE:
+        os.chmod(path, DIR_MODE)
 
 
 def fsync_dir(path: Path) -> None:
@@ -85,8 +98,7 @@ class StagingDir:
 
     def __init__(self, staging: Path, name: str) -> None:
         self.path = staging / name
-        os.mkdir(self.path, DIR_MODE)
-        os.chmod(self.path, DIR_MODE)  # mkdir's mode is filtered by the umask
+        make_group_dir(self.path)
         self._fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
         fcntl.flock(self._fd, fcntl.LOCK_EX)
         self.published = False

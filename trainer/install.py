@@ -52,11 +52,29 @@ def render_unit(text: str, venv: Path) -> str:
     return text.replace(VENV_PLACEHOLDER, str(venv))
 
 
+# ProtectHome=yes makes these invisible to the daemon: an interpreter or venv there cannot run.
+HIDDEN_BY_PROTECT_HOME = (Path("/home"), Path("/root"), Path("/run/user"))
+
+
+def hidden_from_service(path: Path) -> bool:
+    return any(path == hidden or hidden in path.parents for hidden in HIDDEN_BY_PROTECT_HOME)
+
+
 def check_venv(venv: Path) -> None:
     for name in ENTRY_POINTS:
         if not os.access(venv / "bin" / name, os.X_OK):
             raise InstallError(f"{venv}/bin/{name}: missing: install the project into that venv first "
                                f"({venv}/bin/pip install PATH_TO_CHECKOUT), or pass --venv")
+    check_venv_location(venv.resolve(), (venv / "bin" / "python").resolve())
+
+
+def check_venv_location(venv: Path, interpreter: Path) -> None:
+    for path in (venv, interpreter):
+        if hidden_from_service(path):
+            raise InstallError(
+                f"{path}: under a home directory, which the unit's ProtectHome=yes hides from the daemon: "
+                f"make the venv elsewhere with a system Python (python3 -m venv /opt/trainer; "
+                f"/opt/trainer/bin/pip install PATH_TO_CHECKOUT) and pass --venv /opt/trainer")
 
 
 def plan(source: Path, venv: Path) -> list[Placement]:

@@ -1,0 +1,358 @@
+"""The units under a real systemd (booted in private namespaces, see systemd_box.py), installed
+with the real `trainctl install-unit`, running the real daemon on the tiny demo model.
+
+The unit files are the shipped ones; a drop-in shortens the timers (watchdog, restart delay)
+so that a test takes seconds, as an operator's drop-in would.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from systemd_box import SystemdBox, unavailable
+from trainer.sample_data import write_sample_chat
+
+BASE = "/var/lib/trainer"
+# The service's venv, made inside the box. The test venv itself may sit on an interpreter under
+# /root (pyenv), which the unit's ProtectHome=yes hides, exactly as it would hide a user's; the
+# service venv uses a system Python of the same version and sees the test venv's packages.
+VENV = Path("/opt/trainer")
+TRAINCTL = str(VENV / "bin" / "trainctl")
+SYSTEM_PYTHON = Path(f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}")
+ENTRY_SCRIPT = """#!{venv}/bin/python
+import sys
+from {module} import main
+sys.exit(main())
+"""
+
+
+def _why_not() -> str | None:
+    reason = unavailable()
+    if reason is None and not SYSTEM_PYTHON.exists():
+        reason = f"{SYSTEM_PYTHON} is missing (the service venv needs a Python outside home directories)"
+    return reason
+
+
+pytestmark = pytest.mark.skipif(_why_not() is not None, reason=f"no systemd box here: {_why_not()}")
+
+
+def make_service_venv(box) -> None:
+    box.run(str(SYSTEM_PYTHON), "-m", "venv", "--without-pip", str(VENV))
+    site_packages = next(Path(sys.prefix, "lib").glob("python3*/site-packages"))
+    inner = next(box.path(str(VENV / "lib")).glob("python3*/site-packages"))
+    # addsitedir also runs the test venv's .pth files (the project's editable install).
+    (inner / "test-venv.pth").write_text(f"import site; site.addsitedir({str(site_packages)!r})\n")
+    for name, module in (("trainer", "trainer.daemon"), ("trainctl", "ctl.cli")):
+        script = box.path(str(VENV / "bin" / name))
+        script.write_text(ENTRY_SCRIPT.format(venv=VENV, module=module))
+        script.chmod(0o755)
+
+CONFIG = """
+[train]
+max_length = 128
+micro_batch_size = 2
+learning_rate = 0.001
+warmup_steps = 2
+[checkpoint]
+every_steps = 2
+[daemon]
+heartbeat_seconds = 0.5
+min_free_bytes = 1048576
+retry_delay_seconds = 0.2
+consolidate_when_idle = false
+[snapshot]
+at = "23:59"
+[spool]
+inbox_settle_seconds = 0.5
+"""
+
+# What an operator's drop-in would shorten for a small model: seconds instead of minutes.
+TEST_TIMERS = """[Service]
+WatchdogSec=6s
+RestartSec=1s
+TimeoutAbortSec=15s
+TimeoutStopSec=60s
+"""
+
+
+@pytest.fixture(scope="module")
+def box(tmp_path_factory, demo_model):
+    share = tmp_path_factory.mktemp("box")
+    shutil.copytree(demo_model, share / "model")
+    box = SystemdBox(share)
+    try:
+        box.boot()
+        make_service_venv(box)
+        installed = box.run(TRAINCTL, "install-unit")
+        box.install_log = installed.stderr
+        box.path("/etc/trainer/config.toml").write_text(CONFIG)
+        for unit in ("trainer.service", "trainer@.service"):
+            dropin = box.path(f"/etc/systemd/system/{unit}.d")
+            dropin.mkdir(parents=True)
+            (dropin / "test-timers.conf").write_text(TEST_TIMERS)
+        box.systemctl("daemon-reload")
+        box.run("useradd", "--no-create-home", "--groups", "trainer", "alice")
+        box.run("useradd", "--no-create-home", "mallory")
+        yield box
+    finally:
+        box.close()
+
+
+@pytest.fixture
+def unit(box):
+    """A stopped trainer.service over a fresh base dir holding only the model."""
+    for name in ("trainer.service", "trainer@x.service"):
+        box.systemctl("stop", name, check=False)
+        box.systemctl("reset-failed", name, check=False)
+    box.run("rm", "-rf", BASE)
+    box.run("mkdir", "-p", f"{BASE}/models")
+    box.run("cp", "-r", "/srv/share/model", f"{BASE}/models/base")
+    box.run("chown", "-R", "trainer:trainer", BASE)
+    yield box
+    box.systemctl("stop", "trainer.service", check=False)
+
+
+def trainctl(box, *args, user="alice", check=True):
+    return box.run(TRAINCTL, "--base-dir", BASE, *args, user=user, check=check, timeout=400)
+
+
+def enqueue(box, name: str, records: int, seed: int = 1) -> str:
+    """Write a chat file inside the box and queue it as a group member; returns the id."""
+    path = f"/tmp/{name}.jsonl"
+    write_sample_chat(box.path(path), records, seed=seed)
+    box.path(path).chmod(0o644)
+    return trainctl(box, "enqueue", path).stdout.strip()
+
+
+def state(box) -> dict:
+    try:
+        return orjson.loads(box.path(f"{BASE}/run/daemon.json").read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return {}
+
+
+def item_meta(box, item_id: str) -> dict:
+    return orjson.loads(trainctl(box, "show", item_id, "--json").stdout)["item"]
+
+
+def item_events(box, item_id: str) -> list[dict]:
+    return orjson.loads(trainctl(box, "show", item_id, "--json").stdout)["events"]
+
+
+def item_state(box, item_id: str) -> str:
+    return item_meta(box, item_id)["state"]
+
+
+def main_pid(box, unit="trainer.service") -> int:
+    return int(box.show(unit, "MainPID")["MainPID"])
+
+
+def wait_ready_again(box, old_pid: int) -> None:
+    """Restarted: a new main pid, READY sent (active), and its state file written."""
+    def ready():
+        shown = box.show("trainer.service", "ActiveState", "MainPID")
+        return (shown["ActiveState"] == "active" and int(shown["MainPID"]) not in (0, old_pid)
+                and state(box).get("pid") == int(shown["MainPID"]))
+    box.wait_for(ready, timeout=120, what="the restarted daemon to be ready")
+
+
+def training_step(box) -> int:
+    item = state(box).get("item") or {}
+    return item.get("step") or 0
+
+
+def metric_steps(box, item_id: str) -> list[int]:
+    path = box.path(f"{BASE}/metrics/{item_id}.jsonl")
+    return [orjson.loads(line)["step"] for line in path.read_bytes().splitlines()] if path.exists() else []
+
+
+def start_and_wait_training(box, records=160) -> str:
+    box.systemctl("start", "trainer")
+    item_id = enqueue(box, "long", records)
+    box.wait_for(lambda: training_step(box) >= 5, what="training past step 5")
+    return item_id
+
+
+# --- tests ---------------------------------------------------------------------------------
+
+def test_install_unit_creates_the_user_and_units_systemd_accepts(box):
+    assert "ran       " in box.install_log and "daemon-reload" in box.install_log
+    assert box.run("getent", "passwd", "trainer").stdout.startswith("trainer:")
+    for unit in ("trainer.service", "trainer@0.service"):
+        assert box.show(unit, "LoadState")["LoadState"] == "loaded"
+    execstart = box.show("trainer.service", "ExecStart")["ExecStart"]
+    assert f"{VENV}/bin/trainer" in execstart
+    # Installing again keeps the operator's config.
+    again = box.run(TRAINCTL, "install-unit").stderr
+    assert "kept" in again and box.path("/etc/trainer/config.toml").read_text() == CONFIG
+
+
+def test_start_is_active_only_after_ready_and_status_agrees_with_systemd(unit):
+    box = unit
+    box.systemctl("start", "--no-block", "trainer")
+    seen = set()
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        active = box.show("trainer.service", "ActiveState")["ActiveState"]
+        seen.add(active)
+        if active == "active":
+            break
+        assert active in ("activating", "inactive"), active
+        time.sleep(0.05)
+    assert "activating" in seen  # recovery and the model load happen before READY
+    # Once systemd says active, the daemon has passed recovery and loaded the model.
+    assert state(box)["state"] in ("idle", "paused")
+    assert state(box).get("model_load_s") is not None
+
+    shown = box.show("trainer.service", "StatusText", "NRestarts", "MainPID", "Type", "NotifyAccess")
+    assert shown["StatusText"].startswith("idle")
+    assert shown["NRestarts"] == "0"
+    status = orjson.loads(trainctl(box, "status", "--json").stdout)
+    assert status["daemon"]["liveness"] == "running"
+    assert status["daemon"]["pid"] == int(shown["MainPID"])
+    assert shown["StatusText"].startswith(status["daemon"]["state"])
+    assert "idle" in box.systemctl("status", "trainer", check=False).stdout
+
+
+def test_items_enqueued_with_trainctl_are_trained_to_done(unit):
+    box = unit
+    box.systemctl("start", "trainer")
+    ids = [enqueue(box, f"small{i}", 20, seed=i) for i in range(2)]
+    for item_id in ids:
+        trainctl(box, "wait", item_id, "--timeout", "300")
+        assert item_state(box, item_id) == "done"
+    assert box.show("trainer.service", "ActiveState")["ActiveState"] == "active"
+
+
+def test_kill_9_of_the_main_pid_restarts_and_resumes_from_the_checkpoint(unit):
+    box = unit
+    item_id = start_and_wait_training(box)
+    pid = main_pid(box)
+    box.run("kill", "-9", str(pid))
+    box.wait_for(lambda: box.show("trainer.service", "NRestarts")["NRestarts"] == "1", what="a restart")
+    wait_ready_again(box, pid)
+    trainctl(box, "wait", item_id, "--timeout", "300")
+    assert item_state(box, item_id) == "done"
+    steps = metric_steps(box, item_id)
+    # The restarted daemon went on from its last checkpoint: step 1 was trained once only, and
+    # every step up to the last was trained (the ones after the checkpoint again).
+    done = [e for e in item_events(box, item_id) if e["event"] == "done"]
+    assert steps.count(1) == 1 and set(steps) == set(range(1, done[0]["steps"] + 1)), (steps, done)
+    resumed = [e["MESSAGE"] for e in box.journal("trainer.service") if "resuming at step" in str(e.get("MESSAGE"))]
+    assert resumed, "the restarted daemon did not resume the item mid-file"
+    assert item_meta(box, item_id)["attempts"] == 1
+
+
+def test_a_hung_daemon_is_killed_by_the_watchdog_with_a_traceback_and_restarted(unit):
+    box = unit
+    item_id = start_and_wait_training(box)
+    pid = main_pid(box)
+    box.run("kill", "-STOP", str(pid))  # the loop stops making progress: no more pings
+    box.wait_for(lambda: box.show("trainer.service", "NRestarts")["NRestarts"] == "1", timeout=60,
+                 what="the watchdog's restart")
+    wait_ready_again(box, pid)
+    messages = [entry.get("MESSAGE", "") for entry in box.journal("trainer.service")]
+    text = "\n".join(m if isinstance(m, str) else "" for m in messages)
+    assert "Watchdog timeout" in text
+    # PYTHONFAULTHANDLER: every thread's stack, on the watchdog's SIGABRT, in the journal.
+    assert "Fatal Python error: Aborted" in text and "File " in text
+    trainctl(box, "wait", item_id, "--timeout", "300")
+    assert item_state(box, item_id) == "done"
+
+
+def test_systemctl_stop_mid_item_checkpoints_and_leaves_the_item_queued(unit):
+    box = unit
+    item_id = start_and_wait_training(box)
+    started = time.monotonic()
+    box.systemctl("stop", "trainer")
+    took = time.monotonic() - started
+    shown = box.show("trainer.service", "ActiveState", "Result", "ExecMainStatus")
+    assert shown == {"ActiveState": "inactive", "Result": "success", "ExecMainStatus": "0"}, shown
+    assert took < 60  # the drop-in's TimeoutStopSec: it was not killed
+    meta = item_meta(box, item_id)
+    assert meta["state"] == "pending" and meta["attempts"] == 0
+    requeued = [e for e in item_events(box, item_id) if e["event"] == "requeued"]
+    assert requeued and "stopping" in requeued[-1]["reason"]
+    # The stop wrote a checkpoint past the first steps: the item resumes there, not at step 1.
+    last = state(box)
+    assert last["state"] == "stopped" and last["last_checkpoint"]["step"] >= 5, last
+
+
+def test_a_broken_config_fails_once_with_a_clear_message_and_no_restart_loop(unit):
+    box = unit
+    config = box.path("/etc/trainer/config.toml")
+    config.write_text(CONFIG + "\n[train]\nlearning_rate = 'fast'\n")
+    try:
+        assert box.systemctl("start", "trainer", check=False).returncode != 0
+        time.sleep(3)  # three RestartSec: a restart loop would show by now
+        shown = box.show("trainer.service", "ActiveState", "NRestarts", "ExecMainStatus")
+        assert shown == {"ActiveState": "failed", "NRestarts": "0", "ExecMainStatus": "78"}, shown
+        messages = [e.get("MESSAGE") for e in box.journal("trainer.service") if e.get("_PID") != "1"]
+        assert any(isinstance(m, str) and "config" in m and "trainer:" in m for m in messages), messages
+    finally:
+        config.write_text(CONFIG)
+
+
+def test_a_second_daemon_on_the_same_base_dir_refuses_and_does_not_restart(unit):
+    box = unit
+    box.systemctl("start", "trainer")
+    dropin = box.path("/etc/systemd/system/trainer@x.service.d")
+    dropin.mkdir(exist_ok=True)
+    (dropin / "same-base.conf").write_text(f"[Service]\nEnvironment=TRAINER_BASE_DIR={BASE}\nStateDirectory=trainer\n")
+    box.systemctl("daemon-reload")
+    try:
+        assert box.systemctl("start", "trainer@x", check=False).returncode != 0
+        time.sleep(3)
+        shown = box.show("trainer@x.service", "ActiveState", "NRestarts", "ExecMainStatus")
+        assert shown == {"ActiveState": "failed", "NRestarts": "0", "ExecMainStatus": "73"}, shown
+        messages = [e.get("MESSAGE") for e in box.journal("trainer@x.service")]
+        assert any(isinstance(m, str) and str(main_pid(box)) in m for m in messages), messages
+        entries = box.journal("trainer@x.service", "TRAINER_INSTANCE=x")
+        assert entries  # the instance's journal field
+        assert box.show("trainer.service", "ActiveState")["ActiveState"] == "active"
+    finally:
+        shutil.rmtree(dropin)
+        box.systemctl("daemon-reload")
+
+
+def test_journal_records_have_priorities_and_a_traceback_is_one_entry(unit):
+    box = unit
+    box.systemctl("start", "trainer")
+    # An unexpected error in the loop: the control dir becomes unreadable to the daemon.
+    box.run("chmod", "000", f"{BASE}/control")
+    try:
+        box.wait_for(lambda: any("error in the main loop" in str(e.get("MESSAGE"))
+                                 for e in box.journal("trainer.service")), what="a logged error")
+    finally:
+        box.run("chmod", "2770", f"{BASE}/control")
+    entries = box.journal("trainer.service")
+    ready = [e for e in entries if "ready (pid" in str(e.get("MESSAGE", ""))]
+    assert ready and ready[0]["PRIORITY"] == "6"
+    error = next(e for e in entries if "error in the main loop" in str(e.get("MESSAGE")))
+    assert error["PRIORITY"] == "3"
+    assert "Traceback (most recent call last)" in error["MESSAGE"] and "\n" in error["MESSAGE"]
+    # The daemon survived it.
+    box.wait_for(lambda: state(box).get("state") == "idle", what="idle again")
+    shown = trainctl(box, "logs", "-n", "200", user=None).stdout
+    assert "error in the main loop" in shown and "ready" in shown
+
+
+def test_only_members_of_the_trainer_group_can_steer_it(unit):
+    box = unit
+    box.systemctl("start", "trainer")
+    denied = trainctl(box, "pause", user="mallory", check=False)
+    assert denied.returncode == 77
+    assert "trainer" in denied.stderr and "Traceback" not in denied.stderr
+    assert len(denied.stderr.strip().splitlines()) == 1
+    listed = trainctl(box, "list", user="mallory", check=False)
+    assert listed.returncode == 77
+    trainctl(box, "pause", "--reason", "maintenance", user="alice")
+    box.wait_for(lambda: state(box).get("state") == "paused", what="paused")
+    trainctl(box, "resume", user="alice")
+    box.wait_for(lambda: state(box).get("state") == "idle", what="resumed")
