@@ -218,6 +218,11 @@ def test_start_is_active_only_after_ready_and_status_agrees_with_systemd(unit):
     assert status["daemon"]["pid"] == int(shown["MainPID"])
     assert shown["StatusText"].startswith(status["daemon"]["state"])
     assert "idle" in box.systemctl("status", "trainer", check=False).stdout
+    # ExecReload: SIGHUP re-reads the config, same process.
+    box.systemctl("reload", "trainer")
+    box.wait_for(lambda: any("config reloaded" in str(e.get("MESSAGE")) for e in box.journal("trainer.service")),
+                 what="the reload")
+    assert main_pid(box) == int(shown["MainPID"])
 
 
 def test_items_enqueued_with_trainctl_are_trained_to_done(unit):
