@@ -557,7 +557,7 @@ def _readable(path: Path) -> bool:
     except PermissionError:
         return False
     except OSError:
-        return True
+        pass  # missing, a symlink, ...: the validation says what is wrong
     return True
 
 
