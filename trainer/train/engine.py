@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import orjson
 import psutil
 import torch
@@ -144,6 +145,9 @@ class Engine:
             # its resumption (about 1 run in 3); one thread makes CPU results bitwise repeatable.
             torch.set_num_threads(1)
         random.seed(cfg.seed)
+        # numpy too: its state is checkpointed with the others, and unseeded it started from OS
+        # entropy, so two runs of the same items never had the same random state.
+        np.random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
         swept = self.store.sweep_staging()
         if swept:
