@@ -146,8 +146,14 @@ def clear_consolidate(layout: Layout) -> bool:
 # --- the daemon's state file ---------------------------------------------------------------
 
 def write_state(layout: Layout, state: dict) -> None:
-    """Publish the daemon's state (the daemon adds heartbeat and pid; see ``daemon_state``)."""
-    write_atomic(layout.tmp, layout.daemon_state, orjson.dumps({"schema": STATE_SCHEMA, **state}) + b"\n")
+    """Publish the daemon's state (the daemon adds heartbeat and pid; see ``daemon_state``).
+
+    Not fsynced: it is rewritten every second while training and is for display only (the
+    daemon replaces it at start, liveness comes from the lock, and readers cope with a damaged
+    one), and two fsyncs a second were most of the daemon's own cost.
+    """
+    write_atomic(layout.tmp, layout.daemon_state, orjson.dumps({"schema": STATE_SCHEMA, **state}) + b"\n",
+                 durable=False)
 
 
 def daemon_state(state: str, *, pid: int, started_at: datetime, now: datetime, **fields: Any) -> dict:

@@ -575,6 +575,11 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--config", type=Path)
     run.add_argument("--exit-when-idle", action="store_true", help="exit 0 once inbox, pending and active are empty")
     args = parser.parse_args(argv)
+    # Whatever umask it was started with, nothing the daemon creates is open to others (the
+    # unit sets 0007 anyway): training data and weights may be private, and a world-writable
+    # checkpoint could be swapped under it. The spool sets its own modes; this covers the
+    # engine's checkpoints, snapshots and models.
+    os.umask(os.umask(0) | 0o007)
     from trainer import logs
 
     logs.setup()

@@ -41,8 +41,13 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(staging: Path, dest: Path, data: bytes, *, mode: int = FILE_MODE) -> None:
-    """Publish ``data`` as ``dest``: write in ``staging``, fsync, rename, fsync(dest's dir)."""
+def write_atomic(staging: Path, dest: Path, data: bytes, *, mode: int = FILE_MODE, durable: bool = True) -> None:
+    """Publish ``data`` as ``dest``: write in ``staging``, fsync, rename, fsync(dest's dir).
+
+    ``durable=False`` skips both fsyncs: readers still see the old or the new file whole
+    (the rename is atomic), but a power loss may bring back an older one or an empty one. Only
+    for files that are rewritten all the time and whose loss costs nothing.
+    """
     tmp = staging / f"{dest.name}.{os.urandom(6).hex()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     try:
@@ -51,7 +56,8 @@ def write_atomic(staging: Path, dest: Path, data: bytes, *, mode: int = FILE_MOD
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
         os.rename(tmp, dest)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -59,7 +65,8 @@ def write_atomic(staging: Path, dest: Path, data: bytes, *, mode: int = FILE_MOD
         raise
     finally:
         os.close(fd)
-    fsync_dir(dest.parent)
+    if durable:
+        fsync_dir(dest.parent)
 
 
 def unlink_durably(path: Path) -> bool:
