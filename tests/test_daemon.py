@@ -420,6 +420,44 @@ def test_an_unreadable_queued_file_fails_naming_its_path_and_the_next_item_train
     assert spool.find(layout, locked_id).state is ItemState.DONE
 
 
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
+                    reason="needs root and setpriv to run the daemon as an unprivileged user")
+def test_a_queued_item_directory_owned_by_someone_else_is_left_alone_and_the_queue_moves_on(
+        open_layout, demo_model, tmp_path):
+    uid, gid = _unprivileged_ids()
+    layout = open_layout
+    layout.config_file.write_text(CONFIG)
+    shutil.copytree(demo_model, layout.root / "models" / "base")
+    stuck_id = _enqueue(layout, tmp_path, records=20, name="stuck")
+    next_id = _enqueue(layout, tmp_path, records=20, seed=2, name="next")
+    for directory, _, names in os.walk(layout.root):
+        for path in [directory, *(os.path.join(directory, name) for name in names)]:
+            os.chown(path, uid, gid, follow_symlinks=False)
+    stuck = spool.find(layout, stuck_id).path
+    for path in (stuck, *stuck.iterdir()):
+        os.chown(path, 0, 0)
+    os.chmod(stuck, 0o700)  # the daemon can neither read nor move it
+    log_path = layout.root.parent / "daemon.log"
+    with open(log_path, "wb") as log:
+        daemon = subprocess.Popen([*_as_user(uid, gid), sys.executable, "-m", "trainer.daemon", "run",
+                                   "--base-dir", str(layout.root)], stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    try:
+        deadline = time.monotonic() + 180
+        while spool.find(layout, next_id).state is not ItemState.DONE:
+            assert daemon.poll() is None, log_path.read_text(errors="replace")
+            assert time.monotonic() < deadline, log_path.read_text(errors="replace")
+            time.sleep(0.2)
+        time.sleep(1.5)  # a few more polls of the queue: still one line, no error loop
+        assert daemon.poll() is None
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        code = daemon.wait(60)
+    output = log_path.read_text(errors="replace")
+    assert code == 0, output
+    assert output.count(f"{stuck}: cannot take it") == 1 and "error in the main loop" not in output, output
+    assert spool.find(layout, stuck_id).state is ItemState.PENDING  # untouched, still queued
+
+
 def test_a_clock_moving_back_and_forward_while_the_daemon_runs_takes_one_snapshot_per_new_day(base, tmp_path):
     from datetime import datetime, timedelta
 

@@ -10,6 +10,7 @@ concurrent trainctl processes and the daemon never lose an update or an item. Re
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import shutil
 from collections.abc import Callable, Iterable
@@ -24,6 +25,9 @@ from trainer.item import Item, ItemError, ItemMeta, load_item
 from trainer.layout import Layout
 from trainer.states import Event, ItemState, Priority
 from trainer.timefmt import iso, parse_iso, utc_now
+
+log = logging.getLogger("trainer.spool")
+_reported_unmovable: set[str] = set()  # logged once per process, not at every poll
 
 
 # --- reading -------------------------------------------------------------------------------
@@ -219,7 +223,17 @@ def claim_next(layout: Layout, now: datetime) -> Item | None:
                 if item.meta is not None and item.meta.not_before is not None:
                     if parse_iso(item.meta.not_before) > now:  # parse_meta checked the format
                         continue
-                claimed = _move(layout, item, ItemState.ACTIVE, priority)
+                try:
+                    claimed = _move(layout, item, ItemState.ACTIVE, priority)
+                except PermissionError as exc:
+                    # An item directory someone else owns (moving a directory rewrites its
+                    # "..", which needs write access to it): leave it where it is, untouched,
+                    # say so once, and serve the rest of the queue.
+                    if item_id not in _reported_unmovable:
+                        _reported_unmovable.add(item_id)
+                        log.error("%s: cannot take it (%s): give it back to the daemon's user "
+                                  "(chown -R), it is left in the queue", directory / item_id, exc.strerror)
+                    continue
                 attempts = item.meta.attempts if item.meta else None
                 events.append(layout, Event.CLAIMED, item_id, priority=priority.value, attempts=attempts)
                 return claimed
