@@ -188,8 +188,8 @@ def validate_item_data(item: Item, limits: SpoolConfig) -> Report:
     try:
         fd = os.open(item.data_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except PermissionError:
-        raise InvalidData(f"{item.data_path}: permission denied: make it readable by the trainer group "
-                          f"(chmod g+r), then retry") from None
+        raise InvalidData(f"{item.data_path}: permission denied: give it to the daemon's group and make it "
+                          f"group-readable (chgrp trainer, chmod g+r), then retry") from None
     except OSError as exc:
         raise WrongState(f"{item.id}: its data cannot be opened ({exc.strerror}): remove it") from None
     try:
