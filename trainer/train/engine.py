@@ -9,6 +9,7 @@ and starting again continues from the last checkpoint as if nothing had happened
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import math
@@ -40,6 +41,7 @@ STATE_FILE = "train_state.json"
 WEIGHTS_FILE = "trainable.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
 RNG_FILE = "rng.pt"
+DISK_FULL_SAVE_ATTEMPTS = 3  # saves tried, each after waiting for room, before the disk is the item's error
 
 
 class ItemFailed(Exception):
@@ -221,13 +223,34 @@ class Engine:
         for name, p in self.params.items():
             if not torch.isfinite(p).all():
                 raise ItemFailed(f"refusing to checkpoint non-finite weights ({name})", transient=True)
-        self.space_guard(self.checkpoint_estimate())
+        estimate = self.checkpoint_estimate()
         info = {"config_hash": config_hash(self.config), "versions": _versions(),
                 "item": (self.state.cursor or {}).get("item_id"), "tokens_seen": self.state.tokens_seen}
-        self.last_checkpoint = self.store.save(self.state.global_step, self._write_checkpoint, info)
+        for attempt in range(1, DISK_FULL_SAVE_ATTEMPTS + 1):
+            self.space_guard(estimate)
+            try:
+                self.last_checkpoint = self.store.save(self.state.global_step, self._write_checkpoint, info)
+                break
+            except Exception as exc:
+                # The disk filled up during the save (someone else's files grew after the space
+                # guard looked): the store has removed the partial save, so wait for room as
+                # before any save (the daemon blocks, heartbeating) and save again. Otherwise
+                # the item would fail as if its data were to blame, and burn an attempt.
+                if attempt == DISK_FULL_SAVE_ATTEMPTS or not self._disk_full(exc, estimate):
+                    raise
+                log.warning("checkpoint save at step %d failed for lack of space (%s): waiting for room, "
+                            "then saving again", self.state.global_step, exc)
         self._since_checkpoint = (0, time.monotonic())
         log.info("checkpoint %s saved at step %d", self.last_checkpoint.path.name, self.state.global_step)
         return self.last_checkpoint
+
+    def _disk_full(self, exc: Exception, estimate: int) -> bool:
+        """Did this save fail because the disk is full? torch and safetensors wrap the OS error
+        in their own, so the free space left decides when the errno is not there to say."""
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        stats = os.statvfs(self.store.root)
+        return stats.f_bavail * stats.f_frsize < estimate
 
     def _restore(self, checkpoint: Checkpoint) -> None:
         from safetensors.torch import load_file
