@@ -46,6 +46,7 @@ def big_queue(work: Path, items: int, runs: int) -> None:
     clone_pending(layout, first, items - 1)
     many = f"{items:,} pending"
     medians = walls({
+        "`python -c pass` (the floor: interpreter start-up)": [sys.executable, "-c", "pass"],
         f"`trainctl status`, {many}": trainctl(layout.root, "status"),
         f"`trainctl status --json`, {many}": trainctl(layout.root, "status", "--json"),
         f"`trainctl list`, {many}": trainctl(layout.root, "list"),
