@@ -162,7 +162,6 @@ def _world_writable(root: Path) -> list[str]:
 
 
 SECRET = "fake-secret-5b0e8d1c2a7f4e39"
-ENGINE_DIRS = ("checkpoints", "metrics", "snapshots", "models")  # written by trainer/train
 
 
 @pytest.fixture(scope="module")
@@ -224,22 +223,4 @@ def test_nothing_the_daemon_creates_is_world_writable_even_under_umask_0(daemon_
     found = [p for p in _world_writable(layout.root) if p not in dropped]
     assert all(os.stat(layout.root / p).st_mode & 0o7777 == 0o2770 for p in
                ("inbox", "pending/normal", "failed", "done", "tmp", "control", "run"))
-    spool_part = [p for p in found if p.split("/")[0] not in ENGINE_DIRS]
-    assert spool_part == [], "the spool sets its modes whatever the umask"
-    engine_part = [p for p in found if p.split("/")[0] in ENGINE_DIRS]
-    if engine_part:
-        # Under the unit's UMask=0007 none of these is world-writable; under umask 0 the
-        # engine's directories and checkpoint files are (docs/reliability.md, Security).
-        pytest.xfail(f"the engine leaves its modes to the umask: {engine_part[:4]} ...")
-
-
-def test_init_under_umask_0_makes_nothing_world_writable(tmp_path):
-    from trainer.config import default_config_toml
-    from trainer.layout import init_base
-
-    old = os.umask(0)
-    try:
-        layout, _ = init_base(tmp_path / "new" / "base", default_config_toml())
-    finally:
-        os.umask(old)
-    assert _world_writable(layout.root) == [], "the base dir itself included"
+    assert found == [], "spool modes are set whatever the umask; the daemon masks others out of its own"
