@@ -241,6 +241,7 @@ def test_a_read_only_inbox_is_logged_with_its_path_and_the_queue_goes_on(open_la
     user = _as_nobody(layout)
     os.chmod(layout.inbox, 0o555)  # nobody may take files out of it
     daemon = daemons(layout, **user)
+    daemon.wait_ready()
     assert trainctl(layout.root, "wait", queued, "--timeout", "120", timeout=150).returncode == 0, daemon.output()
     assert dropped.exists(), "the file stays where it is, nothing lost"
     daemon.wait_for(lambda: f"{dropped}" in daemon.output() and "Permission denied" in daemon.output(),
