@@ -112,3 +112,28 @@ def test_eta_from_the_step_rate():
     assert eta_seconds({"step": 10, "total": 110, "seconds_per_step": 0.5}) == 50
     assert eta_seconds({"step": 10, "total": 110}) is None
     assert eta_seconds({"step": "x", "total": 110, "seconds_per_step": 1}) is None
+
+
+def test_a_fifo_or_a_link_to_a_device_in_place_of_a_control_file_neither_hangs_nor_floods(layout):
+    # Any group member can put anything in control/ and run/: the daemon and trainctl read
+    # these files on every loop; a fifo would block them, /dev/zero would fill their memory.
+    os.mkfifo(layout.control / "pause.json")
+    os.symlink("/dev/zero", layout.control / "skip.json")
+    requests = control.read_requests(layout)  # returns at once
+    assert requests.pause == {} and requests.skip == {}  # present: counted, without details
+    os.mkfifo(layout.daemon_state)
+    state, problem = control.read_state(layout)
+    assert state is None and "not a regular file" in problem
+
+
+def test_the_event_log_replaced_by_a_symlink_is_not_appended_through(layout, tmp_path):
+    from trainer import events
+    from trainer.states import Event
+
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"")
+    layout.events.unlink()
+    layout.events.symlink_to(victim)
+    with pytest.raises(OSError):
+        events.append(layout, Event.CLAIMED, None)
+    assert victim.read_bytes() == b""

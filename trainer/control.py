@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from trainer.fsutil import unlink_durably, write_atomic
+from trainer.fsutil import read_regular, unlink_durably, write_atomic
 from trainer.layout import Layout
 from trainer.states import Liveness
 from trainer.timefmt import iso, parse_iso, utc_now
@@ -89,9 +89,15 @@ class Requests:
     consolidate: dict | None = None
 
 
+REQUEST_LIMIT = 64 << 10  # a request is a reason and a few fields
+STATE_LIMIT = 1 << 20
+
+
 def _load_request(path: Path) -> dict | None:
     try:
-        body = orjson.loads(path.read_bytes())
+        # Any group member can put anything here: a fifo must not hang the daemon, a symlink
+        # to /dev/zero must not fill its memory.
+        body = orjson.loads(read_regular(path, REQUEST_LIMIT))
     except FileNotFoundError:
         return None
     except (OSError, orjson.JSONDecodeError):
@@ -165,7 +171,7 @@ def daemon_state(state: str, *, pid: int, started_at: datetime, now: datetime, *
 def read_state(layout: Layout) -> tuple[dict | None, str | None]:
     """The daemon's last published state, or why it cannot be read (never raises on garbage)."""
     try:
-        data = orjson.loads(layout.daemon_state.read_bytes())
+        data = orjson.loads(read_regular(layout.daemon_state, STATE_LIMIT))
     except FileNotFoundError:
         return None, None
     except PermissionError:

@@ -29,6 +29,7 @@ from trainer.config import Config, load_config
 from trainer.errors import ConfigError, TrainerError
 from trainer.exitcodes import ExitCode
 from trainer.fsutil import write_atomic
+from trainer.item import display_name
 from trainer.layout import BASE_DIR_ENV, Layout, open_base
 from trainer.lock import AlreadyRunning, DaemonLock
 from trainer.notify import Notifier
@@ -175,7 +176,7 @@ class Daemon:
             log.info("cleared a stop request left from before the restart")
         swept = sweep_tmp(self.layout)
         for name in swept.restored:
-            log.warning("gave inbox file %s back after an interrupted intake", name)
+            log.warning("gave inbox file %s back after an interrupted intake", display_name(name))
 
     # --- the main loop ------------------------------------------------------------------------
 
@@ -293,7 +294,7 @@ class Daemon:
             plan = self.engine.prepare(item.id, item.meta.sha256, item.data_path)
             if plan.stats:  # empty when resuming: recorded the first time
                 spool.set_tokens(self.layout, item.id, plan.stats)
-            log.info("training %s (%s): %d steps%s", item.id, item.meta.name, plan.total_steps,
+            log.info("training %s (%s): %d steps%s", item.id, display_name(item.meta.name), plan.total_steps,
                      f", resuming at step {self.engine.state.cursor['item_step']}"
                      if not plan.stats and self.engine.state.cursor else "")
             while True:
@@ -437,10 +438,11 @@ class Daemon:
             try:
                 taken = ingest(self.layout, name, self.config.spool)
             except PermissionError as exc:
-                log.error("inbox: cannot take %s: %s (fix its permissions)", exc.filename or name, exc.strerror)
+                log.error("inbox: cannot take %s: %s (fix its permissions)", display_name(str(exc.filename or name)),
+                          exc.strerror)
                 continue
             if taken is not None:
-                log.info("inbox: %s -> %s (%s)", name, taken.item_id, taken.state.value)
+                log.info("inbox: %s -> %s (%s)", display_name(name), taken.item_id, taken.state.value)
         return bool(ready)
 
     def _free_bytes(self) -> int:

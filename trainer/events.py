@@ -24,7 +24,8 @@ def append(layout: Layout, event: Event, item_id: str | None, **details: object)
     line = orjson.dumps(record) + b"\n"
     # Every trainctl user appends here: created group-writable (init does it; this is the
     # fallback for a base dir whose log was deleted).
-    fd = os.open(layout.events, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o660)
+    # O_NOFOLLOW: a symlink put in its place must not make us append to another file.
+    fd = os.open(layout.events, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o660)
     try:
         os.write(fd, line)
     finally:

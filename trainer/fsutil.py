@@ -32,6 +32,28 @@ def make_group_dir(path: Path) -> None:
         os.chmod(path, DIR_MODE)
 
 
+def read_regular(path: Path, limit: int) -> bytes:
+    """Read a small file of ours that anyone in the group could replace: never follows a
+    symlink (the last component), never waits on a fifo or reads a device put in its place,
+    never reads more than ``limit`` bytes. Raises OSError (EINVAL, EFBIG) for those."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        if st.st_size > limit:
+            raise OSError(errno.EFBIG, f"larger than {limit} bytes", str(path))
+        chunks, left = [], limit + 1
+        while left > 0 and (chunk := os.read(fd, min(left, 1 << 16))):
+            chunks.append(chunk)
+            left -= len(chunk)
+        if left <= 0:  # grew while we read
+            raise OSError(errno.EFBIG, f"larger than {limit} bytes", str(path))
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 def fsync_dir(path: Path) -> None:
     """Make a rename or unlink in ``path`` durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)

@@ -8,21 +8,23 @@ with the reason, and can still be held, retried or removed.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import re
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from trainer.fsutil import read_regular
 from trainer.states import ItemState, Priority
 from trainer.timefmt import parse_iso
 
 META_SCHEMA = 1
 DATA_NAME = "data.jsonl"
 META_NAME = "meta.json"
+META_LIMIT = 16 << 20  # far above any real one (its error history is capped by max_attempts)
 
 
 # Control characters and bidi overrides in a file name: a newline would split a listing or a
@@ -157,18 +159,13 @@ class Item:
 
 
 def _read_regular(path: Path) -> bytes:
-    """Read a small file that must be a regular file: never follows a symlink, never waits
-    on a fifo put in its place."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    """meta.json, read without following a symlink or waiting on a fifo put in its place."""
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise CorruptMeta("meta.json is not a regular file")
-        chunks = []
-        while chunk := os.read(fd, 1 << 16):
-            chunks.append(chunk)
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
+        return read_regular(path, META_LIMIT)
+    except OSError as exc:
+        if exc.errno in (errno.EINVAL, errno.EFBIG):
+            raise CorruptMeta(f"meta.json is {exc.strerror}") from None
+        raise
 
 
 def load_item(path: Path, state: ItemState, priority: Priority | None) -> Item:
