@@ -151,7 +151,7 @@ def debris(base: Path) -> list[str]:
         directory = base / sub
         if directory.exists():
             found += [f"{sub}/{n}" for n in os.listdir(directory)
-                      if n.startswith(".staging-") or n.endswith(".tmp")]
+                      if n.startswith((".staging-", ".deleting-")) or n.endswith(".tmp")]
     return sorted(found)
 
 

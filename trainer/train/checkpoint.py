@@ -6,6 +6,7 @@
       LATEST                      names the newest committed checkpoint (atomically replaced)
       quarantine/                 checkpoints that failed verification, with the reason beside them
       .staging-*/                 a save in progress (removed if it fails; swept after a crash)
+      .deleting-*/                a checkpoint retention is removing (swept after a crash)
 
 A checkpoint exists only once its manifest does and it has been renamed into place.
 Checkpoints are ordered by the step and serial recorded in their manifests, never by name or
@@ -33,6 +34,7 @@ MANIFEST = "manifest.json"
 LATEST = "LATEST"
 QUARANTINE = "quarantine"
 STAGING_PREFIX = ".staging-"
+DELETING_PREFIX = ".deleting-"  # a checkpoint being removed by retention (swept after a crash)
 MANIFEST_SCHEMA = 1
 _HASH_CHUNK = 1 << 22
 
@@ -194,7 +196,11 @@ class CheckpointStore:
         committed = self.committed()
         doomed = committed[: max(0, len(committed) - keep)]
         for checkpoint in doomed:
-            shutil.rmtree(checkpoint.path, ignore_errors=True)
+            # Renamed out of the committed names first: a crash in the middle of rmtree used to
+            # leave a checkpoint whose manifest was still there but whose files were half gone.
+            dying = self.root / f"{DELETING_PREFIX}{checkpoint.path.name}"
+            os.rename(checkpoint.path, dying)
+            shutil.rmtree(dying, ignore_errors=True)
         if doomed:
             fsync_dir(self.root)
         return [c.path for c in doomed]
@@ -204,7 +210,8 @@ class CheckpointStore:
         removed = []
         self.root.mkdir(parents=True, exist_ok=True)
         for name in os.listdir(self.root):
-            if name.startswith(STAGING_PREFIX) or (name.startswith(LATEST + ".") and name.endswith(".tmp")):
+            if name.startswith((STAGING_PREFIX, DELETING_PREFIX)) or \
+                    (name.startswith(LATEST + ".") and name.endswith(".tmp")):
                 shutil.rmtree(self.root / name, ignore_errors=True) if (self.root / name).is_dir() \
                     else os.unlink(self.root / name)
                 removed.append(name)

@@ -343,12 +343,14 @@ class Engine:
                 progress = self._optimizer_step(rows, cursor, plan)
                 steps_since, since = self._since_checkpoint
                 self._since_checkpoint = (steps_since + 1, since)
-                saved = False
-                if should_checkpoint(steps_since + 1, time.monotonic() - since, self.config.checkpoint):
-                    self.checkpoint()
-                    saved = True
+                saved = should_checkpoint(steps_since + 1, time.monotonic() - since, self.config.checkpoint)
                 progress = _with(progress, checkpointed=saved)
+                # The step's line first: killed between a save and its line, the step was in the
+                # checkpoint, never redone, and missing from the metrics for good. Killed mid-save
+                # instead, the step is redone and its line appears twice, as after any crash.
                 metrics.append(progress)
+                if saved:
+                    self.checkpoint()
                 if not after_step(progress):
                     if not saved:
                         self.checkpoint()
