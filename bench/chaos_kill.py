@@ -37,7 +37,6 @@ The quick version is tests/test_chaos_kill.py.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import random
 import re

@@ -11,30 +11,11 @@ from pathlib import Path
 import orjson
 import psutil
 
+from daemon_proc import small_config
 from trainer.config import default_config_toml
 from trainer.layout import Layout, init_base
 
-# Small and quick on a CPU: every file is a step or two, the heartbeat and the inbox settle
-# fast, and nothing happens at idle that the tests do not ask for.
-SMALL_CONFIG = """
-[train]
-max_length = 128
-micro_batch_size = 2
-learning_rate = 0.001
-warmup_steps = 2
-[checkpoint]
-every_steps = 50
-[daemon]
-heartbeat_seconds = 0.2
-min_free_bytes = 1048576
-retry_delay_seconds = 0.2
-consolidate_when_idle = false
-[snapshot]
-at = "23:59"
-[spool]
-inbox_settle_seconds = 0.5
-max_attempts = 3
-"""
+SMALL_CONFIG = small_config(checkpoint={"every_steps": 50})  # a checkpoint at each item's end only
 
 
 def small_base(root: Path, demo_model: Path, spool: str = "") -> Layout:

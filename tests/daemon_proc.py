@@ -10,6 +10,28 @@ import orjson
 
 from conftest import REPO
 
+# Small and quick on a CPU: short rows and batches, a checkpoint every two steps, a fast
+# heartbeat and inbox, quick retries, and nothing at idle (no consolidation, the snapshot
+# time far from now) that a test does not ask for.
+SMALL = {
+    "train": {"max_length": 128, "micro_batch_size": 2, "learning_rate": 0.001, "warmup_steps": 2},
+    "checkpoint": {"every_steps": 2},
+    "daemon": {"heartbeat_seconds": 0.2, "min_free_bytes": 1 << 20, "retry_delay_seconds": 0.2,
+               "consolidate_when_idle": False},
+    "snapshot": {"at": "23:59"},
+    "spool": {"inbox_settle_seconds": 0.5, "max_attempts": 3},
+}
+
+
+def small_config(**overrides: dict) -> str:
+    """SMALL as TOML, with ``overrides`` merged per table: small_config(daemon={"x": 1})."""
+    lines = []
+    for table in [*SMALL, *(t for t in overrides if t not in SMALL)]:
+        lines.append(f"[{table}]")
+        for key, value in {**SMALL.get(table, {}), **overrides.get(table, {})}.items():
+            lines.append(f"{key} = {orjson.dumps(value).decode()}")
+    return "\n".join(lines) + "\n"
+
 
 class DaemonProcess:
     """One real daemon on a base dir; its output goes to daemon.log beside the base dir."""

@@ -23,43 +23,23 @@ import pytest
 pytest.importorskip("torch")
 
 from conftest import REPO, trainctl  # noqa: E402
-from daemon_proc import DaemonProcess  # noqa: E402
+from daemon_proc import DaemonProcess, small_config  # noqa: E402
 from trainer import intake, spool  # noqa: E402
 from trainer.config import default_config_toml, load_config  # noqa: E402
-from trainer.layout import init_base, open_base  # noqa: E402
+from trainer.layout import init_base  # noqa: E402
 from trainer.sample_data import write_sample_chat  # noqa: E402
 from trainer.states import ItemState  # noqa: E402
 from trainer.train.checkpoint import CheckpointStore  # noqa: E402
-
-CONFIG = """
-[train]
-max_length = 128
-micro_batch_size = 2
-learning_rate = 0.001
-warmup_steps = 2
-[checkpoint]
-every_steps = {every}
-keep_last = 3
-[daemon]
-heartbeat_seconds = 0.2
-stale_after_seconds = 1
-min_free_bytes = 8388608
-disk_check_seconds = 0.2
-retry_delay_seconds = 0.2
-consolidate_when_idle = false
-[snapshot]
-at = "23:59"
-[spool]
-inbox_settle_seconds = 0.2
-max_attempts = 3
-"""
 
 NOBODY = 65534
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (to mount a tmpfs, or to become another user)")
 
 
 def _config(every: int = 2) -> str:
-    return CONFIG.format(every=every)
+    # A fast stale-heartbeat verdict (the hang test), fast disk re-checks, and a free-space
+    # floor the small tmpfs can fall below.
+    return small_config(checkpoint={"every_steps": every, "keep_last": 3}, spool={"inbox_settle_seconds": 0.2},
+                        daemon={"stale_after_seconds": 1, "min_free_bytes": 8 << 20, "disk_check_seconds": 0.2})
 
 
 def _setup(layout, demo_model, every: int = 2):

@@ -15,7 +15,7 @@ import pytest
 pytest.importorskip("torch")
 
 from conftest import REPO, trainctl  # noqa: E402
-from daemon_proc import DaemonProcess  # noqa: E402
+from daemon_proc import DaemonProcess, small_config  # noqa: E402
 from trainer import intake, spool  # noqa: E402
 from trainer.config import default_config_toml, load_config  # noqa: E402
 from trainer.exitcodes import ExitCode  # noqa: E402
@@ -23,25 +23,7 @@ from trainer.layout import init_base  # noqa: E402
 from trainer.sample_data import write_sample_chat  # noqa: E402
 from trainer.states import ItemState  # noqa: E402
 
-CONFIG = """
-[train]
-max_length = 128
-micro_batch_size = 2
-learning_rate = 0.001
-warmup_steps = 2
-[checkpoint]
-every_steps = 2
-[daemon]
-heartbeat_seconds = 0.2
-min_free_bytes = 1048576
-retry_delay_seconds = 0.2
-consolidate_when_idle = false
-[snapshot]
-at = "23:59"
-[spool]
-inbox_settle_seconds = 0.5
-max_attempts = 3
-"""
+CONFIG = small_config()
 
 
 @pytest.fixture

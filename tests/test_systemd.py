@@ -15,6 +15,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from daemon_proc import small_config
 from systemd_box import SystemdBox, unavailable
 from trainer.sample_data import write_sample_chat
 
@@ -53,24 +54,7 @@ def make_service_venv(box) -> None:
         script.write_text(ENTRY_SCRIPT.format(venv=VENV, module=module))
         script.chmod(0o755)
 
-CONFIG = """
-[train]
-max_length = 128
-micro_batch_size = 2
-learning_rate = 0.001
-warmup_steps = 2
-[checkpoint]
-every_steps = 2
-[daemon]
-heartbeat_seconds = 0.5
-min_free_bytes = 1048576
-retry_delay_seconds = 0.2
-consolidate_when_idle = false
-[snapshot]
-at = "23:59"
-[spool]
-inbox_settle_seconds = 0.5
-"""
+CONFIG = small_config(daemon={"heartbeat_seconds": 0.5})
 
 # What an operator's drop-in would shorten for a small model: seconds instead of minutes.
 TEST_TIMERS = """[Service]
