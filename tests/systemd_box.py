@@ -5,6 +5,7 @@ The machine's root is the lower layer of an overlay whose upper layer is a priva
 writes reaches the real filesystem. A private cgroup2 subtree keeps its cgroups apart from the
 host's and from other boxes. It boots straight into a target of ours, never sysinit.target.
 
+The checkout is bound at /opt/trainer-source and a directory of the test's at /srv/share.
 Talk to it with ``box.run(...)`` (nsenter into its mount and pid namespaces); read its files
 through ``box.path(...)`` (/proc/PID/root). ``box.close()`` kills it by pid and removes the
 cgroup subtree.
@@ -27,7 +28,7 @@ TARGET = "trainer-test.target"
 # Runs as PID 1 of the new pid namespace, in a private mount namespace; ends by exec'ing systemd.
 BOOT_SCRIPT = r"""
 set -euo pipefail
-scratch=$1 share=$2
+scratch=$1 share=$2 source=$3
 mount -t tmpfs -o mode=0755 tmpfs "$scratch"
 mkdir "$scratch/upper" "$scratch/work" "$scratch/root"
 mount -t overlay overlay -o "lowerdir=/,upperdir=$scratch/upper,workdir=$scratch/work" "$scratch/root"
@@ -40,8 +41,11 @@ mount -t cgroup2 cgroup2 "$r/sys/fs/cgroup"
 mount --rbind /dev "$r/dev"
 mount -t tmpfs -o mode=0755 tmpfs "$r/run"
 mount -t tmpfs -o mode=1777 tmpfs "$r/tmp"
-mkdir -p "$r/srv/share"
+mkdir -p "$r/srv/share" "$r/opt/trainer-source"
 mount --bind "$share" "$r/srv/share"
+# The checkout under test, at a path the service can see wherever the checkout is (under
+# /tmp, the service's PrivateTmp would hide it).
+mount --bind "$source" "$r/opt/trainer-source"
 # Our target, and nothing else: sysinit.target would run tmpfiles and friends.
 cat > "$r/etc/systemd/system/trainer-test.target" <<EOF
 [Unit]
@@ -72,8 +76,9 @@ def unavailable() -> str | None:
 
 
 class SystemdBox:
-    def __init__(self, share: Path) -> None:
+    def __init__(self, share: Path, source: Path) -> None:
         self.share = share  # a host directory, seen inside as /srv/share
+        self.source = source  # the checkout, seen inside as /opt/trainer-source
         self.name = f"trainer-test-{os.getpid()}-{os.urandom(3).hex()}"
         self.cgroup = CGROUP2 / self.name
         # On the root filesystem, not under /dev: the box rbinds /dev, and would see its own
@@ -93,8 +98,8 @@ class SystemdBox:
         # systemd's cgroup namespace is rooted there.
         self.launcher = subprocess.Popen(
             ["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec unshare --cgroup --pid --fork --mount --uts '
-                         '--propagation private bash "$1" "$2" "$3"',
-             str(self.cgroup), str(script), str(self.scratch), str(self.share)],
+                         '--propagation private bash "$1" "$2" "$3" "$4"',
+             str(self.cgroup), str(script), str(self.scratch), str(self.share), str(self.source)],
             stdout=open(self.share / ".boot.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -182,11 +187,13 @@ class SystemdBox:
         """A path inside the box, as the host can read (and write) it."""
         return Path(f"/proc/{self.pid}/root") / inside.lstrip("/")
 
-    def wait_for(self, predicate, timeout: float = 90, what: str = "condition", interval: float = 0.2):
+    def wait_for(self, predicate, timeout: float = 90, what: str = "condition", interval: float = 0.2,
+                 unit: str = "trainer.service"):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             value = predicate()
             if value:
                 return value
             time.sleep(interval)
-        raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        journal = self.run("journalctl", "--no-pager", "-u", unit, "-n", "40", check=False).stdout
+        raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}; the journal of {unit}:\n{journal}")

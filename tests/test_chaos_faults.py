@@ -23,9 +23,9 @@ import pytest
 pytest.importorskip("torch")
 
 from conftest import REPO, trainctl  # noqa: E402
-from daemon_proc import DaemonProcess, small_config  # noqa: E402
-from trainer import intake, spool  # noqa: E402
-from trainer.config import default_config_toml, load_config  # noqa: E402
+from daemon_proc import DaemonProcess, enqueue_sample, metric_steps, small_config  # noqa: E402
+from trainer import spool  # noqa: E402
+from trainer.config import default_config_toml  # noqa: E402
 from trainer.layout import init_base  # noqa: E402
 from trainer.sample_data import write_sample_chat  # noqa: E402
 from trainer.states import ItemState  # noqa: E402
@@ -81,18 +81,6 @@ class _Daemon(DaemonProcess):
                                      env={**os.environ, **(env or {})})
 
 
-def _enqueue(layout, tmp_path, records=600, seed=1, name="data"):
-    path = write_sample_chat(tmp_path / f"{name}.jsonl", records, seed=seed)
-    return intake.enqueue(layout, path, limits=load_config(layout.config_file).spool).id
-
-
-def _metric_steps(layout, item_id) -> list[int]:
-    path = layout.root / "metrics" / f"{item_id}.jsonl"
-    if not path.exists():
-        return []
-    return [orjson.loads(line)["step"] for line in path.read_bytes().splitlines()]
-
-
 def _staging(layout) -> list[str]:
     return [n for n in os.listdir(layout.root / "checkpoints") if n.startswith(".staging-")]
 
@@ -141,7 +129,7 @@ def test_a_disk_filled_mid_training_blocks_then_resumes_by_itself_without_burnin
         small_disk, tmp_path, demo_model, daemons):
     layout, _ = init_base(small_disk / "base", default_config_toml())
     _setup(layout, demo_model, every=8)  # saves are rare: the filler lands between two of them
-    item_id = _enqueue(layout, tmp_path)
+    item_id = enqueue_sample(layout, tmp_path, records=600)
     daemon = daemons(layout)
     latest = layout.root / "checkpoints" / "LATEST"
     daemon.wait_for(lambda: latest.exists() and daemon.step() >= 1, what="a first checkpoint")
@@ -150,9 +138,9 @@ def test_a_disk_filled_mid_training_blocks_then_resumes_by_itself_without_burnin
     filler = _fill(small_disk, leave=4 << 20)  # just after a save: the next one is 8 steps away
     daemon.wait_for(lambda: daemon.state().get("state") == "blocked", what="blocked on disk")
     assert "disk: need" in daemon.state()["reason"]
-    stalled = max(_metric_steps(layout, item_id))
+    stalled = max(metric_steps(layout, item_id))
     time.sleep(1)
-    assert max(_metric_steps(layout, item_id)) == stalled, "no training while blocked"
+    assert max(metric_steps(layout, item_id)) == stalled, "no training while blocked"
     assert _staging(layout) == [], "no partial checkpoint"
     item = spool.find(layout, item_id)
     assert item.state is ItemState.ACTIVE and item.meta.attempts == 0, "it waits with its item, no attempt burned"
@@ -164,7 +152,7 @@ def test_a_disk_filled_mid_training_blocks_then_resumes_by_itself_without_burnin
     item = spool.find(layout, item_id)
     assert item.state is ItemState.DONE and item.meta.attempts == 0
     assert "requeued" not in _events(layout, item_id)
-    steps = _metric_steps(layout, item_id)
+    steps = metric_steps(layout, item_id)
     assert steps == sorted(steps) and len(steps) == len(set(steps)), "no step trained twice"
     daemon.proc.send_signal(signal.SIGTERM)
     assert daemon.finish(60) == 0
@@ -175,7 +163,7 @@ def test_a_disk_filled_during_a_checkpoint_write_leaves_no_partial_checkpoint_an
         small_disk, tmp_path, demo_model, daemons):
     layout, _ = init_base(small_disk / "base", default_config_toml())
     _setup(layout, demo_model, every=8)
-    item_id = _enqueue(layout, tmp_path)
+    item_id = enqueue_sample(layout, tmp_path, records=600)
     daemon = daemons(layout)
     daemon.wait_for(lambda: daemon.step() >= 1, what="training")
     filler = None
@@ -215,7 +203,7 @@ def _as_nobody(layout) -> dict:
 def test_a_read_only_inbox_is_logged_with_its_path_and_the_queue_goes_on(open_layout, demo_model, tmp_path,
                                                                            daemons):
     layout = _setup(open_layout, demo_model)
-    queued = _enqueue(layout, tmp_path, records=20)
+    queued = enqueue_sample(layout, tmp_path, records=20)
     dropped = write_sample_chat(layout.inbox / "dropped.jsonl", 20, seed=4)
     os.utime(dropped, (time.time() - 60, time.time() - 60))  # settled
     user = _as_nobody(layout)
@@ -235,7 +223,7 @@ def test_a_read_only_inbox_is_logged_with_its_path_and_the_queue_goes_on(open_la
     errors = daemon.output().count("cannot take")
     assert daemon.proc.poll() is None
     assert busy < 1.5, f"the daemon spun for {busy:.1f} s of CPU in 3 s on a file it cannot take"
-    assert errors < 100, f"{errors} log lines about one file"
+    assert errors == 1, f"{errors} log lines about one file (logged once, tried at every heartbeat)"
     os.chmod(layout.inbox, 0o2770)
     daemon.wait_for(lambda: not dropped.exists(), what="the file taken once the inbox is writable")
     assert trainctl(layout.root, "wait", "--idle", "--timeout", "120", timeout=150).returncode == 0
@@ -257,7 +245,7 @@ def _flip_a_bit(path: Path) -> None:
 
 def test_checkpoints_truncated_and_bit_flipped_while_down_are_quarantined_and_training_goes_on(
         base, daemons, tmp_path):
-    item_id = _enqueue(base, tmp_path)
+    item_id = enqueue_sample(base, tmp_path, records=600)
     daemon = daemons(base)
     daemon.wait_for(lambda: len(CheckpointStore(base.root / "checkpoints").committed()) >= 3, what="3 checkpoints")
     os.kill(daemon.pid, signal.SIGKILL)
@@ -278,7 +266,7 @@ def test_checkpoints_truncated_and_bit_flipped_while_down_are_quarantined_and_tr
     assert log.count("ready (pid") == 2, "one start after the damage, no crash loop"
     item = spool.find(base, item_id)
     assert item.state is ItemState.DONE and item.meta.attempts == 1
-    steps = _metric_steps(base, item_id)
+    steps = metric_steps(base, item_id)
     resumed_at = next(s for i, s in enumerate(steps) if i and s <= steps[i - 1])
     assert resumed_at == older.manifest["step"] + 1, "resumed from the newest checkpoint that verifies"
 
@@ -286,7 +274,7 @@ def test_checkpoints_truncated_and_bit_flipped_while_down_are_quarantined_and_tr
 # --- hang ------------------------------------------------------------------------------------
 
 def test_a_stopped_daemon_shows_as_unresponsive_and_recovers_when_continued(base, daemons, tmp_path):
-    item_id = _enqueue(base, tmp_path, records=150)
+    item_id = enqueue_sample(base, tmp_path, records=150)
     daemon = daemons(base)
     daemon.wait_for(lambda: daemon.step() >= 2, what="training")
 
@@ -296,17 +284,17 @@ def test_a_stopped_daemon_shows_as_unresponsive_and_recovers_when_continued(base
     assert liveness()["liveness"] == "running"
     os.kill(daemon.pid, signal.SIGSTOP)  # a step that never returns, as far as anyone can tell
     try:
-        stalled_at = max(_metric_steps(base, item_id))
+        stalled_at = max(metric_steps(base, item_id))
         time.sleep(2.5)  # stale_after_seconds = 1
         hung = liveness()
         assert hung["liveness"] == "unresponsive" and hung["heartbeat_age_s"] > 1
         assert hung["pid"] == daemon.pid, "the lock holder is named"
         text = trainctl(base.root, "status").stdout
         assert "UNRESPONSIVE" in text and f"pid {daemon.pid}" in text, text
-        assert max(_metric_steps(base, item_id)) == stalled_at
+        assert max(metric_steps(base, item_id)) == stalled_at
     finally:
         os.kill(daemon.pid, signal.SIGCONT)
-    daemon.wait_for(lambda: max(_metric_steps(base, item_id)) > stalled_at, what="training again")
+    daemon.wait_for(lambda: max(metric_steps(base, item_id)) > stalled_at, what="training again")
     daemon.wait_for(lambda: liveness()["liveness"] == "running", what="a fresh heartbeat")
     assert trainctl(base.root, "wait", item_id, "--timeout", "120", timeout=150).returncode == 0
     assert spool.find(base, item_id).meta.attempts == 0, "a hang that ends costs nothing"

@@ -15,6 +15,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from conftest import REPO
 from daemon_proc import small_config
 from systemd_box import SystemdBox, unavailable
 from trainer.sample_data import write_sample_chat
@@ -24,6 +25,7 @@ BASE = "/var/lib/trainer"
 # /root (pyenv), which the unit's ProtectHome=yes hides, exactly as it would hide a user's; the
 # service venv uses a system Python of the same version and sees the test venv's packages.
 VENV = Path("/opt/trainer")
+SOURCE = Path("/opt/trainer-source")  # the checkout, as the box sees it
 TRAINCTL = str(VENV / "bin" / "trainctl")
 SYSTEM_PYTHON = Path(f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}")
 ENTRY_SCRIPT = """#!{venv}/bin/python
@@ -37,6 +39,8 @@ def _why_not() -> str | None:
     reason = unavailable()
     if reason is None and not SYSTEM_PYTHON.exists():
         reason = f"{SYSTEM_PYTHON} is missing (the service venv needs a Python outside home directories)"
+    if reason is None and REPO not in Path(sys.prefix).parents:
+        reason = "the test venv is not inside the checkout (make test makes .venv there)"
     return reason
 
 
@@ -45,14 +49,17 @@ pytestmark = pytest.mark.skipif(_why_not() is not None, reason=f"no systemd box 
 
 def make_service_venv(box) -> None:
     box.run(str(SYSTEM_PYTHON), "-m", "venv", "--without-pip", str(VENV))
-    site_packages = next(Path(sys.prefix, "lib").glob("python3*/site-packages"))
+    # The test venv's packages and the checkout, through the box's binding of the checkout
+    # (the test venv's own editable-install path may be under /tmp, which PrivateTmp hides).
+    site_packages = next(Path(sys.prefix, "lib").glob("python3*/site-packages")).relative_to(REPO)
     inner = next(box.path(str(VENV / "lib")).glob("python3*/site-packages"))
-    # addsitedir also runs the test venv's .pth files (the project's editable install).
-    (inner / "test-venv.pth").write_text(f"import site; site.addsitedir({str(site_packages)!r})\n")
+    (inner / "test-venv.pth").write_text(
+        f"{SOURCE}\nimport site; site.addsitedir({str(SOURCE / site_packages)!r})\n")
     for name, module in (("trainer", "trainer.daemon"), ("trainctl", "ctl.cli")):
         script = box.path(str(VENV / "bin" / name))
         script.write_text(ENTRY_SCRIPT.format(venv=VENV, module=module))
         script.chmod(0o755)
+
 
 CONFIG = small_config(daemon={"heartbeat_seconds": 0.5})
 
@@ -69,7 +76,7 @@ TimeoutStopSec=60s
 def box(tmp_path_factory, demo_model):
     share = tmp_path_factory.mktemp("box")
     shutil.copytree(demo_model, share / "model")
-    box = SystemdBox(share)
+    box = SystemdBox(share, REPO)
     try:
         box.boot()
         make_service_venv(box)

@@ -72,6 +72,7 @@ class Daemon:
         self._watcher = None
         self._scanner = None
         self._renamed: set[str] = set()
+        self._inbox_refused: set[str] = set()  # inbox names it could not take, logged once
 
     # --- signals: handlers only record ------------------------------------------------------
 
@@ -430,20 +431,32 @@ class Daemon:
     # --- the inbox, disk, housekeeping ---------------------------------------------------------
 
     def _take_inbox(self) -> bool:
+        """Take the complete files from the inbox; True if any was taken (work was done).
+
+        A file it cannot take (a read-only inbox, someone else's file) stays where it is and
+        is tried again at every heartbeat, but it is not work: counting it as such made the
+        loop spin without waiting. It is logged once, not at every try.
+        """
         from trainer.inbox import ingest
 
         renamed, self._renamed = frozenset(self._renamed), set()
         ready = self._scanner.ready(time.time(), time.monotonic(), renamed)
+        taken_any = False
         for name in ready:
             try:
                 taken = ingest(self.layout, name, self.config.spool)
             except PermissionError as exc:
-                log.error("inbox: cannot take %s: %s (fix its permissions)", display_name(str(exc.filename or name)),
-                          exc.strerror)
+                if name not in self._inbox_refused:
+                    self._inbox_refused.add(name)
+                    log.error("inbox: cannot take %s: %s (fix its permissions; tried again at every heartbeat)",
+                              display_name(str(exc.filename or name)), exc.strerror)
                 continue
+            self._inbox_refused.discard(name)
             if taken is not None:
+                taken_any = True
                 log.info("inbox: %s -> %s (%s)", display_name(name), taken.item_id, taken.state.value)
-        return bool(ready)
+        self._inbox_refused &= set(ready)  # forget the ones that went away
+        return taken_any
 
     def _free_bytes(self) -> int:
         stats = os.statvfs(self.layout.root)
@@ -468,8 +481,11 @@ class Daemon:
         """Before every checkpoint: wait (blocked, still heartbeating) until the disk has room.
 
         Also asks systemd for time: a save during a stop must not be killed by TimeoutStopSec.
+        EXTEND_TIMEOUT_USEC pushes back the watchdog as well, so the extension is sized to the
+        save (~50 MB/s worst case, x3, at least 10 s) and not more: a generous floor would be
+        added to the time a hang after a save goes unnoticed.
         """
-        self.notifier.extend_timeout(max(60.0, estimate / 50e6 * 3))  # ~50 MB/s worst case, x3
+        self.notifier.extend_timeout(max(10.0, estimate / 50e6 * 3))
         need = space_needed(estimate, self.config.daemon.free_space_margin, self.config.daemon.min_free_bytes)
         while True:
             have = self._free_bytes()
