@@ -5,10 +5,14 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import orjson
 
 from conftest import REPO
+from trainer import intake
+from trainer.config import load_config
+from trainer.sample_data import write_sample_chat
 
 # Small and quick on a CPU: short rows and batches, a checkpoint every two steps, a fast
 # heartbeat and inbox, quick retries, and nothing at idle (no consolidation, the snapshot
@@ -21,6 +25,20 @@ SMALL = {
     "snapshot": {"at": "23:59"},
     "spool": {"inbox_settle_seconds": 0.5, "max_attempts": 3},
 }
+
+
+def enqueue_sample(layout, directory: Path, records: int = 200, seed: int = 1, name: str = "data") -> str:
+    """Queue a generated chat file of ``records`` records (written in ``directory``); its id."""
+    path = write_sample_chat(directory / f"{name}.jsonl", records, seed=seed)
+    return intake.enqueue(layout, path, limits=load_config(layout.config_file).spool).id
+
+
+def metric_steps(layout, item_id: str) -> list[int]:
+    """The steps in an item's metrics file, in the order they were trained."""
+    path = layout.root / "metrics" / f"{item_id}.jsonl"
+    if not path.exists():
+        return []
+    return [orjson.loads(line)["step"] for line in path.read_bytes().splitlines()]
 
 
 def small_config(**overrides: dict) -> str:

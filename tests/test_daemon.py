@@ -15,8 +15,8 @@ import pytest
 pytest.importorskip("torch")
 
 from conftest import REPO, trainctl  # noqa: E402
-from daemon_proc import DaemonProcess, small_config  # noqa: E402
-from trainer import intake, spool  # noqa: E402
+from daemon_proc import DaemonProcess, enqueue_sample, metric_steps, small_config  # noqa: E402
+from trainer import spool  # noqa: E402
 from trainer.config import default_config_toml, load_config  # noqa: E402
 from trainer.exitcodes import ExitCode  # noqa: E402
 from trainer.layout import init_base  # noqa: E402
@@ -48,18 +48,6 @@ def daemons():
         daemon.kill()
 
 
-def _enqueue(layout, tmp_path, records=200, seed=1, name="data"):
-    path = write_sample_chat(tmp_path / f"{name}.jsonl", records, seed=seed)
-    return intake.enqueue(layout, path, limits=load_config(layout.config_file).spool).id
-
-
-def _metric_steps(layout, item_id) -> list[int]:
-    path = layout.root / "metrics" / f"{item_id}.jsonl"
-    if not path.exists():
-        return []
-    return [orjson.loads(line)["step"] for line in path.read_bytes().splitlines()]
-
-
 def test_second_daemon_refuses_to_start_naming_the_first(base, daemons):
     first = daemons(base)
     first.wait_ready()
@@ -70,47 +58,47 @@ def test_second_daemon_refuses_to_start_naming_the_first(base, daemons):
 
 
 def test_kill_9_mid_training_then_restart_resumes_the_item_at_its_checkpoint(base, daemons, tmp_path):
-    item_id = _enqueue(base, tmp_path, records=600)
+    item_id = enqueue_sample(base, tmp_path, records=600)
     daemon = daemons(base)
-    daemon.wait_for(lambda: max(_metric_steps(base, item_id), default=0) >= 5, what="5 steps")
+    daemon.wait_for(lambda: max(metric_steps(base, item_id), default=0) >= 5, what="5 steps")
     os.kill(daemon.pid, signal.SIGKILL)
     daemon.kill()
     status = orjson.loads(trainctl(base.root, "status", "--json").stdout)
     assert status["daemon"]["liveness"] == "not-running", "a killed daemon is never reported training"
     assert status["daemon"]["last_state"] == "training"
-    killed_at = max(_metric_steps(base, item_id))
+    killed_at = max(metric_steps(base, item_id))
     again = daemons(base, "--exit-when-idle")
     assert again.finish() == 0, again.output()
     item = spool.find(base, item_id)
     assert item.state is ItemState.DONE and item.meta.attempts == 1
-    steps = _metric_steps(base, item_id)
+    steps = metric_steps(base, item_id)
     resumed_from = next(s for i, s in enumerate(steps) if i > 0 and s <= steps[i - 1])
     assert 2 <= resumed_from <= killed_at, f"resumed at step {resumed_from}, not from the start"
     assert orjson.loads(base.daemon_state.read_bytes())["state"] == "stopped", "stale state reset"
 
 
 def test_sigterm_checkpoints_and_requeues_the_item_without_costing_an_attempt(base, daemons, tmp_path):
-    item_id = _enqueue(base, tmp_path, records=600)
+    item_id = enqueue_sample(base, tmp_path, records=600)
     daemon = daemons(base)
-    daemon.wait_for(lambda: max(_metric_steps(base, item_id), default=0) >= 3, what="3 steps")
+    daemon.wait_for(lambda: max(metric_steps(base, item_id), default=0) >= 3, what="3 steps")
     started = time.monotonic()
     daemon.proc.send_signal(signal.SIGTERM)
     assert daemon.finish(60) == 0, daemon.output()
     assert time.monotonic() - started < 30
     item = spool.find(base, item_id)
     assert item.state is ItemState.PENDING and item.meta.attempts == 0
-    stopped_at = max(_metric_steps(base, item_id))
+    stopped_at = max(metric_steps(base, item_id))
     again = daemons(base, "--exit-when-idle")
     assert again.finish() == 0
-    steps = _metric_steps(base, item_id)
+    steps = metric_steps(base, item_id)
     assert steps[steps.index(stopped_at) + 1] == stopped_at + 1, "went on from the step it stopped at"
     assert steps.count(1) == 1, "never started the item again from the beginning"
     assert spool.find(base, item_id).state is ItemState.DONE
 
 
 def test_a_file_that_keeps_killing_the_daemon_is_quarantined(base, daemons, tmp_path):
-    poison = _enqueue(base, tmp_path, records=600, name="poison")
-    after = _enqueue(base, tmp_path, records=20, seed=2, name="after")
+    poison = enqueue_sample(base, tmp_path, records=600, name="poison")
+    after = enqueue_sample(base, tmp_path, records=20, seed=2, name="after")
     for _ in range(3):  # killed while training the same file, as a segfault or OOM kill would
         daemon = daemons(base)
         daemon.wait_for(lambda: spool.active_item(base) is not None and spool.active_item(base).id == poison
@@ -126,7 +114,7 @@ def test_a_file_that_keeps_killing_the_daemon_is_quarantined(base, daemons, tmp_
 
 def test_pause_is_kept_across_a_restart_then_resume_and_skip_work(base, daemons, tmp_path):
     assert trainctl(base.root, "pause", "--reason", "maintenance").returncode == 0
-    item_id = _enqueue(base, tmp_path, records=600)
+    item_id = enqueue_sample(base, tmp_path, records=600)
     daemon = daemons(base)
     daemon.wait_for(lambda: daemon.state().get("state") == "paused", what="paused")
     time.sleep(0.5)
@@ -147,7 +135,7 @@ def test_pause_is_kept_across_a_restart_then_resume_and_skip_work(base, daemons,
 def test_stop_beats_skip_beats_pause_when_all_are_pending(base, daemons, tmp_path):
     from trainer import control
 
-    item_id = _enqueue(base, tmp_path, records=600)
+    item_id = enqueue_sample(base, tmp_path, records=600)
     daemon = daemons(base)
     daemon.wait_for(lambda: daemon.step() >= 2, what="training")
     control.send_pause(base)
@@ -159,7 +147,7 @@ def test_stop_beats_skip_beats_pause_when_all_are_pending(base, daemons, tmp_pat
 
 
 def test_disk_below_the_threshold_blocks_without_burning_an_attempt_and_recovers(base, daemons, tmp_path):
-    item_id = _enqueue(base, tmp_path, records=40)
+    item_id = enqueue_sample(base, tmp_path, records=40)
     base.config_file.write_text(CONFIG.replace("min_free_bytes = 1048576", f"min_free_bytes = {1 << 60}"))
     daemon = daemons(base)
     daemon.wait_for(lambda: daemon.state().get("state") == "blocked", what="blocked")
@@ -187,7 +175,7 @@ def test_malformed_and_empty_inbox_files_fail_with_reasons_and_the_rest_trains(b
 
 
 def test_consolidation_waits_until_nothing_is_training(base, daemons, tmp_path):
-    item_id = _enqueue(base, tmp_path, records=300)
+    item_id = enqueue_sample(base, tmp_path, records=300)
     daemon = daemons(base)
     daemon.wait_for(lambda: daemon.step() >= 1, what="training")
     assert trainctl(base.root, "consolidate").returncode == 0
@@ -203,7 +191,7 @@ def test_an_exception_in_the_loop_is_survived(base, monkeypatch, tmp_path):
     from trainer.daemon import Daemon as InProcess
     from trainer.layout import open_base
 
-    item_id = _enqueue(base, tmp_path, records=20)
+    item_id = enqueue_sample(base, tmp_path, records=20)
     daemon = InProcess(open_base(base.root), load_config(base.config_file))
     original = daemon._take_inbox
     calls = []
@@ -229,7 +217,7 @@ def test_a_broken_config_exits_with_the_config_code(base):
 
 
 def test_sigint_is_as_graceful_as_sigterm(base, daemons, tmp_path):
-    item_id = _enqueue(base, tmp_path, records=600)
+    item_id = enqueue_sample(base, tmp_path, records=600)
     daemon = daemons(base)
     daemon.wait_for(lambda: daemon.step() >= 2, what="training")
     daemon.proc.send_signal(signal.SIGINT)
@@ -239,7 +227,7 @@ def test_sigint_is_as_graceful_as_sigterm(base, daemons, tmp_path):
 
 
 def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(base, daemons, tmp_path):
-    item_id = _enqueue(base, tmp_path, records=600)
+    item_id = enqueue_sample(base, tmp_path, records=600)
     daemon = daemons(base)
     daemon.wait_for(lambda: daemon.step() >= 6, what="several checkpoints")
     os.kill(daemon.pid, signal.SIGKILL)
@@ -259,7 +247,7 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(base, daemon
 
 
 def test_data_changed_on_disk_after_queueing_fails_the_item_at_once(base, daemons, tmp_path):
-    item_id = _enqueue(base, tmp_path, records=20)
+    item_id = enqueue_sample(base, tmp_path, records=20)
     item = spool.find(base, item_id)
     with open(item.data_path, "ab") as fh:
         fh.write(b'{"text": "sneaked in"}\n')
@@ -281,7 +269,7 @@ def test_a_real_full_disk_blocks_the_daemon_until_space_is_freed(tmp_path, demo_
         layout.config_file.write_text(CONFIG.replace("min_free_bytes = 1048576", "min_free_bytes = 8388608")
                                       .replace("[daemon]", "[daemon]\ndisk_check_seconds = 0.2"))
         shutil.copytree(demo_model, layout.root / "models" / "base")
-        item_id = _enqueue(layout, tmp_path, records=100)
+        item_id = enqueue_sample(layout, tmp_path, records=100)
         filler = mount / "filler"
         stats = os.statvfs(mount)
         filler.write_bytes(b"\0" * max(0, stats.f_bavail * stats.f_frsize - (4 << 20)))  # leave 4 MiB
@@ -303,7 +291,7 @@ def test_growing_memory_after_items_asks_for_a_clean_restart(base, monkeypatch, 
     from trainer.layout import open_base
 
     for n in range(5):
-        _enqueue(base, tmp_path, records=10, seed=n, name=f"m{n}")
+        enqueue_sample(base, tmp_path, records=10, seed=n, name=f"m{n}")
     daemon = InProcess(open_base(base.root), load_config(base.config_file))
     samples = iter([1 << 30, 2 << 30, 3 << 30, 4 << 30, 5 << 30])
     monkeypatch.setattr(daemon, "_resident_bytes", lambda: next(samples))  # memory that keeps growing
@@ -320,7 +308,7 @@ def test_the_snapshot_date_is_persisted_so_restarts_and_clock_jumps_do_not_repea
     from trainer.layout import open_base
 
     base.config_file.write_text(CONFIG.replace('at = "23:59"', 'at = "00:00"'))
-    _enqueue(base, tmp_path, records=20)
+    enqueue_sample(base, tmp_path, records=20)
     first = InProcess(open_base(base.root), load_config(base.config_file))
     assert first.run(exit_when_idle=True) == 0
     today = date.today().isoformat()
@@ -330,7 +318,7 @@ def test_the_snapshot_date_is_persisted_so_restarts_and_clock_jumps_do_not_repea
     shutil.rmtree(base.root / "snapshots" / today)
     tomorrow = (date.today() + timedelta(days=1)).isoformat()
     (base.run / "housekeeping.json").write_bytes(orjson.dumps({"last_snapshot": tomorrow}))
-    _enqueue(base, tmp_path, records=20, seed=5, name="second")
+    enqueue_sample(base, tmp_path, records=20, seed=5, name="second")
     second = InProcess(open_base(base.root), load_config(base.config_file))
     assert second.run(exit_when_idle=True) == 0
     assert os.listdir(base.root / "snapshots") == []
@@ -366,8 +354,8 @@ def test_an_unreadable_queued_file_fails_naming_its_path_and_the_next_item_train
     layout = open_layout
     layout.config_file.write_text(CONFIG)
     shutil.copytree(demo_model, layout.root / "models" / "base")
-    locked_id = _enqueue(layout, tmp_path, records=20, name="locked")
-    next_id = _enqueue(layout, tmp_path, records=20, seed=2, name="next")
+    locked_id = enqueue_sample(layout, tmp_path, records=20, name="locked")
+    next_id = enqueue_sample(layout, tmp_path, records=20, seed=2, name="next")
     for directory, _, names in os.walk(layout.root):  # the daemon's base dir is its own
         for path in [directory, *(os.path.join(directory, name) for name in names)]:
             os.chown(path, uid, gid, follow_symlinks=False)
@@ -410,8 +398,8 @@ def test_a_queued_item_directory_owned_by_someone_else_is_left_alone_and_the_que
     layout = open_layout
     layout.config_file.write_text(CONFIG)
     shutil.copytree(demo_model, layout.root / "models" / "base")
-    stuck_id = _enqueue(layout, tmp_path, records=20, name="stuck")
-    next_id = _enqueue(layout, tmp_path, records=20, seed=2, name="next")
+    stuck_id = enqueue_sample(layout, tmp_path, records=20, name="stuck")
+    next_id = enqueue_sample(layout, tmp_path, records=20, seed=2, name="next")
     for directory, _, names in os.walk(layout.root):
         for path in [directory, *(os.path.join(directory, name) for name in names)]:
             os.chown(path, uid, gid, follow_symlinks=False)
@@ -448,7 +436,7 @@ def test_a_clock_moving_back_and_forward_while_the_daemon_runs_takes_one_snapsho
 
     base.config_file.write_text(CONFIG.replace('at = "23:59"', 'at = "12:00"'))
     for n in range(3):
-        _enqueue(base, tmp_path, records=20, seed=n, name=f"c{n}")
+        enqueue_sample(base, tmp_path, records=20, seed=n, name=f"c{n}")
     day = datetime(2031, 5, 14, 13, 0)
     # The local clock as items complete: the snapshot day, then a jump back a day (an NTP
     # correction), then forward to the next day.
