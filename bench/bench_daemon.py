@@ -44,6 +44,9 @@ max_length = 256
 micro_batch_size = 8
 learning_rate = 0.001
 warmup_steps = 10
+# One CPU thread: with two threads on two cores, any other activity stalls the OpenMP
+# barriers and one run differs from the next by tens of percent; with one, by a few.
+deterministic = true
 [checkpoint]
 every_steps = 20
 [daemon]
