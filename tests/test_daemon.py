@@ -132,6 +132,23 @@ def test_pause_is_kept_across_a_restart_then_resume_and_skip_work(base, daemons,
     assert error.kind == "skipped" and "skipped by request at step" in error.message and "wrong data" in error.message
 
 
+def test_skip_with_nothing_training_and_an_item_deleted_by_hand_before_its_claim(base, daemons, tmp_path):
+    daemon = daemons(base)
+    daemon.wait_ready()
+    skipped = trainctl(base.root, "skip")
+    assert skipped.returncode == ExitCode.FAILED and "nothing" in skipped.stderr
+    assert not any(base.control.iterdir()), "no request is left behind to hit the next item"
+    assert trainctl(base.root, "pause").returncode == 0
+    daemon.wait_for(lambda: daemon.state().get("state") == "paused", what="paused")
+    gone = enqueue_sample(base, tmp_path, records=20, name="gone")
+    kept = enqueue_sample(base, tmp_path, records=20, seed=2, name="kept")
+    shutil.rmtree(spool.find(base, gone).path)  # by hand, behind the daemon's back
+    assert trainctl(base.root, "resume").returncode == 0
+    assert trainctl(base.root, "wait", kept, "--timeout", "120").returncode == 0
+    assert daemon.proc.poll() is None and "error in the main loop" not in daemon.output()
+    assert daemon.state().get("last_error") is None
+
+
 def test_stop_beats_skip_beats_pause_when_all_are_pending(base, daemons, tmp_path):
     from trainer import control
 

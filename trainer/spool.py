@@ -10,7 +10,6 @@ concurrent trainctl processes and the daemon never lose an update or an item. Re
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import shutil
 from collections.abc import Callable, Iterable
@@ -26,7 +25,6 @@ from trainer.layout import Layout
 from trainer.states import Event, ItemState, Priority
 from trainer.timefmt import iso, parse_iso, utc_now
 
-log = logging.getLogger("trainer.spool")
 _reported_unmovable: set[str] = set()  # logged once per process, not at every poll
 
 
@@ -230,9 +228,12 @@ def claim_next(layout: Layout, now: datetime) -> Item | None:
                     # "..", which needs write access to it): leave it where it is, untouched,
                     # say so once, and serve the rest of the queue.
                     if item_id not in _reported_unmovable:
+                        import logging  # only here: trainctl imports this module and not logging
+
                         _reported_unmovable.add(item_id)
-                        log.error("%s: cannot take it (%s): give it back to the daemon's user "
-                                  "(chown -R), it is left in the queue", directory / item_id, exc.strerror)
+                        logging.getLogger("trainer.spool").error(
+                            "%s: cannot take it (%s): give it back to the daemon's user (chown -R), it is "
+                            "left in the queue", directory / item_id, exc.strerror)
                     continue
                 attempts = item.meta.attempts if item.meta else None
                 events.append(layout, Event.CLAIMED, item_id, priority=priority.value, attempts=attempts)
