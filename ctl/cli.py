@@ -422,8 +422,8 @@ def history(session: Session, since: str | None, item_id: str | None, last: int 
     except (ValueError, OverflowError):
         raise click.BadParameter(f"{since!r}: use an ISO time (2026-11-28T09:00) or an age (30m, 2h, 7d)",
                                  param_hint="--since") from None
-    log = events.read(session.layout, since=since_at, item_id=item_id)
-    shown = log.events[-last:] if last else log.events
+    log = events.read(session.layout, since=since_at, item_id=item_id, last=last or None)
+    shown = log.events
     if as_json:
         emit_json({"events": shown, "unreadable_lines": log.unreadable_lines})
     else:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+
+import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -68,6 +70,28 @@ def test_garbage_control_requests_still_parse_as_requests(layout, content, name)
     assert getattr(requests, name.removesuffix(".json")) is not None
     control.decide(requests, "some-id")
     (layout.control / name).unlink()
+
+
+event_lines = st.one_of(
+    st.builds(lambda n, i: orjson.dumps({"t": f"2026-11-28T10:{n % 60:02d}:00.000000+00:00", "event": "claimed",
+                                         "id": f"item-{i}"}), st.integers(0, 59), st.integers(0, 3)),
+    garbage, st.just(b""), st.just(b"\r"))
+
+
+@SETTINGS
+@given(lines=st.lists(event_lines, max_size=40), last=st.integers(1, 50), block=st.integers(1, 64),
+       item=st.sampled_from([None, "item-1"]), torn=st.booleans())
+def test_the_last_n_events_read_backwards_are_the_tail_of_a_forward_read(layout, lines, last, block, item, torn):
+    data = b"\n".join(lines) + (b"" if torn else b"\n")
+    layout.events.write_bytes(data)
+    forward = events.read(layout, item_id=item).events
+    original = events._lines_backwards
+    events._lines_backwards = lambda path: original(path, block=block)  # block edges everywhere
+    try:
+        backward = events.read(layout, item_id=item, last=last).events
+    finally:
+        events._lines_backwards = original
+    assert backward == forward[-last:]
 
 
 @SETTINGS

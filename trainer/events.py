@@ -57,12 +57,30 @@ def _lines(path: os.PathLike) -> Iterator[bytes]:
         yield from fh
 
 
-def read(layout: Layout, since: datetime | None = None, item_id: str | None = None) -> EventLog:
-    """Events in log order, optionally those at or after ``since`` and about ``item_id``."""
+def _lines_backwards(path: os.PathLike, block: int = 1 << 16) -> Iterator[bytes]:
+    """The file's lines, last first, reading blocks from the end: the newest events of a log
+    that has grown for a year (hundreds of MB) cost what the newest block costs."""
+    with open(path, "rb") as fh:
+        position = fh.seek(0, os.SEEK_END)
+        tail = b""
+        while position > 0:
+            step = min(block, position)
+            position -= step
+            fh.seek(position)
+            lines = (fh.read(step) + tail).split(b"\n")
+            tail = lines.pop(0)  # may continue in the block before
+            yield from reversed(lines)
+        yield tail
+
+
+def read(layout: Layout, since: datetime | None = None, item_id: str | None = None,
+         last: int | None = None) -> EventLog:
+    """Events in log order, optionally those at or after ``since`` and about ``item_id``;
+    with ``last``, only the last that many of those (read from the end of the log)."""
     log = EventLog()
     since_text = iso(since) if since is not None else None
     try:
-        lines = _lines(layout.events)
+        lines = _lines(layout.events) if last is None else _lines_backwards(layout.events)
         for line in lines:
             if not line.strip():
                 continue
@@ -75,8 +93,12 @@ def read(layout: Layout, since: datetime | None = None, item_id: str | None = No
             if item_id is not None and record.get("id") != item_id:
                 continue
             log.events.append(record)
+            if last is not None and len(log.events) >= last:
+                break
     except FileNotFoundError:
         pass
+    if last is not None:
+        log.events.reverse()
     return log
 
 
