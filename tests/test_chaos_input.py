@@ -43,6 +43,21 @@ def _outcomes(layout) -> dict[str, object]:
     return {item.meta.name: item for item in items}
 
 
+def _assert_each_regular_input_ended(found: dict, inputs, valid: ItemState) -> None:
+    """Each regular file is one item: valid ones in ``valid``, the rest failed with a one-line
+    reason that names the file."""
+    for entry in inputs:
+        if not entry.regular:
+            continue
+        item = found[display_name(entry.name)]
+        if entry.valid:
+            assert item.state is valid, (entry, item.meta.errors)
+        else:
+            assert item.state is ItemState.FAILED, entry
+            reason = item.meta.errors[0].message
+            assert display_name(entry.name) in reason and "\n" not in reason, (entry, reason)
+
+
 def _assert_left_alone(layout, inputs, before, outside):
     for entry in inputs:
         if not entry.regular:
@@ -65,16 +80,7 @@ def test_hostile_inbox_entries_each_end_pending_failed_with_a_reason_or_untouche
         ingest(layout, name, Config().spool)
 
     found = _outcomes(layout)
-    for entry in inputs:
-        if not entry.regular:
-            continue
-        item = found[display_name(entry.name)]
-        if entry.valid:
-            assert item.state is ItemState.PENDING, (entry, item.meta.errors)
-        else:
-            assert item.state is ItemState.FAILED, entry
-            reason = item.meta.errors[0].message
-            assert display_name(entry.name) in reason and "\n" not in reason, (entry, reason)
+    _assert_each_regular_input_ended(found, inputs, valid=ItemState.PENDING)
     assert len(found) == sum(i.regular for i in inputs), "one item per regular file, none lost"
     _assert_left_alone(layout, inputs, before, outside)
     assert sorted(os.listdir(layout.inbox)) == sorted(i.name for i in inputs if not i.regular)
@@ -186,14 +192,7 @@ def test_the_real_daemon_survives_a_hostile_inbox_with_bounded_memory(tmp_path, 
         daemon.kill()
         peak = rss.stop()
     found = _outcomes(layout)
-    for entry in inputs:
-        if not entry.regular:
-            continue
-        item = found[display_name(entry.name)]
-        if entry.valid:
-            assert item.state is ItemState.DONE, (entry, item.meta.errors)
-        else:
-            assert item.state is ItemState.FAILED and display_name(entry.name) in item.meta.errors[0].message
+    _assert_each_regular_input_ended(found, inputs, valid=ItemState.DONE)
     _assert_left_alone(layout, inputs, before, outside)
     log = (layout.root.parent / "daemon.log").read_text(errors="replace")
     assert "Traceback" not in log
