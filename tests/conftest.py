@@ -109,3 +109,47 @@ def demo_model(tmp_path_factory):
     from trainer.train.demo_model import build_demo_model
 
     return build_demo_model(tmp_path_factory.mktemp("demo") / "base")
+
+
+def unprivileged_ids() -> tuple[int, int]:
+    """uid and gid of an unprivileged user (nobody), for tests that need file modes to apply."""
+    import grp
+    import pwd
+
+    try:
+        user = pwd.getpwnam("nobody")
+        return user.pw_uid, user.pw_gid
+    except KeyError:
+        try:
+            return 65534, grp.getgrnam("nogroup").gr_gid
+        except KeyError:
+            return 65534, 65534
+
+
+def as_user(uid: int, gid: int | None = None, groups: tuple[int, ...] = ()) -> list[str]:
+    """argv prefix running a command as another user (needs root and setpriv): root ignores
+    file modes, so this is how a test makes permissions really apply."""
+    group_arg = f"--groups={','.join(map(str, groups))}" if groups else "--clear-groups"
+    return ["setpriv", f"--reuid={uid}", f"--regid={uid if gid is None else gid}", group_arg]
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """small_tmpfs("160m"): a real, small filesystem to fill (needs root), always unmounted."""
+    import shutil
+
+    mounted: list[Path] = []
+
+    def mount(size: str) -> Path:
+        if os.geteuid() != 0 or shutil.which("mount") is None:
+            pytest.skip("needs root and mount to mount a small tmpfs")
+        path = tmp_path / f"small{len(mounted)}"
+        path.mkdir()
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)]).returncode != 0:
+            pytest.skip("mounting a tmpfs is not permitted here")
+        mounted.append(path)
+        return path
+
+    yield mount
+    for path in mounted:
+        subprocess.run(["umount", "-l", str(path)], check=True)

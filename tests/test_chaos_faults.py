@@ -22,7 +22,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from conftest import REPO, trainctl  # noqa: E402
+from conftest import REPO, as_user, trainctl  # noqa: E402
 from daemon_proc import DaemonProcess, enqueue_sample, metric_steps, small_config  # noqa: E402
 from trainer import spool  # noqa: E402
 from trainer.config import default_config_toml  # noqa: E402
@@ -92,18 +92,8 @@ def _events(layout, item_id) -> list[str]:
 # --- disk full ---------------------------------------------------------------------------
 
 @pytest.fixture
-def small_disk(tmp_path):
-    """A 160 MiB tmpfs, always unmounted."""
-    if shutil.which("mount") is None:
-        pytest.skip("no mount command")
-    mount = tmp_path / "small"
-    mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160m", "tmpfs", str(mount)]).returncode != 0:
-        pytest.skip("mounting a tmpfs is not permitted here")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=True)
+def small_disk(small_tmpfs):
+    return small_tmpfs("160m")
 
 
 def _fill(mount: Path, leave: int) -> Path:
@@ -195,7 +185,7 @@ def _as_nobody(layout) -> dict:
     home.mkdir(exist_ok=True)
     for path in (layout.root, home):
         subprocess.run(["chown", "-R", f"{NOBODY}:{NOBODY}", str(path)], check=True)
-    return {"prefix": ("setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"),
+    return {"prefix": tuple(as_user(NOBODY)),
             "env": {"HOME": str(home)}}
 
 

@@ -12,7 +12,7 @@ import time
 import orjson
 import pytest
 
-from conftest import REPO, trainctl
+from conftest import REPO, as_user, trainctl
 from trainer import intake, spool
 from trainer.exitcodes import ExitCode
 from trainer.states import ItemState
@@ -268,7 +268,7 @@ def test_a_user_outside_the_group_gets_one_line_naming_the_path(open_layout, cha
     shutil.copy(chat_file(), src)
     os.chmod(src, 0o644)
     uid = _nobody()
-    as_nobody = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
+    as_nobody = as_user(uid)
     for args in (["enqueue", str(src)], ["pause"], ["list"]):
         result = subprocess.run([*as_nobody, sys.executable, "-m", "ctl", "--base-dir", str(layout.root), *args],
                                 capture_output=True, text=True, cwd=REPO)

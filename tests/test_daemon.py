@@ -14,7 +14,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from conftest import REPO, trainctl  # noqa: E402
+from conftest import REPO, as_user, trainctl, unprivileged_ids  # noqa: E402
 from daemon_proc import DaemonProcess, enqueue_sample, metric_steps, small_config  # noqa: E402
 from trainer import spool  # noqa: E402
 from trainer.config import default_config_toml, load_config  # noqa: E402
@@ -275,32 +275,25 @@ def test_data_changed_on_disk_after_queueing_fails_the_item_at_once(base, daemon
     assert failed.meta.attempts == 0, "deterministic: no retries burned"
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("mount") is None, reason="needs root to mount a small tmpfs")
-def test_a_real_full_disk_blocks_the_daemon_until_space_is_freed(tmp_path, demo_model, daemons):
-    mount = tmp_path / "small"
-    mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160m", "tmpfs", str(mount)]).returncode != 0:
-        pytest.skip("mounting a tmpfs is not permitted here")
-    try:
-        layout, _ = init_base(mount / "base", default_config_toml())
-        layout.config_file.write_text(CONFIG.replace("min_free_bytes = 1048576", "min_free_bytes = 8388608")
-                                      .replace("[daemon]", "[daemon]\ndisk_check_seconds = 0.2"))
-        shutil.copytree(demo_model, layout.root / "models" / "base")
-        item_id = enqueue_sample(layout, tmp_path, records=100)
-        filler = mount / "filler"
-        stats = os.statvfs(mount)
-        filler.write_bytes(b"\0" * max(0, stats.f_bavail * stats.f_frsize - (4 << 20)))  # leave 4 MiB
-        daemon = daemons(layout)
-        daemon.wait_for(lambda: daemon.state().get("state") == "blocked", what="blocked on disk")
-        assert "disk: need" in daemon.state()["reason"]
-        assert spool.find(layout, item_id).state is ItemState.PENDING
-        filler.unlink()
-        assert trainctl(layout.root, "wait", item_id, "--timeout", "90", timeout=120).returncode == 0
-        assert spool.find(layout, item_id).meta.attempts == 0, "blocking burns no attempt"
-        daemon.proc.send_signal(signal.SIGTERM)
-        assert daemon.finish(60) == 0
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=True)
+def test_a_real_full_disk_blocks_the_daemon_until_space_is_freed(tmp_path, demo_model, daemons, small_tmpfs):
+    mount = small_tmpfs("160m")
+    layout, _ = init_base(mount / "base", default_config_toml())
+    layout.config_file.write_text(CONFIG.replace("min_free_bytes = 1048576", "min_free_bytes = 8388608")
+                                  .replace("[daemon]", "[daemon]\ndisk_check_seconds = 0.2"))
+    shutil.copytree(demo_model, layout.root / "models" / "base")
+    item_id = enqueue_sample(layout, tmp_path, records=100)
+    filler = mount / "filler"
+    stats = os.statvfs(mount)
+    filler.write_bytes(b"\0" * max(0, stats.f_bavail * stats.f_frsize - (4 << 20)))  # leave 4 MiB
+    daemon = daemons(layout)
+    daemon.wait_for(lambda: daemon.state().get("state") == "blocked", what="blocked on disk")
+    assert "disk: need" in daemon.state()["reason"]
+    assert spool.find(layout, item_id).state is ItemState.PENDING
+    filler.unlink()
+    assert trainctl(layout.root, "wait", item_id, "--timeout", "90", timeout=120).returncode == 0
+    assert spool.find(layout, item_id).meta.attempts == 0, "blocking burns no attempt"
+    daemon.proc.send_signal(signal.SIGTERM)
+    assert daemon.finish(60) == 0
 
 
 def test_growing_memory_after_items_asks_for_a_clean_restart(base, monkeypatch, tmp_path):
@@ -341,30 +334,12 @@ def test_the_snapshot_date_is_persisted_so_restarts_and_clock_jumps_do_not_repea
     assert os.listdir(base.root / "snapshots") == []
 
 
-def _unprivileged_ids() -> tuple[int, int]:
-    import grp
-    import pwd
-
-    try:
-        user = pwd.getpwnam("nobody")
-        return user.pw_uid, user.pw_gid
-    except KeyError:
-        try:
-            return 65534, grp.getgrnam("nogroup").gr_gid
-        except KeyError:
-            return 65534, 65534
-
-
-def _as_user(uid: int, gid: int) -> list[str]:
-    return ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups"]
-
-
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
                     reason="needs root and setpriv to run the daemon as an unprivileged user")
 def test_an_unreadable_queued_file_fails_naming_its_path_and_the_next_item_trains(open_layout, demo_model,
                                                                                      tmp_path):
-    uid, gid = _unprivileged_ids()
-    probe = subprocess.run([*_as_user(uid, gid), sys.executable, "-c", "import trainer.daemon, torch"],
+    uid, gid = unprivileged_ids()
+    probe = subprocess.run([*as_user(uid, gid), sys.executable, "-c", "import trainer.daemon, torch"],
                            capture_output=True, text=True, cwd=REPO, timeout=120)
     if probe.returncode != 0:
         pytest.skip(f"uid {uid} cannot run the project's python here: {probe.stderr.strip()[-200:]}")
@@ -382,7 +357,7 @@ def test_an_unreadable_queued_file_fails_naming_its_path_and_the_next_item_train
     os.chmod(locked, 0o600)
     log_path = layout.root.parent / "daemon.log"
     with open(log_path, "wb") as log:
-        daemon = subprocess.run([*_as_user(uid, gid), sys.executable, "-m", "trainer.daemon", "run", "--base-dir",
+        daemon = subprocess.run([*as_user(uid, gid), sys.executable, "-m", "trainer.daemon", "run", "--base-dir",
                                  str(layout.root), "--exit-when-idle"],
                                 stdout=log, stderr=subprocess.STDOUT, cwd=REPO, timeout=180)
     output = log_path.read_text(errors="replace")
@@ -400,7 +375,7 @@ def test_an_unreadable_queued_file_fails_naming_its_path_and_the_next_item_train
     os.chown(failed.data_path, uid, gid)
     assert trainctl(layout.root, "retry", locked_id).returncode == 0
     with open(log_path, "ab") as log:
-        again = subprocess.run([*_as_user(uid, gid), sys.executable, "-m", "trainer.daemon", "run", "--base-dir",
+        again = subprocess.run([*as_user(uid, gid), sys.executable, "-m", "trainer.daemon", "run", "--base-dir",
                                 str(layout.root), "--exit-when-idle"],
                                stdout=log, stderr=subprocess.STDOUT, cwd=REPO, timeout=180)
     assert again.returncode == 0, log_path.read_text(errors="replace")
@@ -411,7 +386,7 @@ def test_an_unreadable_queued_file_fails_naming_its_path_and_the_next_item_train
                     reason="needs root and setpriv to run the daemon as an unprivileged user")
 def test_a_queued_item_directory_owned_by_someone_else_is_left_alone_and_the_queue_moves_on(
         open_layout, demo_model, tmp_path):
-    uid, gid = _unprivileged_ids()
+    uid, gid = unprivileged_ids()
     layout = open_layout
     layout.config_file.write_text(CONFIG)
     shutil.copytree(demo_model, layout.root / "models" / "base")
@@ -426,7 +401,7 @@ def test_a_queued_item_directory_owned_by_someone_else_is_left_alone_and_the_que
     os.chmod(stuck, 0o700)  # the daemon can neither read nor move it
     log_path = layout.root.parent / "daemon.log"
     with open(log_path, "wb") as log:
-        daemon = subprocess.Popen([*_as_user(uid, gid), sys.executable, "-m", "trainer.daemon", "run",
+        daemon = subprocess.Popen([*as_user(uid, gid), sys.executable, "-m", "trainer.daemon", "run",
                                    "--base-dir", str(layout.root)], stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
     try:
         deadline = time.monotonic() + 180

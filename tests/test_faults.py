@@ -41,40 +41,29 @@ def test_a_failure_mid_ingest_puts_the_file_back_in_the_inbox(layout, limits, ch
     assert os.listdir(layout.tmp) == [] and spool.counts(layout)["pending"] == 0
 
 
-def _can_mount_tmpfs() -> bool:
-    return os.geteuid() == 0 and shutil.which("mount") is not None
-
-
-@pytest.mark.skipif(not _can_mount_tmpfs(), reason="needs root to mount a small tmpfs as the base dir")
-def test_a_full_disk_during_ingest_loses_nothing(tmp_path, limits):
+def test_a_full_disk_during_ingest_loses_nothing(small_tmpfs, limits):
     from trainer.config import default_config_toml
     from trainer.layout import init_base
 
-    mount = tmp_path / "small"
-    mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)]).returncode != 0:
-        pytest.skip("mounting a tmpfs is not permitted here")
-    try:
-        layout, _ = init_base(mount / "base", default_config_toml())
-        data = b"".join(orjson.dumps({"text": f"line {i}"}) + b"\n" for i in range(2000))
-        (layout.inbox / "big.jsonl").write_bytes(data)
-        filler = mount / "filler"
-        fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
-        try:  # fill the disk, then free one page: room for origin.json, none for meta.json
-            while True:
-                os.write(fd, b"\0" * 4096)
-        except OSError:
-            os.ftruncate(fd, os.fstat(fd).st_size - 4096)
-        os.close(fd)
-        with pytest.raises(OSError) as caught:
-            ingest(layout, "big.jsonl", limits)
-        assert caught.value.errno == errno.ENOSPC
-        assert (layout.inbox / "big.jsonl").read_bytes() == data, "the user's file is intact in the inbox"
-        os.unlink(filler)
-        taken = ingest(layout, "big.jsonl", limits)
-        assert taken.state is ItemState.PENDING and spool.find(layout, taken.item_id).meta.records == 2000
-    finally:
-        subprocess.run(["umount", str(mount)], check=True)
+    mount = small_tmpfs("256k")
+    layout, _ = init_base(mount / "base", default_config_toml())
+    data = b"".join(orjson.dumps({"text": f"line {i}"}) + b"\n" for i in range(2000))
+    (layout.inbox / "big.jsonl").write_bytes(data)
+    filler = mount / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:  # fill the disk, then free one page: room for origin.json, none for meta.json
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError:
+        os.ftruncate(fd, os.fstat(fd).st_size - 4096)
+    os.close(fd)
+    with pytest.raises(OSError) as caught:
+        ingest(layout, "big.jsonl", limits)
+    assert caught.value.errno == errno.ENOSPC
+    assert (layout.inbox / "big.jsonl").read_bytes() == data, "the user's file is intact in the inbox"
+    os.unlink(filler)
+    taken = ingest(layout, "big.jsonl", limits)
+    assert taken.state is ItemState.PENDING and spool.find(layout, taken.item_id).meta.records == 2000
 
 
 def test_files_keep_the_group_modes_whatever_the_umask(layout, chat_file):

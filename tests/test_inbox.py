@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_jsonl
+from conftest import as_user, write_jsonl
 from trainer import events, spool
 from trainer.inbox import InboxScanner, Observation, _origin, ingest, is_settled
 from trainer.states import ItemState
@@ -127,7 +127,7 @@ def _as_daemon_user():
     if shutil.which("setpriv") is None:
         pytest.skip("root reads any file, and setpriv is missing to drop to another user")
     uid = pwd.getpwnam("nobody").pw_uid
-    return ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"], uid
+    return as_user(uid), uid
 
 
 def test_an_unreadable_inbox_file_fails_with_the_fix(open_layout, chat_file):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, trainctl, write_jsonl
+from conftest import REPO, as_user, trainctl, write_jsonl
 from trainer import intake, spool
 from trainer.config import Config
 from trainer.errors import WrongState
@@ -35,8 +35,7 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is 
 
 
 def _as(uid: int, *groups: int) -> list[str]:
-    group_arg = f"--groups={','.join(map(str, groups))}" if groups else "--clear-groups"
-    return ["setpriv", f"--reuid={uid}", f"--regid={uid}", group_arg]
+    return as_user(uid, groups=groups)
 
 
 def _run_as(prefix: list[str], base: Path, *args: str) -> subprocess.CompletedProcess:
