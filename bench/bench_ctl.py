@@ -25,9 +25,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from trainer import intake  # noqa: E402
 from trainer.config import Config, default_config_toml  # noqa: E402
-from trainer.layout import init_base  # noqa: E402
+from trainer.intake import enqueue  # noqa: E402
+from trainer.spool.layout import init_base  # noqa: E402
 from trainer.states import Priority  # noqa: E402
 
 
@@ -52,7 +52,7 @@ def fill(base: Path, items: int, sample: Path) -> None:
     limits = Config().spool
     priorities = list(Priority)
     for n in range(items):
-        intake.enqueue(layout, sample, limits=limits, priority=priorities[n % 3])
+        enqueue.enqueue(layout, sample, limits=limits, priority=priorities[n % 3])
 
 
 def make_files(directory: Path, count: int) -> list[Path]:

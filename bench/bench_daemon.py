@@ -67,7 +67,7 @@ def t(event: dict) -> float:
 
 def new_base(work: Path, name: str, model: Path) -> Path:
     from trainer.config import default_config_toml
-    from trainer.layout import init_base
+    from trainer.spool.layout import init_base
 
     layout, _ = init_base(work / name, default_config_toml())
     layout.config_file.write_text(CONFIG)
@@ -94,14 +94,14 @@ def trainctl(base: Path, *args: str) -> None:
 
 
 def enqueue_all(base: Path, files: list[Path]) -> None:
-    from trainer import intake
     from trainer.config import load_config
-    from trainer.layout import open_base
+    from trainer.intake import enqueue
+    from trainer.spool.layout import open_base
 
     layout = open_base(base)
     limits = load_config(layout.config_file).spool
     for path in files:
-        intake.enqueue(layout, path, limits=limits)
+        enqueue.enqueue(layout, path, limits=limits)
 
 
 def engine_alone_child(base: Path, files: list[Path]) -> None:
@@ -246,10 +246,11 @@ def breakdown(work: Path, model: Path, files: list[Path]) -> dict:
     train, less the daemon's callbacks inside them) is what the engine alone would do."""
     import io
 
-    from trainer import control, logs, spool
     from trainer.config import load_config
-    from trainer.daemon import Daemon
-    from trainer.layout import open_base
+    from trainer.daemon import logs
+    from trainer.daemon.service import Daemon
+    from trainer.spool import control, queue
+    from trainer.spool.layout import open_base
     from trainer.train.engine import Engine
 
     base = new_base(work, "breakdown", model)
@@ -261,9 +262,9 @@ def breakdown(work: Path, model: Path, files: list[Path]) -> dict:
     timers.wrap(handler, "handle", "log", by_owner=True)
     timers.wrap_fsync()
     for name in ("claim_next", "claim_specific"):
-        timers.wrap(spool, name, "claim")
-    timers.wrap(spool, "set_tokens", "set_tokens")
-    timers.wrap(spool, "complete", "complete")
+        timers.wrap(queue, name, "claim")
+    timers.wrap(queue, "set_tokens", "set_tokens")
+    timers.wrap(queue, "complete", "complete")
     timers.wrap(control, "write_state", "write_state")
     timers.wrap(control, "read_requests", "read_requests")
     timers.wrap(Engine, "prepare", "engine", owner="engine")
@@ -390,7 +391,7 @@ def main() -> None:
     parser.add_argument("--pickups", type=int, default=10)
     parser.add_argument("--only-overhead", action="store_true", help="skip recovery and pickup latency")
     args = parser.parse_args()
-    from trainer.sample_data import write_sample_chat
+    from trainer.demo.sample_data import write_sample_chat
     from trainer.train.demo_model import build_demo_model
 
     work = Path(tempfile.mkdtemp(prefix="bench-daemon-"))

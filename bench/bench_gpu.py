@@ -54,7 +54,7 @@ def make_data(path: Path, records: int, row: int) -> Path:
     """Chat records whose lengths spread from a few tokens to most of a row."""
     import orjson
 
-    from trainer.sample_data import WORDS, record
+    from trainer.demo.sample_data import WORDS, record
 
     rng = random.Random(0)
     with open(path, "wb") as fh:
@@ -101,8 +101,14 @@ def worker(kind: str, model_dir: Path, data: Path, row: int, batch: int) -> dict
         tokens = sum(t for _, t in warm[1:])
         seconds = warm[-1][0] - warm[0][0]
     else:
-        from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer,
-                                  TrainerCallback, TrainingArguments)
+        from transformers import (
+            AutoModelForCausalLM,
+            AutoTokenizer,
+            DataCollatorForSeq2Seq,
+            Trainer,
+            TrainerCallback,
+            TrainingArguments,
+        )
 
         from trainer.train.data import records
         from trainer.train.examples import IGNORE, RecordEncoder, hf_labels

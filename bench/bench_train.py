@@ -44,7 +44,7 @@ def make_data(path: Path, records: int, seed: int = 0) -> Path:
     """Chat tasks, and one record in five a long free-text answer (up to ~220 tokens)."""
     import orjson
 
-    from trainer.sample_data import WORDS, record
+    from trainer.demo.sample_data import WORDS, record
 
     rng = random.Random(seed)
     with open(path, "wb") as fh:
@@ -104,8 +104,14 @@ def worker_engine(base: Path, data: Path) -> dict:
 
 def worker_hf(model_dir: Path, data: Path, grouped: bool) -> dict:
     import torch
-    from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer,
-                              TrainerCallback, TrainingArguments)
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        DataCollatorForSeq2Seq,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
     from transformers.utils import logging as hf_logging
 
     from trainer.train.data import records

@@ -1,4 +1,4 @@
-"""How fast is trainer.validate on a realistic chat file, next to what reading it costs anyway?
+"""How fast is trainer.intake.validate on a realistic chat file, next to what reading it costs anyway?
 
     .venv/bin/python bench/bench_validate.py [--mb 100] [--repeat 3]
 
@@ -32,7 +32,7 @@ import orjson
 # Run as a script, Python puts bench/ on sys.path, not the project root.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from trainer.validate import validate_path  # noqa: E402
+from trainer.intake.validate import validate_path  # noqa: E402
 
 MB = 1_000_000
 ENGLISH = (

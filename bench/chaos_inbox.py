@@ -30,10 +30,11 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 from chaos_base import PeakRss, small_base  # noqa: E402
 from hostile import Input, fingerprint, make_regular, make_special, special_kinds_possible  # noqa: E402
-from trainer import spool  # noqa: E402
+
 from trainer.config import default_config_toml  # noqa: E402
-from trainer.item import display_name  # noqa: E402
-from trainer.layout import init_base  # noqa: E402
+from trainer.spool import queue  # noqa: E402
+from trainer.spool.item import display_name  # noqa: E402
+from trainer.spool.layout import init_base  # noqa: E402
 from trainer.states import ItemState  # noqa: E402
 
 GROWER = """
@@ -63,6 +64,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=20261128)
     args = parser.parse_args()
     from daemon_proc import DaemonProcess
+
     from trainer.train.demo_model import build_demo_model
 
     work = Path(tempfile.mkdtemp(prefix="chaos-inbox-"))
@@ -87,7 +89,7 @@ def main() -> None:
             peak = rss.stop()
         elapsed = time.monotonic() - started
 
-        found = {item.meta.name: item for item in spool.list_items(layout, list(ItemState))}
+        found = {item.meta.name: item for item in queue.list_items(layout, list(ItemState))}
         outcome = collections.Counter()
         wrong = []
         for entry in inputs:
@@ -122,20 +124,20 @@ def main() -> None:
             print("WRONG:", entry)
 
         # The same kinds of file through trainctl enqueue, in one all-or-nothing call.
-        queue, _ = init_base(work / "enqueue-base", default_config_toml())
+        target, _ = init_base(work / "enqueue-base", default_config_toml())
         drop = work / "drop"
         drop.mkdir()
         rng = random.Random(args.seed + 1)
         batch = [make_regular(drop, rng, n, 9 * 2**20) for n in range(args.inputs)]
         batch += [make_special(drop, outside, kind, 20_000 + n) for n, kind in enumerate(special_kinds_possible())]
         started = time.monotonic()
-        result = subprocess.run([sys.executable, "-m", "ctl", "--base-dir", str(queue.root), "enqueue", "--",
+        result = subprocess.run([sys.executable, "-m", "ctl", "--base-dir", str(target.root), "enqueue", "--",
                                  *[str(drop / i.name) for i in batch]], capture_output=True, text=True, cwd=REPO)
         named = sum(display_name(str(drop / i.name)) in result.stderr for i in batch
                     if (i.regular and not i.valid) or (not i.regular and i.kind != "symlink-outside"))
         print(f"\n`trainctl enqueue` of {len(batch)} files in one call: exit {result.returncode} in "
               f"{time.monotonic() - started:.1f} s, {named} bad files named, traceback: "
-              f"{'Traceback' in result.stderr}, queued: {spool.counts(queue)['pending']}")
+              f"{'Traceback' in result.stderr}, queued: {queue.counts(target)['pending']}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -88,9 +88,9 @@ TRIGGER_TIMEOUT_S = 60.0
 def make_bases(work: Path, model: Path, items: int, records: int, seed: int) -> tuple[Path, Path]:
     """A template base dir with ``items`` queued, copied twice: (straight, chaos)."""
     from trainer.config import default_config_toml, load_config
-    from trainer.intake import enqueue
-    from trainer.layout import init_base
-    from trainer.sample_data import write_sample_chat
+    from trainer.demo.sample_data import write_sample_chat
+    from trainer.intake.enqueue import enqueue
+    from trainer.spool.layout import init_base
 
     layout, _ = init_base(work / "template", default_config_toml())
     layout.config_file.write_text(CONFIG)

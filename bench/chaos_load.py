@@ -31,18 +31,20 @@ sys.path[:0] = [str(REPO), str(REPO / "tests"), str(REPO / "bench")]
 
 from bench_ctl import trainctl, walls  # noqa: E402
 from chaos_base import PeakRss, clone_pending, small_base, synthetic_events  # noqa: E402
-from trainer import events, intake, spool  # noqa: E402
-from trainer.config import Config, default_config_toml  # noqa: E402
-from trainer.layout import init_base  # noqa: E402
-from trainer.states import Event, ItemState  # noqa: E402
 from test_chaos_load import ENQUEUER  # noqa: E402  (one enqueuer script for test and bench)
+
+from trainer.config import Config, default_config_toml  # noqa: E402
+from trainer.intake import enqueue
+from trainer.spool import events, queue  # noqa: E402
+from trainer.spool.layout import init_base  # noqa: E402
+from trainer.states import Event, ItemState  # noqa: E402
 
 
 def big_queue(work: Path, items: int, runs: int) -> None:
     layout, _ = init_base(work / "queue", default_config_toml())
     sample = work / "sample.jsonl"
     sample.write_text('{"text": "hello"}\n')
-    first = intake.enqueue(layout, sample, limits=Config().spool).id
+    first = enqueue.enqueue(layout, sample, limits=Config().spool).id
     clone_pending(layout, first, items - 1)
     many = f"{items:,} pending"
     medians = walls({
@@ -81,6 +83,7 @@ def long_log(work: Path, days: list[int], runs: int) -> None:
 
 def race_the_daemon(work: Path, enqueuers: int, files: int) -> None:
     from daemon_proc import DaemonProcess
+
     from trainer.train.demo_model import build_demo_model
 
     layout = small_base(work / "race" / "base", build_demo_model(work / "model"))
@@ -100,7 +103,7 @@ def race_the_daemon(work: Path, enqueuers: int, files: int) -> None:
             given += [line.split() for line in out.splitlines()]
         enqueued_s = time.monotonic() - started
         total = len(given)
-        daemon.wait_for(lambda: spool.counts(layout)["done"] + spool.counts(layout)["failed"] >= total,
+        daemon.wait_for(lambda: queue.counts(layout)["done"] + queue.counts(layout)["failed"] >= total,
                         timeout=24 * 3600, what="every file trained")
         trained_s = time.monotonic() - started
         daemon.proc.send_signal(signal.SIGTERM)
@@ -108,7 +111,7 @@ def race_the_daemon(work: Path, enqueuers: int, files: int) -> None:
     finally:
         daemon.kill()
         peak = rss.stop()
-    done = spool.list_items(layout, [ItemState.DONE])
+    done = queue.list_items(layout, [ItemState.DONE])
     ids = [item.id for item in done]
     log = events.read(layout)
     counts = {kind: collections.Counter(e["id"] for e in log.events if e["event"] == kind.value)
@@ -118,7 +121,7 @@ def race_the_daemon(work: Path, enqueuers: int, files: int) -> None:
     print("| enqueuers x files | given | trained | failed | ids unique | each enqueued, claimed, done once "
           "| lost | all given in | all trained in | daemon exit | daemon peak RSS |")
     print("|---|---:|---:|---:|---|---|---:|---:|---:|---:|---:|")
-    print(f"| {enqueuers} x {files} | {total} | {len(done)} | {spool.counts(layout)['failed']} | "
+    print(f"| {enqueuers} x {files} | {total} | {len(done)} | {queue.counts(layout)['failed']} | "
           f"{'yes' if len(set(ids)) == len(ids) else 'NO'} | {'yes' if exactly_once else 'NO'} | "
           f"{'SOME' if lost else 0} | {enqueued_s:.0f} s | {trained_s:.0f} s | {code} | {peak / 2**20:.0f} MiB |")
     print(f"\n(unreadable event lines: {log.unreadable_lines}; event log {layout.events.stat().st_size:,} bytes)")

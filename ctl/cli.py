@@ -16,16 +16,25 @@ import click
 import orjson
 
 from ctl import render
-from trainer import control, events, spool
 from trainer.config import Config, load_config
-from trainer.errors import (ConfigError, FormatMismatch, InvalidData, LayoutError, NeedsRoot, NoSuchItem,
-                            NotABaseDir, TrainerError, WrongState)
+from trainer.errors import (
+    ConfigError,
+    FormatMismatch,
+    InvalidData,
+    LayoutError,
+    NeedsRoot,
+    NoSuchItem,
+    NotABaseDir,
+    TrainerError,
+    WrongState,
+)
 from trainer.exitcodes import ExitCode
 from trainer.ids import check_id
-from trainer.layout import BASE_DIR_ENV, Layout, init_base, open_base
-from trainer.lock import lock_holder
+from trainer.spool import control, events, queue
+from trainer.spool.layout import BASE_DIR_ENV, Layout, init_base, open_base
+from trainer.spool.lock import lock_holder
+from trainer.spool.status import collect
 from trainer.states import ItemState, Liveness, Priority
-from trainer.status import collect
 from trainer.timefmt import utc_now
 
 JSON_SCHEMA = 1
@@ -98,7 +107,9 @@ def init(session: Session, demo: bool, link_config: Path | None) -> None:
 
     config_text = default_config_toml()
     if demo:
-        config_text = _demo_config() + "\n" + "\n".join("# " + line if line and not line.startswith("#") else line
+        from trainer.demo.config import DEMO_CONFIG
+
+        config_text = DEMO_CONFIG + "\n" + "\n".join("# " + line if line and not line.startswith("#") else line
                                                        for line in config_text.splitlines()) + "\n"
     layout, created = init_base(session.base_dir, config_text, config_link=link_config)
     verb = "initialised" if created else "checked (already initialised)"
@@ -126,10 +137,10 @@ def enqueue(session: Session, files: tuple[Path, ...], priority: str, hold: bool
 
     Either every file is queued or, if any is invalid, none is (exit 65, every problem listed).
     """
-    from trainer import intake  # here, not at the top: only enqueue pays for the validator
+    from trainer.intake import enqueue  # here, not at the top: only enqueue pays for the validator
 
     layout = session.layout
-    queued = intake.enqueue_batch(layout, list(files), limits=session.config.spool,
+    queued = enqueue.enqueue_batch(layout, list(files), limits=session.config.spool,
                                   priority=Priority(priority), hold=hold)
     for item in queued:
         meta = item.meta
@@ -138,7 +149,7 @@ def enqueue(session: Session, files: tuple[Path, ...], priority: str, hold: bool
             note(f"queued {meta.name} as {meta.id} ({meta.records:,} records, {render.size(meta.size)}, "
                  f"{'held' if hold else priority})")
         if move:
-            kept = intake.delete_source(item)
+            kept = enqueue.delete_source(item)
             if kept:
                 note(f"kept {item.source} although --move was given: {kept}")
     if not quiet and control.read_requests(layout).pause is not None:
@@ -188,7 +199,7 @@ def list_(session: Session, which: str | None, as_json: bool) -> None:
         "held": [ItemState.HELD],
         "done": [ItemState.DONE],
     }[which]
-    items = spool.list_items(session.layout, states)
+    items = queue.list_items(session.layout, states)
     if which is None:  # the active item first, then what comes next
         items.sort(key=lambda item: item.state is not ItemState.ACTIVE)
     if as_json:
@@ -205,25 +216,12 @@ def list_(session: Session, which: str | None, as_json: bool) -> None:
 @click.pass_obj
 def show(session: Session, item_id: str, as_json: bool) -> None:
     """Everything about one item: metadata, errors and its events."""
-    item = render.item_dict(spool.find(session.layout, item_id))
+    item = render.item_dict(queue.find(session.layout, item_id))
     history = events.read(session.layout, item_id=item_id).events
     if as_json:
         emit_json({"item": item, "events": history})
     else:
         click.echo("\n".join(render.item_lines(item, history)))
-
-
-def _demo_config() -> str:
-    """The demo's config, read from the module source without importing it (no torch)."""
-    import ast
-
-    import trainer
-
-    source = (Path(trainer.__file__).parent / "train" / "demo_model.py").read_text()
-    for node in ast.parse(source).body:
-        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "DEMO_CONFIG":
-            return ast.literal_eval(node.value)
-    raise RuntimeError("DEMO_CONFIG not found")
 
 
 def _daemon_running(layout: Layout) -> bool:
@@ -258,7 +256,7 @@ def resume(session: Session) -> None:
 def skip(session: Session, reason: str | None) -> None:
     """Stop training the current item after this step; it goes to failed (retry brings it back)."""
     layout = session.layout
-    current = spool.active_item(layout)
+    current = queue.active_item(layout)
     if not _daemon_running(layout):
         note("the daemon is not running: nothing is training, no skip request was left")
         finish(ExitCode.NOT_RUNNING)
@@ -297,7 +295,7 @@ def consolidate(session: Session) -> None:
 @click.pass_obj
 def hold(session: Session, item_id: str) -> None:
     """Keep a pending item out of training until release."""
-    spool.hold(session.layout, item_id)
+    queue.hold(session.layout, item_id)
     note(f"{item_id} held")
 
 
@@ -306,7 +304,7 @@ def hold(session: Session, item_id: str) -> None:
 @click.pass_obj
 def release(session: Session, item_id: str) -> None:
     """Put a held item back in its queue."""
-    item = spool.release(session.layout, item_id)
+    item = queue.release(session.layout, item_id)
     note(f"{item_id} released to the {item.priority.value if item.priority else 'normal'} queue")
 
 
@@ -318,10 +316,10 @@ def retry(session: Session, item_id: str | None, all_failed: bool) -> None:
     """Send a failed item back to its queue with its attempts reset, once its data validates."""
     if (item_id is None) == (not all_failed):
         raise click.UsageError("give an ITEM_ID or --all-failed (not both)")
-    from trainer import intake  # retry validates the data again
+    from trainer.intake import enqueue  # retry validates the data again
 
     if all_failed:
-        retried, left = intake.retry_all_failed(session.layout, session.config.spool)
+        retried, left = enqueue.retry_all_failed(session.layout, session.config.spool)
         for rid in retried:
             click.echo(rid)
         note(f"{len(retried)} failed item{'s' if len(retried) != 1 else ''} queued again")
@@ -330,7 +328,7 @@ def retry(session: Session, item_id: str | None, all_failed: bool) -> None:
         if left:
             finish(ExitCode.DATA_INVALID)
         return
-    intake.retry(session.layout, item_id, session.config.spool)
+    enqueue.retry(session.layout, item_id, session.config.spool)
     note(f"{item_id} queued again (attempts reset)")
 
 
@@ -339,7 +337,7 @@ def retry(session: Session, item_id: str | None, all_failed: bool) -> None:
 @click.pass_obj
 def remove(session: Session, item_id: str) -> None:
     """Delete an item and its queued copy of the data (not the active item)."""
-    spool.remove(session.layout, item_id)
+    queue.remove(session.layout, item_id)
     note(f"{item_id} removed")
 
 
@@ -349,13 +347,13 @@ def remove(session: Session, item_id: str) -> None:
 @click.pass_obj
 def move_(session: Session, item_id: str, priority: str) -> None:
     """Change a pending or held item's priority (it keeps its place by age)."""
-    spool.move(session.layout, item_id, Priority(priority))
+    queue.move(session.layout, item_id, Priority(priority))
     note(f"{item_id} moved to {priority}")
 
 
 def _inbox_waiting(layout: Layout) -> int:
     """Inbox files not yet taken, plus those being taken right now (staged with an origin)."""
-    from trainer.inbox import ORIGIN_NAME, is_candidate_name
+    from trainer.intake.inbox import ORIGIN_NAME, is_candidate_name
 
     count = 0
     with os.scandir(layout.inbox) as entries:
@@ -369,7 +367,7 @@ def _idle(layout: Layout) -> bool:
     """Nothing in the inbox, pending or active. Read twice: a lock-free reader could look at
     pending just before an item moves there from active, and at active just after."""
     for _ in range(2):
-        q = spool.counts(layout)
+        q = queue.counts(layout)
         if q["pending"] or q["active"] or _inbox_waiting(layout):
             return False
     return True
@@ -392,7 +390,7 @@ def wait(session: Session, item_id: str | None, idle: bool, timeout: float | Non
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         if item_id is not None:
-            state = spool.find(layout, item_id).state
+            state = queue.find(layout, item_id).state
             if state is ItemState.DONE:
                 finish(ExitCode.OK)
             if state is ItemState.FAILED:
@@ -439,9 +437,8 @@ def history(session: Session, since: str | None, item_id: str | None, last: int 
 @click.option("--unit", default="trainer", show_default=True, help="The systemd unit (trainer@0 for a GPU instance).")
 def logs(follow: bool, lines: int, unit: str) -> None:
     """The daemon's log from the journal (wraps journalctl -u UNIT)."""
-    import subprocess  # only here: it costs every other command ~6 ms of start-up
-
     import shutil  # here, not at the top: it costs every trainctl command ~5 ms of start-up
+    import subprocess  # only here: it costs every other command ~6 ms of start-up
 
     journalctl = shutil.which("journalctl")
     if journalctl is None:
@@ -472,9 +469,8 @@ def install_unit(venv: Path, root: Path, source: Path | None) -> None:
 
     Never enables or starts anything, never overwrites /etc/trainer/config.toml.
     """
-    from trainer import install
-
-    install.install(root=root, venv=venv.absolute(), source=source or install.units_source(), say=note)
+    from trainer.daemon import units
+    units.install(root=root, venv=venv.absolute(), source=source or units.units_source(), say=note)
     note("next: systemctl enable --now trainer   (or trainer@0 trainer@1 ... for one daemon per GPU)")
     note("      usermod -aG trainer USER          (who may use trainctl; log in again after)")
     note("      put a model in /var/lib/trainer/models/base, or set [model] path in /etc/trainer/config.toml")

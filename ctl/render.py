@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from datetime import datetime
 
-from trainer.item import Item, display_name
+from trainer.spool.item import Item, display_name
 
 
 def display(value: object) -> str:

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import orjson
 import psutil
-
 from daemon_proc import small_config
+
 from trainer.config import default_config_toml
-from trainer.layout import Layout, init_base
+from trainer.spool.layout import Layout, init_base
 
 SMALL_CONFIG = small_config(checkpoint={"every_steps": 50})  # a checkpoint at each item's end only
 
@@ -56,11 +56,11 @@ def clone_pending(layout: Layout, item_id: str, count: int) -> list[str]:
     metadata), made without fsyncs: filling a queue of 10,000 through enqueue takes minutes."""
     import dataclasses
 
-    from trainer import spool
     from trainer.ids import new_id
+    from trainer.spool import queue
     from trainer.states import Priority
 
-    source = spool.find(layout, item_id)
+    source = queue.find(layout, item_id)
     priorities = list(Priority)
     made = []
     for n in range(count):

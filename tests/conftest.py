@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from trainer.config import Config, SpoolConfig, default_config_toml
-from trainer.layout import Layout, init_base
+from trainer.spool.layout import Layout, init_base
 
 REPO = Path(__file__).resolve().parent.parent
 FAKE_DAEMON = Path(__file__).resolve().parent / "fake_daemon.py"

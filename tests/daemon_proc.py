@@ -8,11 +8,11 @@ import time
 from pathlib import Path
 
 import orjson
-
 from conftest import REPO
-from trainer import intake
+
 from trainer.config import load_config
-from trainer.sample_data import write_sample_chat
+from trainer.demo.sample_data import write_sample_chat
+from trainer.intake import enqueue
 
 # Small and quick on a CPU: short rows and batches, a checkpoint every two steps, a fast
 # heartbeat and inbox, quick retries, and nothing at idle (no consolidation, the snapshot
@@ -30,7 +30,7 @@ SMALL = {
 def enqueue_sample(layout, directory: Path, records: int = 200, seed: int = 1, name: str = "data") -> str:
     """Queue a generated chat file of ``records`` records (written in ``directory``); its id."""
     path = write_sample_chat(directory / f"{name}.jsonl", records, seed=seed)
-    return intake.enqueue(layout, path, limits=load_config(layout.config_file).spool).id
+    return enqueue.enqueue(layout, path, limits=load_config(layout.config_file).spool).id
 
 
 def metric_steps(layout, item_id: str) -> list[int]:

@@ -16,9 +16,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from trainer import control, spool  # noqa: E402
-from trainer.layout import open_base  # noqa: E402
-from trainer.lock import DaemonLock  # noqa: E402
+from trainer.spool import control, queue  # noqa: E402
+from trainer.spool.layout import open_base  # noqa: E402
+from trainer.spool.lock import DaemonLock  # noqa: E402
 from trainer.states import Event  # noqa: E402
 from trainer.timefmt import utc_now  # noqa: E402
 
@@ -49,7 +49,7 @@ def main() -> None:
             publish("idle")
             time.sleep(0.05)
             continue
-        item = spool.claim_next(layout, utc_now())
+        item = queue.claim_next(layout, utc_now())
         if item is None:
             publish("idle")
             time.sleep(0.02)
@@ -63,12 +63,12 @@ def main() -> None:
             action = control.decide(control.read_requests(layout), item.id)
             if action is control.Action.SKIP:
                 reason = control.read_requests(layout).skip.get("reason") or "no reason given"
-                spool.fail(layout, item.id, f"skipped by request at step {step}: {reason}", kind="skipped",
+                queue.fail(layout, item.id, f"skipped by request at step {step}: {reason}", kind="skipped",
                            event=Event.SKIPPED)
                 control.clear_skip(layout)
                 break
             if time.monotonic() >= deadline:
-                spool.complete(layout, item.id, steps=step)
+                queue.complete(layout, item.id, steps=step)
                 break
             time.sleep(0.01)
 

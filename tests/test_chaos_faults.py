@@ -24,10 +24,11 @@ pytest.importorskip("torch")
 
 from conftest import REPO, as_user, trainctl  # noqa: E402
 from daemon_proc import DaemonProcess, enqueue_sample, metric_steps, small_config  # noqa: E402
-from trainer import spool  # noqa: E402
+
 from trainer.config import default_config_toml  # noqa: E402
-from trainer.layout import init_base  # noqa: E402
-from trainer.sample_data import write_sample_chat  # noqa: E402
+from trainer.demo.sample_data import write_sample_chat  # noqa: E402
+from trainer.spool import queue  # noqa: E402
+from trainer.spool.layout import init_base  # noqa: E402
 from trainer.states import ItemState  # noqa: E402
 from trainer.train.checkpoint import CheckpointStore  # noqa: E402
 
@@ -132,14 +133,14 @@ def test_a_disk_filled_mid_training_blocks_then_resumes_by_itself_without_burnin
     time.sleep(1)
     assert max(metric_steps(layout, item_id)) == stalled, "no training while blocked"
     assert _staging(layout) == [], "no partial checkpoint"
-    item = spool.find(layout, item_id)
+    item = queue.find(layout, item_id)
     assert item.state is ItemState.ACTIVE and item.meta.attempts == 0, "it waits with its item, no attempt burned"
     status = orjson.loads(trainctl(layout.root, "status", "--json").stdout)
     assert status["daemon"]["state"] == "blocked" and status["daemon"]["liveness"] == "running", \
         "blocked but heartbeating"
     filler.unlink()
     assert trainctl(layout.root, "wait", item_id, "--timeout", "120", timeout=150).returncode == 0
-    item = spool.find(layout, item_id)
+    item = queue.find(layout, item_id)
     assert item.state is ItemState.DONE and item.meta.attempts == 0
     assert "requeued" not in _events(layout, item_id)
     steps = metric_steps(layout, item_id)
@@ -170,7 +171,7 @@ def test_a_disk_filled_during_a_checkpoint_write_leaves_no_partial_checkpoint_an
         assert (checkpoint.path / "manifest.json").exists()
     filler.unlink()
     assert trainctl(layout.root, "wait", item_id, "--timeout", "120", timeout=150).returncode == 0
-    item = spool.find(layout, item_id)
+    item = queue.find(layout, item_id)
     assert item.state is ItemState.DONE
     assert item.meta.attempts == 0, f"a full disk is not the item's fault: {item.meta.errors}"
     daemon.proc.send_signal(signal.SIGTERM)
@@ -217,7 +218,7 @@ def test_a_read_only_inbox_is_logged_with_its_path_and_the_queue_goes_on(open_la
     os.chmod(layout.inbox, 0o2770)
     daemon.wait_for(lambda: not dropped.exists(), what="the file taken once the inbox is writable")
     assert trainctl(layout.root, "wait", "--idle", "--timeout", "120", timeout=150).returncode == 0
-    names = {i.meta.name: i.state for i in spool.list_items(layout, list(ItemState))}
+    names = {i.meta.name: i.state for i in queue.list_items(layout, list(ItemState))}
     assert names["dropped.jsonl"] is ItemState.DONE
     daemon.proc.send_signal(signal.SIGTERM)
     assert daemon.finish(60) == 0
@@ -254,7 +255,7 @@ def test_checkpoints_truncated_and_bit_flipped_while_down_are_quarantined_and_tr
         assert str(quarantine / broken.path.name) in log, "logged with the path"
     assert f"restored checkpoint {older.path.name}" in log
     assert log.count("ready (pid") == 2, "one start after the damage, no crash loop"
-    item = spool.find(base, item_id)
+    item = queue.find(base, item_id)
     assert item.state is ItemState.DONE and item.meta.attempts == 1
     steps = metric_steps(base, item_id)
     resumed_at = next(s for i, s in enumerate(steps) if i and s <= steps[i - 1])
@@ -287,6 +288,6 @@ def test_a_stopped_daemon_shows_as_unresponsive_and_recovers_when_continued(base
     daemon.wait_for(lambda: max(metric_steps(base, item_id)) > stalled_at, what="training again")
     daemon.wait_for(lambda: liveness()["liveness"] == "running", what="a fresh heartbeat")
     assert trainctl(base.root, "wait", item_id, "--timeout", "120", timeout=150).returncode == 0
-    assert spool.find(base, item_id).meta.attempts == 0, "a hang that ends costs nothing"
+    assert queue.find(base, item_id).meta.attempts == 0, "a hang that ends costs nothing"
     daemon.proc.send_signal(signal.SIGTERM)
     assert daemon.finish(60) == 0

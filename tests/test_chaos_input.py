@@ -15,15 +15,16 @@ import sys
 import time
 
 import pytest
-
 from chaos_base import PeakRss, small_base
 from conftest import REPO, trainctl
 from hostile import CONTENTS, NAMES, fingerprint, make_regular, make_special, special_kinds_possible
-from trainer import intake, spool
+
 from trainer.config import Config
 from trainer.exitcodes import ExitCode
-from trainer.inbox import InboxScanner, ingest
-from trainer.item import display_name
+from trainer.intake import enqueue
+from trainer.intake.inbox import InboxScanner, ingest
+from trainer.spool import queue
+from trainer.spool.item import display_name
 from trainer.states import ItemState
 
 SEED = 20261128
@@ -39,7 +40,7 @@ def _drop(directory, outside, regular: int, seed: int = SEED):
 
 def _outcomes(layout) -> dict[str, object]:
     """Every item by its display name."""
-    items = spool.list_items(layout, list(ItemState))
+    items = queue.list_items(layout, list(ItemState))
     return {item.meta.name: item for item in items}
 
 
@@ -73,7 +74,7 @@ def test_hostile_inbox_entries_each_end_pending_failed_with_a_reason_or_untouche
     assert {i.kind for i in inputs} >= set(CONTENTS) and {i.name_kind for i in inputs} >= set(NAMES)
     before = {i.name: fingerprint(layout.inbox / i.name) for i in inputs if not i.regular}
     scanner = InboxScanner(layout.inbox, settle_s=0)
-    caplog.set_level(logging.WARNING, logger="trainer.inbox")
+    caplog.set_level(logging.WARNING, logger="trainer.intake.inbox")
     for _ in range(3):  # refusals are logged once, not on every scan
         ready = scanner.ready(time.time(), time.monotonic())
     for name in ready:
@@ -117,7 +118,7 @@ def test_trainctl_enqueue_refuses_every_hostile_file_by_name_and_queues_nothing(
         refused = not entry.valid if entry.regular else entry.kind not in ("symlink-outside",)
         if refused:
             assert display_name(str(drop / entry.name)) in result.stderr, entry
-    assert spool.counts(layout)["pending"] == 0 and os.listdir(layout.tmp) == []
+    assert queue.counts(layout)["pending"] == 0 and os.listdir(layout.tmp) == []
 
 
 @pytest.mark.parametrize("kind", ["fifo", "char-device", "socket", "directory", "dangling-symlink",
@@ -141,7 +142,7 @@ def test_a_leading_dash_name_needs_the_double_dash_and_then_is_queued(layout, tm
                              "-rf.jsonl"], capture_output=True, text=True, cwd=tmp_path,
                             env={**os.environ, "PYTHONPATH": str(REPO)})
     assert queued.returncode == 0, queued.stderr
-    assert spool.find(layout, queued.stdout.strip()).meta.name == "-rf.jsonl"
+    assert queue.find(layout, queued.stdout.strip()).meta.name == "-rf.jsonl"
 
 
 def test_a_file_still_appended_to_after_its_rename_ends_pending_or_failed_with_that_reason(layout, tmp_path):
@@ -158,11 +159,11 @@ def test_a_file_still_appended_to_after_its_rename_ends_pending_or_failed_with_t
     finally:
         writer.wait(30)
         writer.stdout.close()
-    item = spool.find(layout, taken.item_id)
+    item = queue.find(layout, taken.item_id)
     if item.state is ItemState.FAILED:
         assert "kept changing while it was read" in item.meta.errors[0].message
         return
-    now = intake.validate_item_data(item, Config().spool)
+    now = enqueue.validate_item_data(item, Config().spool)
     if now.size == item.meta.size:
         assert now.sha256 == item.meta.sha256, "read whole, after the writer was done"
     else:

@@ -12,10 +12,11 @@ import time
 
 import orjson
 import pytest
-
 from conftest import REPO, trainctl, write_jsonl
-from trainer import events, intake, spool
+
 from trainer.config import Config
+from trainer.intake import enqueue
+from trainer.spool import events, queue
 from trainer.states import Event, ItemState, Priority
 
 ENQUEUER = """
@@ -54,14 +55,14 @@ def test_eight_enqueuers_while_the_real_daemon_trains_lose_and_duplicate_nothing
             assert proc.returncode == 0
             given += [line.split() for line in out.splitlines()]
         assert len(given) == 16
-        daemon.wait_for(lambda: spool.counts(layout)["done"] + spool.counts(layout)["failed"] >= len(given),
+        daemon.wait_for(lambda: queue.counts(layout)["done"] + queue.counts(layout)["failed"] >= len(given),
                         timeout=300, what="every file trained")
         daemon.proc.send_signal(signal.SIGTERM)
         assert daemon.finish(60) == 0
     finally:
         daemon.kill()
 
-    done = spool.list_items(layout, [ItemState.DONE])
+    done = queue.list_items(layout, [ItemState.DONE])
     assert sorted(item.meta.name for item in done) == sorted(name for _, name in given), "nothing lost"
     ids = [item.id for item in done]
     assert len(set(ids)) == len(ids) == 16, "ids unique"
@@ -71,23 +72,23 @@ def test_eight_enqueuers_while_the_real_daemon_trains_lose_and_duplicate_nothing
     for kind in (Event.ENQUEUED, Event.CLAIMED, Event.DONE):
         per_id = collections.Counter(e["id"] for e in log.events if e["event"] == kind.value)
         assert per_id == collections.Counter(ids), f"each id {kind.value} exactly once"
-    assert spool.counts(layout)["failed"] == 0 and os.listdir(layout.inbox) == []
+    assert queue.counts(layout)["failed"] == 0 and os.listdir(layout.inbox) == []
 
 
 def test_status_list_enqueue_and_show_work_with_thousands_pending(layout, tmp_path):
     from chaos_base import clone_pending
 
     sample = write_jsonl(tmp_path / "one.jsonl", [{"text": "hello"}])
-    clone_pending(layout, intake.enqueue(layout, sample, limits=Config().spool).id, 1_999)
+    clone_pending(layout, enqueue.enqueue(layout, sample, limits=Config().spool).id, 1_999)
     status = trainctl(layout.root, "status", "--json")
     assert orjson.loads(status.stdout)["queues"]["pending"] == 2_000
     listing = trainctl(layout.root, "list")
     assert listing.returncode == 0 and len(listing.stdout.splitlines()) == 2_001
     served = [line.split()[0] for line in listing.stdout.splitlines()[1:]]
-    high = [item.id for item in spool.list_items(layout, [ItemState.PENDING]) if item.priority is Priority.HIGH]
+    high = [item.id for item in queue.list_items(layout, [ItemState.PENDING]) if item.priority is Priority.HIGH]
     assert served[:len(high)] == high, "listed in service order"
     added = trainctl(layout.root, "enqueue", "--priority", "high", str(sample))
-    assert added.returncode == 0 and spool.counts(layout)["pending"] == 2_001
+    assert added.returncode == 0 and queue.counts(layout)["pending"] == 2_001
     assert trainctl(layout.root, "show", added.stdout.strip()).returncode == 0
 
 

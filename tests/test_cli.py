@@ -11,10 +11,11 @@ import time
 
 import orjson
 import pytest
-
 from conftest import REPO, as_user, trainctl
-from trainer import intake, spool
+
 from trainer.exitcodes import ExitCode
+from trainer.intake import enqueue
+from trainer.spool import queue
 from trainer.states import ItemState
 
 
@@ -50,7 +51,7 @@ def test_enqueue_prints_ids_on_stdout_and_diagnostics_on_stderr(layout, chat_fil
     result = trainctl(layout.root, "enqueue", str(chat_file()), str(chat_file()), "--priority", "high")
     assert result.returncode == 0, result.stderr
     ids = result.stdout.split()
-    assert len(ids) == 2 and all(spool.find(layout, i).priority.value == "high" for i in ids)
+    assert len(ids) == 2 and all(queue.find(layout, i).priority.value == "high" for i in ids)
     assert "queued" in result.stderr
     quiet = trainctl(layout.root, "enqueue", "-q", str(chat_file()))
     assert quiet.returncode == 0 and quiet.stdout == "" and quiet.stderr == ""
@@ -63,21 +64,21 @@ def test_enqueue_of_an_invalid_file_exits_65_and_adds_nothing(layout, tmp_path, 
     assert result.returncode == ExitCode.DATA_INVALID
     assert f"{bad}:2:" in result.stderr and f"{bad}:3:" in result.stderr
     assert "Traceback" not in result.stderr and result.stdout == ""
-    assert spool.counts(layout)["pending"] == 0, "a batch with a bad file queues none"
+    assert queue.counts(layout)["pending"] == 0, "a batch with a bad file queues none"
 
 
 def test_enqueue_move_deletes_the_source_only_once_queued(layout, chat_file):
     src = chat_file()
     result = trainctl(layout.root, "enqueue", "--move", str(src))
     assert result.returncode == 0 and not src.exists()
-    assert spool.find(layout, result.stdout.strip()).data_path.exists()
+    assert queue.find(layout, result.stdout.strip()).data_path.exists()
 
 
 def test_enqueue_hold_and_the_pause_warning(layout, chat_file):
     assert trainctl(layout.root, "pause", "--reason", "upgrade").returncode == 0
     result = trainctl(layout.root, "enqueue", "--hold", str(chat_file()))
     assert result.returncode == 0 and "paused" in result.stderr
-    assert spool.find(layout, result.stdout.strip()).state is ItemState.HELD
+    assert queue.find(layout, result.stdout.strip()).state is ItemState.HELD
 
 
 def test_item_commands_and_their_exit_codes(layout, chat_file):
@@ -104,13 +105,13 @@ def test_retry_all_failed(layout, limits, chat_file):
 
     ids = []
     for _ in range(2):
-        ids.append(intake.enqueue(layout, chat_file(), limits=limits).id)
-        spool.claim_next(layout, utc_now())
-        spool.fail(layout, ids[-1], "boom")
+        ids.append(enqueue.enqueue(layout, chat_file(), limits=limits).id)
+        queue.claim_next(layout, utc_now())
+        queue.fail(layout, ids[-1], "boom")
     assert "boom" in trainctl(layout.root, "list", "--failed").stdout
     result = trainctl(layout.root, "retry", "--all-failed")
     assert result.returncode == 0 and result.stdout.split() == ids
-    assert spool.counts(layout)["pending"] == 2
+    assert queue.counts(layout)["pending"] == 2
 
 
 def test_usage_errors_exit_2(layout):
@@ -170,11 +171,11 @@ def test_wait_for_an_item_then_for_idle(layout, chat_file, fake_daemon):
 def test_wait_exits_1_when_the_item_fails_via_skip(layout, chat_file, fake_daemon):
     fake_daemon(layout.root, "--consume", "--train-seconds", "60")
     item_id = trainctl(layout.root, "enqueue", str(chat_file())).stdout.strip()
-    while spool.counts(layout)["active"] == 0:
+    while queue.counts(layout)["active"] == 0:
         time.sleep(0.02)
     assert trainctl(layout.root, "skip", "--reason", "wrong data").returncode == 0
     assert trainctl(layout.root, "wait", item_id, "--timeout", "20").returncode == ExitCode.FAILED
-    error = spool.find(layout, item_id).meta.errors[-1]
+    error = queue.find(layout, item_id).meta.errors[-1]
     assert error.kind == "skipped" and "skipped by request at step" in error.message and "wrong data" in error.message
     assert not (layout.control / "skip.json").exists()
 
@@ -244,7 +245,7 @@ def test_logs_without_a_journal_says_so(layout, tmp_path):
 
 def test_list_piped_into_head_does_not_spew_a_traceback(layout, limits, chat_file):
     for _ in range(30):
-        intake.enqueue(layout, chat_file(), limits=limits)
+        enqueue.enqueue(layout, chat_file(), limits=limits)
     pipeline = subprocess.run(
         f"{sys.executable} -m ctl --base-dir {layout.root} list | head -1",
         shell=True, capture_output=True, text=True, cwd=REPO)
@@ -276,13 +277,13 @@ def test_a_user_outside_the_group_gets_one_line_naming_the_path(open_layout, cha
         line = _one_line_error(result)
         assert "permission denied" in line and str(layout.root) in line and "usermod" in line
         assert "FORMAT" not in line, "the base dir itself is readable: the refusal is the spool's"
-    assert spool.counts(layout)["pending"] == 0 and os.listdir(layout.control) == []
+    assert queue.counts(layout)["pending"] == 0 and os.listdir(layout.control) == []
 
 
 def test_the_base_dir_comes_from_the_environment(layout, chat_file):
     result = subprocess.run([sys.executable, "-m", "ctl", "enqueue", str(chat_file())], capture_output=True,
                             text=True, cwd=REPO, env={**os.environ, "TRAINER_BASE_DIR": str(layout.root)})
-    assert result.returncode == 0 and spool.counts(layout)["pending"] == 1
+    assert result.returncode == 0 and queue.counts(layout)["pending"] == 1
 
 
 def test_status_watch_refreshes_until_interrupted(layout, fake_daemon):

@@ -8,46 +8,47 @@ import sys
 import time
 
 from conftest import REPO, write_jsonl
-from trainer import events, spool
+
+from trainer.spool import events, queue
 from trainer.states import ItemState
 
 ENQUEUER = """
 import sys
 from pathlib import Path
-from trainer import intake
+from trainer.intake import enqueue
 from trainer.config import Config
-from trainer.layout import open_base
+from trainer.spool.layout import open_base
 from trainer.states import Priority
 layout = open_base(Path(sys.argv[1]))
 src = Path(sys.argv[2])
 priorities = list(Priority)
 for n in range(int(sys.argv[3])):
-    meta = intake.enqueue(layout, src, limits=Config().spool, priority=priorities[n % 3])
+    meta = enqueue.enqueue(layout, src, limits=Config().spool, priority=priorities[n % 3])
     print(meta.id, flush=True)
 """
 
 MEDDLER = """
 import sys, random
 from pathlib import Path
-from trainer import spool
+from trainer.spool import queue
 from trainer.config import Config
 from trainer.errors import NoSuchItem, WrongState
-from trainer.layout import open_base
+from trainer.spool.layout import open_base
 from trainer.states import ItemState, Priority
 layout = open_base(Path(sys.argv[1]))
 rng = random.Random(int(sys.argv[2]))
 for _ in range(int(sys.argv[3])):
-    pending = spool.list_items(layout, [ItemState.PENDING, ItemState.HELD])
+    pending = queue.list_items(layout, [ItemState.PENDING, ItemState.HELD])
     if not pending:
         continue
     item = rng.choice(pending)
     try:
         if item.state is ItemState.HELD:
-            spool.release(layout, item.id)
+            queue.release(layout, item.id)
         elif rng.random() < 0.5:
-            spool.hold(layout, item.id)
+            queue.hold(layout, item.id)
         else:
-            spool.move(layout, item.id, rng.choice(list(Priority)))
+            queue.move(layout, item.id, rng.choice(list(Priority)))
     except (NoSuchItem, WrongState):
         pass
 """
@@ -72,18 +73,18 @@ def test_concurrent_enqueuers_meddlers_and_a_consumer_lose_and_duplicate_nothing
         enqueued += out.split()
     for proc in meddlers:
         assert proc.wait(120) == 0
-    for item in spool.list_items(layout, [ItemState.HELD]):  # meddlers may leave some held
-        spool.release(layout, item.id)
+    for item in queue.list_items(layout, [ItemState.HELD]):  # meddlers may leave some held
+        queue.release(layout, item.id)
 
     deadline = time.monotonic() + 60
-    while spool.counts(layout)["done"] < len(enqueued):
-        assert time.monotonic() < deadline, spool.counts(layout)
+    while queue.counts(layout)["done"] < len(enqueued):
+        assert time.monotonic() < deadline, queue.counts(layout)
         time.sleep(0.05)
 
     assert len(enqueued) == 160 and len(set(enqueued)) == 160, "ids are unique"
-    done = {item.id for item in spool.list_items(layout, [ItemState.DONE])}
+    done = {item.id for item in queue.list_items(layout, [ItemState.DONE])}
     assert done == set(enqueued)
-    assert spool.counts(layout)["pending"] == 0 and spool.counts(layout)["active"] == 0
+    assert queue.counts(layout)["pending"] == 0 and queue.counts(layout)["active"] == 0
     log = events.read(layout)
     claims = collections.Counter(e["id"] for e in log.events if e["event"] == "claimed")
     completions = collections.Counter(e["id"] for e in log.events if e["event"] == "done")

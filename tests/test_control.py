@@ -9,11 +9,11 @@ from datetime import timedelta
 
 import pytest
 
-from trainer import control
-from trainer.control import Action, Requests, decide, liveness
-from trainer.lock import AlreadyRunning, DaemonLock, lock_holder
+from trainer.spool import control
+from trainer.spool.control import Action, Requests, decide, liveness
+from trainer.spool.lock import AlreadyRunning, DaemonLock, lock_holder
+from trainer.spool.status import eta_seconds
 from trainer.states import Liveness
-from trainer.status import eta_seconds
 from trainer.timefmt import utc_now
 
 
@@ -63,8 +63,8 @@ def test_liveness_needs_the_lock_and_a_fresh_heartbeat():
 
 def test_second_daemon_lock_is_refused_naming_the_holder(layout):
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time\nfrom pathlib import Path\nfrom trainer.layout import open_base\n"
-        "from trainer.lock import DaemonLock\n"
+        "import sys, time\nfrom pathlib import Path\nfrom trainer.spool.layout import open_base\n"
+        "from trainer.spool.lock import DaemonLock\n"
         "DaemonLock(open_base(Path(sys.argv[1]))).acquire(); print('locked', flush=True); time.sleep(60)"
     ), str(layout.root)], stdout=subprocess.PIPE, text=True)
     try:
@@ -127,7 +127,7 @@ def test_a_fifo_or_a_link_to_a_device_in_place_of_a_control_file_neither_hangs_n
 
 
 def test_the_event_log_replaced_by_a_symlink_is_not_appended_through(layout, tmp_path):
-    from trainer import events
+    from trainer.spool import events
     from trainer.states import Event
 
     victim = tmp_path / "victim"

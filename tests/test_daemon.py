@@ -16,11 +16,12 @@ pytest.importorskip("torch")
 
 from conftest import REPO, as_user, trainctl, unprivileged_ids  # noqa: E402
 from daemon_proc import DaemonProcess, enqueue_sample, metric_steps, small_config  # noqa: E402
-from trainer import spool  # noqa: E402
+
 from trainer.config import default_config_toml, load_config  # noqa: E402
+from trainer.demo.sample_data import write_sample_chat  # noqa: E402
 from trainer.exitcodes import ExitCode  # noqa: E402
-from trainer.layout import init_base  # noqa: E402
-from trainer.sample_data import write_sample_chat  # noqa: E402
+from trainer.spool import queue  # noqa: E402
+from trainer.spool.layout import init_base  # noqa: E402
 from trainer.states import ItemState  # noqa: E402
 
 CONFIG = small_config()
@@ -69,7 +70,7 @@ def test_kill_9_mid_training_then_restart_resumes_the_item_at_its_checkpoint(bas
     killed_at = max(metric_steps(base, item_id))
     again = daemons(base, "--exit-when-idle")
     assert again.finish() == 0, again.output()
-    item = spool.find(base, item_id)
+    item = queue.find(base, item_id)
     assert item.state is ItemState.DONE and item.meta.attempts == 1
     steps = metric_steps(base, item_id)
     resumed_from = next(s for i, s in enumerate(steps) if i > 0 and s <= steps[i - 1])
@@ -85,7 +86,7 @@ def test_sigterm_checkpoints_and_requeues_the_item_without_costing_an_attempt(ba
     daemon.proc.send_signal(signal.SIGTERM)
     assert daemon.finish(60) == 0, daemon.output()
     assert time.monotonic() - started < 30
-    item = spool.find(base, item_id)
+    item = queue.find(base, item_id)
     assert item.state is ItemState.PENDING and item.meta.attempts == 0
     stopped_at = max(metric_steps(base, item_id))
     again = daemons(base, "--exit-when-idle")
@@ -93,7 +94,7 @@ def test_sigterm_checkpoints_and_requeues_the_item_without_costing_an_attempt(ba
     steps = metric_steps(base, item_id)
     assert steps[steps.index(stopped_at) + 1] == stopped_at + 1, "went on from the step it stopped at"
     assert steps.count(1) == 1, "never started the item again from the beginning"
-    assert spool.find(base, item_id).state is ItemState.DONE
+    assert queue.find(base, item_id).state is ItemState.DONE
 
 
 def test_a_file_that_keeps_killing_the_daemon_is_quarantined(base, daemons, tmp_path):
@@ -101,15 +102,15 @@ def test_a_file_that_keeps_killing_the_daemon_is_quarantined(base, daemons, tmp_
     after = enqueue_sample(base, tmp_path, records=20, seed=2, name="after")
     for _ in range(3):  # killed while training the same file, as a segfault or OOM kill would
         daemon = daemons(base)
-        daemon.wait_for(lambda: spool.active_item(base) is not None and spool.active_item(base).id == poison
+        daemon.wait_for(lambda: queue.active_item(base) is not None and queue.active_item(base).id == poison
                         and daemon.step() >= 1, what="training the poison file")
         os.kill(daemon.pid, signal.SIGKILL)
         daemon.kill()
     final = daemons(base, "--exit-when-idle")
     assert final.finish() == 0, final.output()
-    failed = spool.find(base, poison)
+    failed = queue.find(base, poison)
     assert failed.state is ItemState.FAILED and "gave up after 3 interrupted attempts" in failed.meta.last_error.message
-    assert spool.find(base, after).state is ItemState.DONE, "the queue moved on"
+    assert queue.find(base, after).state is ItemState.DONE, "the queue moved on"
 
 
 def test_pause_is_kept_across_a_restart_then_resume_and_skip_work(base, daemons, tmp_path):
@@ -118,17 +119,17 @@ def test_pause_is_kept_across_a_restart_then_resume_and_skip_work(base, daemons,
     daemon = daemons(base)
     daemon.wait_for(lambda: daemon.state().get("state") == "paused", what="paused")
     time.sleep(0.5)
-    assert spool.find(base, item_id).state is ItemState.PENDING, "nothing is claimed while paused"
+    assert queue.find(base, item_id).state is ItemState.PENDING, "nothing is claimed while paused"
     assert "maintenance" in trainctl(base.root, "status").stdout
     assert trainctl(base.root, "resume").returncode == 0
     daemon.wait_for(lambda: daemon.step() >= 2, what="training after resume")
     assert trainctl(base.root, "pause").returncode == 0
     daemon.wait_for(lambda: daemon.state().get("state") == "paused", what="paused mid-item")
-    assert spool.find(base, item_id).state is ItemState.ACTIVE, "a pause keeps the item and the model"
+    assert queue.find(base, item_id).state is ItemState.ACTIVE, "a pause keeps the item and the model"
     assert trainctl(base.root, "skip", "--reason", "wrong data").returncode == 0
     assert trainctl(base.root, "resume").returncode == 0
     assert trainctl(base.root, "wait", item_id, "--timeout", "60").returncode == ExitCode.FAILED
-    error = spool.find(base, item_id).meta.last_error
+    error = queue.find(base, item_id).meta.last_error
     assert error.kind == "skipped" and "skipped by request at step" in error.message and "wrong data" in error.message
 
 
@@ -142,7 +143,7 @@ def test_skip_with_nothing_training_and_an_item_deleted_by_hand_before_its_claim
     daemon.wait_for(lambda: daemon.state().get("state") == "paused", what="paused")
     gone = enqueue_sample(base, tmp_path, records=20, name="gone")
     kept = enqueue_sample(base, tmp_path, records=20, seed=2, name="kept")
-    shutil.rmtree(spool.find(base, gone).path)  # by hand, behind the daemon's back
+    shutil.rmtree(queue.find(base, gone).path)  # by hand, behind the daemon's back
     assert trainctl(base.root, "resume").returncode == 0
     assert trainctl(base.root, "wait", kept, "--timeout", "120").returncode == 0
     assert daemon.proc.poll() is None and "error in the main loop" not in daemon.output()
@@ -150,8 +151,7 @@ def test_skip_with_nothing_training_and_an_item_deleted_by_hand_before_its_claim
 
 
 def test_stop_beats_skip_beats_pause_when_all_are_pending(base, daemons, tmp_path):
-    from trainer import control
-
+    from trainer.spool import control
     item_id = enqueue_sample(base, tmp_path, records=600)
     daemon = daemons(base)
     daemon.wait_for(lambda: daemon.step() >= 2, what="training")
@@ -159,7 +159,7 @@ def test_stop_beats_skip_beats_pause_when_all_are_pending(base, daemons, tmp_pat
     control.send_skip(base, item_id)
     control.send_stop(base)
     assert daemon.finish(60) == 0
-    assert spool.find(base, item_id).state is ItemState.PENDING, "stopped, not skipped"
+    assert queue.find(base, item_id).state is ItemState.PENDING, "stopped, not skipped"
     assert (base.control / "pause.json").exists() and not (base.control / "stop.json").exists()
 
 
@@ -169,11 +169,11 @@ def test_disk_below_the_threshold_blocks_without_burning_an_attempt_and_recovers
     daemon = daemons(base)
     daemon.wait_for(lambda: daemon.state().get("state") == "blocked", what="blocked")
     assert "disk: need" in daemon.state()["reason"]
-    assert spool.find(base, item_id).state is ItemState.PENDING
+    assert queue.find(base, item_id).state is ItemState.PENDING
     base.config_file.write_text(CONFIG)  # space "appears": the daemon re-reads its config on SIGHUP
     daemon.proc.send_signal(signal.SIGHUP)
     assert trainctl(base.root, "wait", item_id, "--timeout", "60").returncode == 0
-    assert spool.find(base, item_id).meta.attempts == 0
+    assert queue.find(base, item_id).meta.attempts == 0
 
 
 def test_malformed_and_empty_inbox_files_fail_with_reasons_and_the_rest_trains(base, daemons, tmp_path):
@@ -185,7 +185,7 @@ def test_malformed_and_empty_inbox_files_fail_with_reasons_and_the_rest_trains(b
     time.sleep(0.6)  # let the copied files settle
     daemon = daemons(base, "--exit-when-idle")
     assert daemon.finish() == 0, daemon.output()
-    items = {i.meta.name: i for i in spool.list_items(base, list(ItemState))}
+    items = {i.meta.name: i for i in queue.list_items(base, list(ItemState))}
     assert items["good.jsonl"].state is ItemState.DONE
     assert items["empty.jsonl"].state is ItemState.FAILED and "empty" in items["empty.jsonl"].meta.last_error.message
     assert "broken.jsonl:2" in items["broken.jsonl"].meta.last_error.message
@@ -205,8 +205,8 @@ def test_consolidation_waits_until_nothing_is_training(base, daemons, tmp_path):
 
 
 def test_an_exception_in_the_loop_is_survived(base, monkeypatch, tmp_path):
-    from trainer.daemon import Daemon as InProcess
-    from trainer.layout import open_base
+    from trainer.daemon.service import Daemon as InProcess
+    from trainer.spool.layout import open_base
 
     item_id = enqueue_sample(base, tmp_path, records=20)
     daemon = InProcess(open_base(base.root), load_config(base.config_file))
@@ -221,7 +221,7 @@ def test_an_exception_in_the_loop_is_survived(base, monkeypatch, tmp_path):
 
     monkeypatch.setattr(daemon, "_take_inbox", flaky)
     assert daemon.run(exit_when_idle=True) == 0
-    assert spool.find(base, item_id).state is ItemState.DONE
+    assert queue.find(base, item_id).state is ItemState.DONE
     assert "injected failure" in daemon.last_error
 
 
@@ -239,7 +239,7 @@ def test_sigint_is_as_graceful_as_sigterm(base, daemons, tmp_path):
     daemon.wait_for(lambda: daemon.step() >= 2, what="training")
     daemon.proc.send_signal(signal.SIGINT)
     assert daemon.finish(60) == 0
-    item = spool.find(base, item_id)
+    item = queue.find(base, item_id)
     assert item.state is ItemState.PENDING and item.meta.attempts == 0
 
 
@@ -260,17 +260,17 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(base, daemon
     assert again.finish() == 0, again.output()
     assert newest.path.name in os.listdir(base.root / "checkpoints" / "quarantine")
     assert "does not match its sha256" in (base.root.parent / "daemon.log").read_text()
-    assert spool.find(base, item_id).state is ItemState.DONE
+    assert queue.find(base, item_id).state is ItemState.DONE
 
 
 def test_data_changed_on_disk_after_queueing_fails_the_item_at_once(base, daemons, tmp_path):
     item_id = enqueue_sample(base, tmp_path, records=20)
-    item = spool.find(base, item_id)
+    item = queue.find(base, item_id)
     with open(item.data_path, "ab") as fh:
         fh.write(b'{"text": "sneaked in"}\n')
     daemon = daemons(base, "--exit-when-idle")
     assert daemon.finish() == 0
-    failed = spool.find(base, item_id)
+    failed = queue.find(base, item_id)
     assert failed.state is ItemState.FAILED and "changed on disk" in failed.meta.last_error.message
     assert failed.meta.attempts == 0, "deterministic: no retries burned"
 
@@ -288,17 +288,17 @@ def test_a_real_full_disk_blocks_the_daemon_until_space_is_freed(tmp_path, demo_
     daemon = daemons(layout)
     daemon.wait_for(lambda: daemon.state().get("state") == "blocked", what="blocked on disk")
     assert "disk: need" in daemon.state()["reason"]
-    assert spool.find(layout, item_id).state is ItemState.PENDING
+    assert queue.find(layout, item_id).state is ItemState.PENDING
     filler.unlink()
     assert trainctl(layout.root, "wait", item_id, "--timeout", "90", timeout=120).returncode == 0
-    assert spool.find(layout, item_id).meta.attempts == 0, "blocking burns no attempt"
+    assert queue.find(layout, item_id).meta.attempts == 0, "blocking burns no attempt"
     daemon.proc.send_signal(signal.SIGTERM)
     assert daemon.finish(60) == 0
 
 
 def test_growing_memory_after_items_asks_for_a_clean_restart(base, monkeypatch, tmp_path):
-    from trainer.daemon import Daemon as InProcess
-    from trainer.layout import open_base
+    from trainer.daemon.service import Daemon as InProcess
+    from trainer.spool.layout import open_base
 
     for n in range(5):
         enqueue_sample(base, tmp_path, records=10, seed=n, name=f"m{n}")
@@ -308,14 +308,14 @@ def test_growing_memory_after_items_asks_for_a_clean_restart(base, monkeypatch, 
     assert daemon.run(exit_when_idle=True) == ExitCode.RESTART
     state = orjson.loads(base.daemon_state.read_bytes())
     assert state["state"] == "stopped" and "resident memory grew" in state["reason"]
-    assert spool.counts(base)["active"] == 0, "the item finished before the restart"
+    assert queue.counts(base)["active"] == 0, "the item finished before the restart"
 
 
 def test_the_snapshot_date_is_persisted_so_restarts_and_clock_jumps_do_not_repeat_it(base, tmp_path):
     from datetime import date, timedelta
 
-    from trainer.daemon import Daemon as InProcess
-    from trainer.layout import open_base
+    from trainer.daemon.service import Daemon as InProcess
+    from trainer.spool.layout import open_base
 
     base.config_file.write_text(CONFIG.replace('at = "23:59"', 'at = "00:00"'))
     enqueue_sample(base, tmp_path, records=20)
@@ -339,7 +339,7 @@ def test_the_snapshot_date_is_persisted_so_restarts_and_clock_jumps_do_not_repea
 def test_an_unreadable_queued_file_fails_naming_its_path_and_the_next_item_trains(open_layout, demo_model,
                                                                                      tmp_path):
     uid, gid = unprivileged_ids()
-    probe = subprocess.run([*as_user(uid, gid), sys.executable, "-c", "import trainer.daemon, torch"],
+    probe = subprocess.run([*as_user(uid, gid), sys.executable, "-c", "import trainer.daemon.service, torch"],
                            capture_output=True, text=True, cwd=REPO, timeout=120)
     if probe.returncode != 0:
         pytest.skip(f"uid {uid} cannot run the project's python here: {probe.stderr.strip()[-200:]}")
@@ -351,7 +351,7 @@ def test_an_unreadable_queued_file_fails_naming_its_path_and_the_next_item_train
     for directory, _, names in os.walk(layout.root):  # the daemon's base dir is its own
         for path in [directory, *(os.path.join(directory, name) for name in names)]:
             os.chown(path, uid, gid, follow_symlinks=False)
-    locked = spool.find(layout, locked_id).data_path
+    locked = queue.find(layout, locked_id).data_path
     content = locked.read_bytes()
     os.chown(locked, 0, 0)  # someone else's file, private to them
     os.chmod(locked, 0o600)
@@ -362,7 +362,7 @@ def test_an_unreadable_queued_file_fails_naming_its_path_and_the_next_item_train
                                 stdout=log, stderr=subprocess.STDOUT, cwd=REPO, timeout=180)
     output = log_path.read_text(errors="replace")
     assert daemon.returncode == 0, output
-    failed = spool.find(layout, locked_id)
+    failed = queue.find(layout, locked_id)
     assert failed.state is ItemState.FAILED, output
     message = failed.meta.last_error.message
     assert "permission denied" in message and str(failed.data_path) in message, message
@@ -370,7 +370,7 @@ def test_an_unreadable_queued_file_fails_naming_its_path_and_the_next_item_train
     assert f"{failed.data_path}: permission denied" in output, "the log names the file"
     assert output.count(f"{locked_id} failed") == 1 and "Traceback" not in output, output
     assert failed.data_path.read_bytes() == content, "nothing the user gave is lost"
-    assert spool.find(layout, next_id).state is ItemState.DONE, output
+    assert queue.find(layout, next_id).state is ItemState.DONE, output
     # Made readable, it is retried and trains (as the spool's owner would do it).
     os.chown(failed.data_path, uid, gid)
     assert trainctl(layout.root, "retry", locked_id).returncode == 0
@@ -379,7 +379,7 @@ def test_an_unreadable_queued_file_fails_naming_its_path_and_the_next_item_train
                                 str(layout.root), "--exit-when-idle"],
                                stdout=log, stderr=subprocess.STDOUT, cwd=REPO, timeout=180)
     assert again.returncode == 0, log_path.read_text(errors="replace")
-    assert spool.find(layout, locked_id).state is ItemState.DONE
+    assert queue.find(layout, locked_id).state is ItemState.DONE
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
@@ -395,7 +395,7 @@ def test_a_queued_item_directory_owned_by_someone_else_is_left_alone_and_the_que
     for directory, _, names in os.walk(layout.root):
         for path in [directory, *(os.path.join(directory, name) for name in names)]:
             os.chown(path, uid, gid, follow_symlinks=False)
-    stuck = spool.find(layout, stuck_id).path
+    stuck = queue.find(layout, stuck_id).path
     for path in (stuck, *stuck.iterdir()):
         os.chown(path, 0, 0)
     os.chmod(stuck, 0o700)  # the daemon can neither read nor move it
@@ -405,7 +405,7 @@ def test_a_queued_item_directory_owned_by_someone_else_is_left_alone_and_the_que
                                    "--base-dir", str(layout.root)], stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
     try:
         deadline = time.monotonic() + 180
-        while spool.find(layout, next_id).state is not ItemState.DONE:
+        while queue.find(layout, next_id).state is not ItemState.DONE:
             assert daemon.poll() is None, log_path.read_text(errors="replace")
             assert time.monotonic() < deadline, log_path.read_text(errors="replace")
             time.sleep(0.2)
@@ -417,14 +417,14 @@ def test_a_queued_item_directory_owned_by_someone_else_is_left_alone_and_the_que
     output = log_path.read_text(errors="replace")
     assert code == 0, output
     assert output.count(f"{stuck}: cannot take it") == 1 and "error in the main loop" not in output, output
-    assert spool.find(layout, stuck_id).state is ItemState.PENDING  # untouched, still queued
+    assert queue.find(layout, stuck_id).state is ItemState.PENDING  # untouched, still queued
 
 
 def test_a_clock_moving_back_and_forward_while_the_daemon_runs_takes_one_snapshot_per_new_day(base, tmp_path):
     from datetime import datetime, timedelta
 
-    from trainer.daemon import Daemon as InProcess
-    from trainer.layout import open_base
+    from trainer.daemon.service import Daemon as InProcess
+    from trainer.spool.layout import open_base
 
     base.config_file.write_text(CONFIG.replace('at = "23:59"', 'at = "12:00"'))
     for n in range(3):

@@ -10,7 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from trainer.config import CheckpointConfig, Config, TrainConfig  # noqa: E402
-from trainer.sample_data import write_sample_chat  # noqa: E402
+from trainer.demo.sample_data import write_sample_chat  # noqa: E402
 from trainer.train import engine as engine_module  # noqa: E402
 from trainer.train.engine import Engine, ItemFailed  # noqa: E402
 

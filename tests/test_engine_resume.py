@@ -15,7 +15,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from trainer.sample_data import write_sample_chat  # noqa: E402
+from trainer.demo.sample_data import write_sample_chat  # noqa: E402
 
 RUNNER = Path(__file__).resolve().parent / "engine_runner.py"
 REPO = Path(__file__).resolve().parent.parent

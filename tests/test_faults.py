@@ -11,14 +11,15 @@ import time
 
 import orjson
 import pytest
-
 from conftest import REPO, trainctl, write_jsonl
-from trainer import inbox, intake, spool
+
 from trainer.errors import InvalidData
 from trainer.exitcodes import ExitCode
-from trainer.inbox import _origin, ingest
+from trainer.intake import enqueue, inbox
+from trainer.intake.inbox import _origin, ingest
+from trainer.spool import queue
+from trainer.spool.sweep import sweep_tmp
 from trainer.states import ItemState
-from trainer.sweep import sweep_tmp
 
 
 def _no_traceback(result: subprocess.CompletedProcess) -> None:
@@ -38,12 +39,12 @@ def test_a_failure_mid_ingest_puts_the_file_back_in_the_inbox(layout, limits, ch
     with pytest.raises(type(fault)):
         ingest(layout, "mine.jsonl", limits)
     assert (layout.inbox / "mine.jsonl").read_bytes() == original
-    assert os.listdir(layout.tmp) == [] and spool.counts(layout)["pending"] == 0
+    assert os.listdir(layout.tmp) == [] and queue.counts(layout)["pending"] == 0
 
 
 def test_a_full_disk_during_ingest_loses_nothing(small_tmpfs, limits):
     from trainer.config import default_config_toml
-    from trainer.layout import init_base
+    from trainer.spool.layout import init_base
 
     mount = small_tmpfs("256k")
     layout, _ = init_base(mount / "base", default_config_toml())
@@ -63,7 +64,7 @@ def test_a_full_disk_during_ingest_loses_nothing(small_tmpfs, limits):
     assert (layout.inbox / "big.jsonl").read_bytes() == data, "the user's file is intact in the inbox"
     os.unlink(filler)
     taken = ingest(layout, "big.jsonl", limits)
-    assert taken.state is ItemState.PENDING and spool.find(layout, taken.item_id).meta.records == 2000
+    assert taken.state is ItemState.PENDING and queue.find(layout, taken.item_id).meta.records == 2000
 
 
 def test_files_keep_the_group_modes_whatever_the_umask(layout, chat_file):
@@ -75,7 +76,7 @@ def test_files_keep_the_group_modes_whatever_the_umask(layout, chat_file):
     result = subprocess.run([sys.executable, "-c", code, str(layout.root), str(src)], capture_output=True,
                             text=True, cwd=REPO)
     assert result.returncode == 0, result.stderr
-    item = spool.find(layout, result.stdout.strip())
+    item = queue.find(layout, result.stdout.strip())
     assert os.stat(item.data_path).st_mode & 0o777 == 0o640
     assert os.stat(item.meta_path).st_mode & 0o777 == 0o640
     assert os.stat(item.path).st_mode & 0o7777 == 0o2770
@@ -86,16 +87,16 @@ def test_the_same_file_given_twice_is_refused_and_kept(layout, chat_file):
     result = trainctl(layout.root, "enqueue", "--move", str(src), str(src))
     assert result.returncode == ExitCode.DATA_INVALID and "given twice" in result.stderr
     _no_traceback(result)
-    assert src.exists() and spool.counts(layout)["pending"] == 0
+    assert src.exists() and queue.counts(layout)["pending"] == 0
 
 
 def test_move_keeps_a_file_replaced_after_it_was_read(layout, limits, chat_file):
     src = chat_file()
-    queued = intake.enqueue_batch(layout, [src], limits=limits)[0]
+    queued = enqueue.enqueue_batch(layout, [src], limits=limits)[0]
     newer = src.with_suffix(".new")
     newer.write_text('{"text": "version two"}\n')
     os.rename(newer, src)  # an editor's save: a new file under the same name
-    reason = intake.delete_source(queued)
+    reason = enqueue.delete_source(queued)
     assert reason and "changed" in reason and src.read_text() == '{"text": "version two"}\n'
 
 
@@ -114,11 +115,11 @@ def test_retry_validates_again_and_keeps_invalid_data_failed(layout, limits, tmp
     item_id = ingest(layout, "bad.jsonl", limits).item_id
     result = trainctl(layout.root, "retry", item_id)
     assert result.returncode == ExitCode.DATA_INVALID and "still invalid" in result.stderr
-    assert spool.find(layout, item_id).state is ItemState.FAILED
-    data = spool.find(layout, item_id).data_path
+    assert queue.find(layout, item_id).state is ItemState.FAILED
+    data = queue.find(layout, item_id).data_path
     data.write_bytes(b'{"text": "ok"}\n{"text": "fixed"}\n')  # fixed in place
     assert trainctl(layout.root, "retry", item_id).returncode == 0
-    item = spool.find(layout, item_id)
+    item = queue.find(layout, item_id)
     assert item.state is ItemState.PENDING and item.meta.records == 2
 
 
@@ -135,20 +136,20 @@ def test_wait_idle_counts_an_inbox_file_being_taken(layout, fake_daemon):
 def test_a_garbage_retry_time_does_not_block_the_queue(layout, limits, chat_file):
     from trainer.timefmt import utc_now
 
-    item_id = intake.enqueue(layout, chat_file(), limits=limits).id
-    item = spool.find(layout, item_id)
+    item_id = enqueue.enqueue(layout, chat_file(), limits=limits).id
+    item = queue.find(layout, item_id)
     meta = orjson.loads(item.meta_path.read_bytes())
     meta["not_before"] = "garbage"
     item.meta_path.write_bytes(orjson.dumps(meta))
-    assert "not_before" in spool.find(layout, item_id).meta_problem
-    assert spool.claim_next(layout, utc_now()).id == item_id
+    assert "not_before" in queue.find(layout, item_id).meta_problem
+    assert queue.claim_next(layout, utc_now()).id == item_id
 
 
 def test_names_that_are_not_utf8_are_queued_and_shown_escaped(layout, limits, tmp_path):
     raw = os.fsdecode(b"caf\xe9.jsonl")
     (layout.inbox / raw).write_bytes(b'{"text": "bonjour"}\n')
     taken = ingest(layout, raw, limits)
-    assert taken.state is ItemState.PENDING and spool.find(layout, taken.item_id).meta.name == "caf\\xe9.jsonl"
+    assert taken.state is ItemState.PENDING and queue.find(layout, taken.item_id).meta.name == "caf\\xe9.jsonl"
     outside = tmp_path / raw
     outside.write_bytes(b'{"text": "salut"}\n')
     result = trainctl(layout.root, "enqueue", str(outside))
@@ -170,7 +171,7 @@ def test_unopenable_paths_are_one_line_with_exit_65(layout, tmp_path, make):
     result = trainctl(layout.root, "enqueue", str(path))
     _no_traceback(result)
     assert result.returncode == ExitCode.DATA_INVALID, result.stderr
-    assert spool.counts(layout)["pending"] == 0
+    assert queue.counts(layout)["pending"] == 0
 
 
 def test_a_directory_is_named_as_one(layout, tmp_path):
@@ -195,7 +196,7 @@ def test_absurd_since_is_a_usage_error(layout):
     {"last_error": 5, "last_checkpoint": [1, 2]},
 ])
 def test_a_damaged_daemon_state_still_prints(layout, fake_daemon, state):
-    from trainer import control
+    from trainer.spool import control
     from trainer.timefmt import utc_now
 
     fake_daemon(layout.root, "--no-heartbeat")
@@ -211,7 +212,7 @@ def test_a_damaged_daemon_state_still_prints(layout, fake_daemon, state):
 
 
 def test_a_fifo_in_place_of_metadata_never_hangs_list(layout, limits, chat_file):
-    item = spool.find(layout, intake.enqueue(layout, chat_file(), limits=limits).id)
+    item = queue.find(layout, enqueue.enqueue(layout, chat_file(), limits=limits).id)
     item.meta_path.unlink()
     os.mkfifo(item.meta_path)
     started = time.monotonic()
@@ -223,6 +224,6 @@ def test_a_fifo_in_place_of_metadata_never_hangs_list(layout, limits, chat_file)
 def test_an_enqueue_with_a_bad_file_in_the_batch_queues_nothing(layout, chat_file, tmp_path):
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"nope": 1}])
     with pytest.raises(InvalidData) as caught:
-        intake.enqueue_batch(layout, [chat_file(), bad, chat_file()], limits=__import__("trainer.config").config.Config().spool)
+        enqueue.enqueue_batch(layout, [chat_file(), bad, chat_file()], limits=__import__("trainer.config").config.Config().spool)
     assert any("bad.jsonl:1" in line for line in caught.value.details)
-    assert spool.counts(layout)["pending"] == 0 and os.listdir(layout.tmp) == []
+    assert queue.counts(layout)["pending"] == 0 and os.listdir(layout.tmp) == []

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import orjson
 import pytest
-
 from conftest import trainctl
-from trainer import control, spool
+
 from trainer.config import Config
-from trainer.layout import open_base
+from trainer.spool import control, queue
+from trainer.spool.layout import open_base
+from trainer.spool.status import collect
 from trainer.states import ItemState, Priority
-from trainer.status import collect
 from trainer.timefmt import utc_now
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "base-v1"
@@ -34,13 +34,13 @@ def old_base(tmp_path: Path):
 
 
 def test_every_item_of_the_v1_fixture_loads_in_its_state(old_base):
-    items = {item.id: item for item in spool.list_items(old_base, list(ItemState))}
+    items = {item.id: item for item in queue.list_items(old_base, list(ItemState))}
     assert {item.state for item in items.values()} == set(ItemState)
     assert all(item.meta is not None for item in items.values()), [i.meta_problem for i in items.values()]
     assert items[ACTIVE].meta.cursor == {"record": 1, "sha256": "fixture"}
     assert items[FAILED].meta.attempts == 1
     assert [e.message for e in items[FAILED].meta.errors] == ["CUDA out of memory", "loss is not finite for 8 steps"]
-    assert spool.counts(old_base)["pending.low"] == 1
+    assert queue.counts(old_base)["pending.low"] == 1
 
 
 def test_the_v1_fixture_control_state_and_events_read_back(old_base):
@@ -56,5 +56,5 @@ def test_the_v1_fixture_still_works_through_trainctl(old_base):
     assert history["unreadable_lines"] == 0 and len(history["events"]) >= 10
     assert trainctl(old_base.root, "retry", FAILED).returncode == 0
     assert trainctl(old_base.root, "release", HELD).returncode == 0
-    spool.requeue(old_base, ACTIVE, reason="recovered", count_attempt=True)
-    assert spool.find(old_base, ACTIVE).priority is Priority.HIGH
+    queue.requeue(old_base, ACTIVE, reason="recovered", count_attempt=True)
+    assert queue.find(old_base, ACTIVE).priority is Priority.HIGH

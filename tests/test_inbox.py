@@ -9,12 +9,12 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import as_user, write_jsonl
-from trainer import events, spool
-from trainer.inbox import InboxScanner, Observation, _origin, ingest, is_settled
+
+from trainer.intake.inbox import InboxScanner, Observation, _origin, ingest, is_settled
+from trainer.spool import events, queue
+from trainer.spool.sweep import sweep_tmp
 from trainer.states import ItemState
-from trainer.sweep import sweep_tmp
 
 
 def _scan(layout, settle=5.0, renamed=frozenset(), scanner=None, now_mono=None):
@@ -37,7 +37,7 @@ def test_settled_file_is_taken_and_becomes_a_pending_item(layout, limits, chat_f
     taken = ingest(layout, "a.jsonl", limits)
     assert taken.state is ItemState.PENDING
     assert not dropped.exists(), "the inbox file becomes the item (moved, not copied)"
-    item = spool.find(layout, taken.item_id)
+    item = queue.find(layout, taken.item_id)
     assert item.meta.source == "inbox" and item.meta.records == 3 and item.meta.name == "a.jsonl"
     assert sorted(os.listdir(item.path)) == ["data.jsonl", "meta.json"]
 
@@ -95,7 +95,7 @@ def test_symlinks_fifos_and_directories_are_never_followed_or_opened(layout, tmp
     assert ingest(layout, "link.jsonl", limits) is None
     assert os.path.islink(layout.inbox / "link.jsonl") and secret.read_text()
     assert os.path.exists(layout.inbox / "pipe.jsonl")
-    assert spool.counts(layout)["pending"] == 0 and os.listdir(layout.tmp) == []
+    assert queue.counts(layout)["pending"] == 0 and os.listdir(layout.tmp) == []
 
 
 def test_an_invalid_inbox_file_is_kept_as_a_failed_item_with_its_reasons(layout, limits, tmp_path):
@@ -103,7 +103,7 @@ def test_an_invalid_inbox_file_is_kept_as_a_failed_item_with_its_reasons(layout,
     os.rename(bad, layout.inbox / "bad.jsonl")
     taken = ingest(layout, "bad.jsonl", limits)
     assert taken.state is ItemState.FAILED
-    item = spool.find(layout, taken.item_id)
+    item = queue.find(layout, taken.item_id)
     assert item.meta.errors[0].kind == "invalid" and "bad.jsonl:2" in item.meta.errors[0].message
     assert item.data_path.read_bytes() == (
         b'{"text":"fine"}\n{"messages":"nope"}\n'), "the user's bytes are kept"
@@ -114,7 +114,7 @@ def test_an_empty_inbox_file_fails_with_a_reason(layout, limits):
     (layout.inbox / "empty.jsonl").write_bytes(b"")
     taken = ingest(layout, "empty.jsonl", limits)
     assert taken.state is ItemState.FAILED
-    assert "empty" in spool.find(layout, taken.item_id).meta.errors[0].message
+    assert "empty" in queue.find(layout, taken.item_id).meta.errors[0].message
 
 
 def _as_daemon_user():
@@ -141,7 +141,7 @@ def test_an_unreadable_inbox_file_fails_with_the_fix(open_layout, chat_file):
         os.chown(path, 0, 0)
     os.chmod(path, 0o600 if prefix else 0)
     code = ("import sys\nfrom pathlib import Path\nfrom trainer.config import Config\n"
-            "from trainer.inbox import ingest\nfrom trainer.layout import open_base\n"
+            "from trainer.intake.inbox import ingest\nfrom trainer.spool.layout import open_base\n"
             "taken = ingest(open_base(Path(sys.argv[1])), 'private.jsonl', Config().spool)\n"
             "print(taken.item_id, taken.state.value)\n")
     result = subprocess.run([*prefix, sys.executable, "-c", code, str(layout.root)],
@@ -149,7 +149,7 @@ def test_an_unreadable_inbox_file_fails_with_the_fix(open_layout, chat_file):
     assert result.returncode == 0, result.stderr
     item_id, state = result.stdout.split()
     assert state == "failed"
-    item = spool.find(layout, item_id)
+    item = queue.find(layout, item_id)
     assert "permission denied" in item.meta.errors[0].message and "chmod g+r" in item.meta.errors[0].message
     assert item.data_path.exists(), "the file is kept, not dropped"
 
@@ -185,8 +185,8 @@ def test_a_crash_mid_ingest_gives_the_file_back_to_the_inbox(layout, limits, cha
     code = (
         "import os, sys\n"
         "from pathlib import Path\n"
-        "import trainer.inbox as inbox\n"
-        "from trainer.layout import open_base\n"
+        "import trainer.intake.inbox as inbox\n"
+        "from trainer.spool.layout import open_base\n"
         "from trainer.config import Config\n"
         "def die(*a, **k): os.kill(os.getpid(), 9)\n"
         "inbox._validate_staged = die\n"
@@ -206,7 +206,7 @@ def test_sweep_leaves_a_live_writers_staging_alone(layout, tmp_path):
     code = (
         "import sys, time\n"
         "from pathlib import Path\n"
-        "from trainer.fsutil import StagingDir\n"
+        "from trainer.spool.fsutil import StagingDir\n"
         "s = StagingDir(Path(sys.argv[1]), 'live')\n"
         "print('staged', flush=True)\n"
         "time.sleep(60)\n"

@@ -6,12 +6,13 @@ import os
 import shutil
 
 import pytest
-
 from conftest import write_jsonl
-from trainer import intake, spool
+
 from trainer.config import default_config_toml
 from trainer.errors import FormatMismatch, LayoutError, NotABaseDir
-from trainer.layout import init_base, open_base
+from trainer.intake import enqueue
+from trainer.spool import queue
+from trainer.spool.layout import init_base, open_base
 
 
 def test_init_creates_the_layout_and_rerunning_touches_nothing(tmp_path, limits):
@@ -21,11 +22,11 @@ def test_init_creates_the_layout_and_rerunning_touches_nothing(tmp_path, limits)
         assert path.is_dir() and (os.stat(path).st_mode & 0o7777) == 0o2770
     layout.config_file.write_text("[spool]\nmax_attempts = 7\n")
     src = write_jsonl(tmp_path / "x.jsonl", [{"text": "a"}])
-    item_id = intake.enqueue(layout, src, limits=limits).id
+    item_id = enqueue.enqueue(layout, src, limits=limits).id
     again, created = init_base(tmp_path / "b", default_config_toml())
     assert not created
     assert layout.config_file.read_text() == "[spool]\nmax_attempts = 7\n", "never overwrites the config"
-    assert spool.find(again, item_id).meta.records == 1
+    assert queue.find(again, item_id).meta.records == 1
 
 
 def test_init_repairs_a_missing_spool_dir(tmp_path):

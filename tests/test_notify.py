@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from trainer.notify import Notifier
+from trainer.daemon.notify import Notifier
 
 
 @pytest.fixture

@@ -8,13 +8,13 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from trainer import control, events, intake, spool
-from trainer.config import load_config
+from trainer.config import Config, load_config
 from trainer.errors import TrainerError
-from trainer.layout import open_base
+from trainer.intake import enqueue
+from trainer.spool import control, events, queue
+from trainer.spool.layout import open_base
+from trainer.spool.status import collect
 from trainer.states import ItemState
-from trainer.status import collect
-from trainer.config import Config
 from trainer.timefmt import utc_now
 
 json_values = st.recursive(
@@ -36,20 +36,20 @@ SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[Heal
 @SETTINGS
 @given(content=garbage)
 def test_garbage_meta_never_crashes_list_find_status_or_claim(layout, limits, chat_file, content):
-    item_id = intake.enqueue(layout, chat_file(), limits=limits).id
-    item = spool.find(layout, item_id)
+    item_id = enqueue.enqueue(layout, chat_file(), limits=limits).id
+    item = queue.find(layout, item_id)
     item.meta_path.write_bytes(content)
-    listed = spool.list_items(layout, list(ItemState))
+    listed = queue.list_items(layout, list(ItemState))
     assert [i.id for i in listed] == [item_id]
     assert listed[0].meta is not None or listed[0].meta_problem
     collect(layout, Config(), utc_now())
     try:
-        claimed = spool.claim_next(layout, utc_now())
+        claimed = queue.claim_next(layout, utc_now())
     except TrainerError:
         claimed = None
     if claimed is not None:
-        spool.complete(layout, item_id)
-    spool.remove(layout, item_id)
+        queue.complete(layout, item_id)
+    queue.remove(layout, item_id)
 
 
 @SETTINGS

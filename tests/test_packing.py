@@ -8,7 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from trainer.sample_data import record  # noqa: E402
+from trainer.demo.sample_data import record  # noqa: E402
 from trainer.train.examples import IGNORE, Example, RecordEncoder  # noqa: E402
 from trainer.train.loss import forward_packed, summed_loss  # noqa: E402
 from trainer.train.packing import Packer, pack  # noqa: E402
@@ -154,7 +154,7 @@ def test_first_fit_fills_the_gaps_long_examples_leave():
 
 
 def test_a_resumed_stream_yields_the_same_rows_from_the_cache_or_the_file(demo, tmp_path):
-    from trainer.sample_data import write_sample_chat
+    from trainer.demo.sample_data import write_sample_chat
     from trainer.train.data import Cursor, RowStream, survey
 
     _, tokenizer = demo

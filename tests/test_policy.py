@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from trainer.policy import error_backoff, memory_creeping, retry_delay, snapshot_due, space_needed
+from trainer.daemon.policy import error_backoff, memory_creeping, retry_delay, snapshot_due, space_needed
 
 
 def test_retry_delays_grow_and_are_capped():

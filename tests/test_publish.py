@@ -12,8 +12,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from trainer.config import CheckpointConfig, Config, ModelConfig, TrainConfig  # noqa: E402
-from trainer.sample_data import write_sample_chat  # noqa: E402
-from trainer.train import publish  # noqa: E402
+from trainer.demo.sample_data import write_sample_chat  # noqa: E402
+from trainer.train import releases  # noqa: E402
 from trainer.train.engine import WEIGHTS_FILE, Engine  # noqa: E402
 
 
@@ -47,22 +47,22 @@ def _load(path):
 def test_a_full_fine_tune_snapshot_is_hard_linked_and_loads(base):
     engine = _engine(base)
     _train(engine, base)
-    snap = publish.snapshot(engine, base / "snapshots", "2026-11-28", keep_days=7)
+    snap = releases.snapshot(engine, base / "snapshots", "2026-11-28", keep_days=7)
     weights = snap / "model.safetensors"
     assert weights.stat().st_nlink >= 2, "hard-linked to the checkpoint, no extra space"
     assert os.path.samefile(weights, engine.last_checkpoint.path / WEIGHTS_FILE)
     loaded = _load(snap)
     for name, p in engine.model.named_parameters():
         assert torch.equal(loaded.state_dict()[name], p.detach())
-    assert publish.snapshot(engine, base / "snapshots", "2026-11-28", keep_days=7) is None, "once a day"
-    provenance = orjson.loads((snap / publish.VERSION_FILE).read_bytes())
+    assert releases.snapshot(engine, base / "snapshots", "2026-11-28", keep_days=7) is None, "once a day"
+    provenance = orjson.loads((snap / releases.VERSION_FILE).read_bytes())
     assert provenance["global_step"] == engine.state.global_step
 
 
 def test_snapshot_retention_keeps_the_newest_days(base):
     engine = _engine(base)
     for day in ("2026-11-25", "2026-11-26", "2026-11-27", "2026-11-28"):
-        publish.snapshot(engine, base / "snapshots", day, keep_days=2)
+        releases.snapshot(engine, base / "snapshots", day, keep_days=2)
     assert sorted(os.listdir(base / "snapshots")) == ["2026-11-27", "2026-11-28"]
 
 
@@ -71,7 +71,7 @@ def test_a_lora_snapshot_is_the_adapter_on_its_base_and_reproduces_the_model(bas
 
     engine = _engine(base, lora=True)
     _train(engine, base)
-    snap = publish.snapshot(engine, base / "snapshots", "2026-11-28", keep_days=7)
+    snap = releases.snapshot(engine, base / "snapshots", "2026-11-28", keep_days=7)
     assert (snap / "adapter_model.safetensors").exists() and not (snap / "model.safetensors").exists()
     model = PeftModel.from_pretrained(_load(base / "models" / "base"), snap).eval()
     ids = torch.tensor([[1, 5, 9, 12]])
@@ -85,11 +85,11 @@ def test_lora_consolidation_merges_into_a_new_version_and_training_continues_on_
     ids = torch.tensor([[1, 5, 9, 12]])
     engine.model.eval()
     before = engine.model(input_ids=ids).logits.detach()
-    v1 = publish.consolidate(engine, base / "models", keep_versions=5)
+    v1 = releases.consolidate(engine, base / "models", keep_versions=5)
     assert v1.name == "v001" and (base / "models" / "LATEST").read_text().strip() == "v001"
     merged = _load(v1).eval()
     torch.testing.assert_close(merged(input_ids=ids).logits, before, atol=1e-4, rtol=1e-4)
-    meta = orjson.loads((v1 / publish.VERSION_FILE).read_bytes())
+    meta = orjson.loads((v1 / releases.VERSION_FILE).read_bytes())
     assert meta["parent"] == "base" and meta["version"] == "v001" and meta["lora"] is True
     # Training goes on with a fresh adapter on v001, and a restart finds it there.
     assert engine.state.base == "models/v001"
@@ -106,9 +106,9 @@ def test_full_consolidation_publishes_versions_and_keeps_the_newest(base):
     names = []
     for n in range(3):
         _train(engine, base, f"i{n}", records=20, seed=n)
-        names.append(publish.consolidate(engine, base / "models", keep_versions=2).name)
+        names.append(releases.consolidate(engine, base / "models", keep_versions=2).name)
     assert names == ["v001", "v002", "v003"]
-    assert publish.versions(base / "models") == ["v002", "v003"]
+    assert releases.versions(base / "models") == ["v002", "v003"]
     assert os.path.samefile(base / "models" / "v003" / "model.safetensors",
                             engine.last_checkpoint.path / WEIGHTS_FILE)
 
@@ -119,11 +119,11 @@ def test_an_interrupted_consolidation_leaves_no_half_version(base, monkeypatch):
     def crash(*args, **kwargs):
         raise RuntimeError("power cut")
 
-    monkeypatch.setattr(publish, "_verify", crash)
+    monkeypatch.setattr(releases, "_verify", crash)
     with pytest.raises(RuntimeError):
-        publish.consolidate(engine, base / "models", keep_versions=5)
-    assert publish.versions(base / "models") == []
-    assert not any(n.startswith(publish.STAGING) for n in os.listdir(base / "models"))
+        releases.consolidate(engine, base / "models", keep_versions=5)
+    assert releases.versions(base / "models") == []
+    assert not any(n.startswith(releases.STAGING) for n in os.listdir(base / "models"))
 
 
 def test_consolidation_checks_free_space_first(base, monkeypatch):
@@ -132,8 +132,8 @@ def test_consolidation_checks_free_space_first(base, monkeypatch):
     class Tiny:
         f_bavail, f_frsize = 1, 4096
 
-    monkeypatch.setattr(publish.os, "statvfs", lambda path: Tiny())
-    with pytest.raises(publish.NotEnoughSpace) as caught:
-        publish.consolidate(engine, base / "models", keep_versions=5)
+    monkeypatch.setattr(releases.os, "statvfs", lambda path: Tiny())
+    with pytest.raises(releases.NotEnoughSpace) as caught:
+        releases.consolidate(engine, base / "models", keep_versions=5)
     assert "disk: need" in str(caught.value)
-    assert publish.versions(base / "models") == []
+    assert releases.versions(base / "models") == []

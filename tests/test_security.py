@@ -18,13 +18,14 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, as_user, trainctl, write_jsonl
-from trainer import intake, spool
+
 from trainer.config import Config
 from trainer.errors import WrongState
 from trainer.exitcodes import ExitCode
-from trainer.inbox import ingest
+from trainer.intake import enqueue
+from trainer.intake.inbox import ingest
+from trainer.spool import queue
 from trainer.states import ItemState, Priority
 from trainer.timefmt import utc_now
 
@@ -54,7 +55,7 @@ def shared(open_layout, tmp_path):
     """A base dir of group GROUP holding a pending and a failed item, and a file anyone may read."""
     layout = open_layout
     secret_record = {"text": "confidential training text"}
-    pending = intake.enqueue(layout, write_jsonl(tmp_path / "a.jsonl", [secret_record]), limits=Config().spool)
+    pending = enqueue.enqueue(layout, write_jsonl(tmp_path / "a.jsonl", [secret_record]), limits=Config().spool)
     (layout.inbox / "bad.jsonl").write_bytes(b"not json\n")
     failed = ingest(layout, "bad.jsonl", Config().spool)
     for path in [layout.root, *layout.root.rglob("*")]:
@@ -128,18 +129,18 @@ def test_a_symlink_planted_in_the_spool_is_never_followed(layout, tmp_path):
     before = _tree(outside)
     os.symlink(outside, layout.pending(Priority.NORMAL) / item_id)
 
-    listed = spool.find(layout, item_id)
+    listed = queue.find(layout, item_id)
     assert listed.meta is None and "symlink" in listed.meta_problem
-    claimed = spool.claim_next(layout, utc_now())
+    claimed = queue.claim_next(layout, utc_now())
     assert claimed.id == item_id
     with pytest.raises(WrongState, match="symlink"):
-        intake.validate_item_data(claimed, Config().spool)  # what the daemon checks at claim
-    spool.fail(layout, item_id, "its metadata is unreadable")
+        enqueue.validate_item_data(claimed, Config().spool)  # what the daemon checks at claim
+    queue.fail(layout, item_id, "its metadata is unreadable")
     with pytest.raises(WrongState, match="symlink"):
-        intake.retry(layout, item_id, Config().spool)
-    spool.remove(layout, item_id)
+        enqueue.retry(layout, item_id, Config().spool)
+    queue.remove(layout, item_id)
     assert _tree(outside) == before, "nothing outside was read into the spool or written"
-    assert spool.counts(layout)["failed"] == 0
+    assert queue.counts(layout)["failed"] == 0
 
 
 def test_an_inbox_symlink_to_a_file_outside_is_never_read(layout, tmp_path):
@@ -148,7 +149,7 @@ def test_an_inbox_symlink_to_a_file_outside_is_never_read(layout, tmp_path):
     os.symlink(target, layout.inbox / "link.jsonl")
     assert ingest(layout, "link.jsonl", Config().spool) is None
     assert os.stat(target).st_atime == 1_000_000_000, "not even opened"
-    assert os.path.islink(layout.inbox / "link.jsonl") and spool.counts(layout)["pending"] == 0
+    assert os.path.islink(layout.inbox / "link.jsonl") and queue.counts(layout)["pending"] == 0
 
 
 def _world_writable(root: Path) -> list[str]:
@@ -183,7 +184,7 @@ def daemon_run(tmp_path_factory, request):
             os.chmod(models, os.stat(models).st_mode & ~0o022)  # the copied model is ours, not the daemon's
         for n in range(2):
             src = write_jsonl(root / f"good{n}.jsonl", [{"text": f"good {n}"}] * 4)
-            intake.enqueue(layout, src, limits=Config().spool)
+            enqueue.enqueue(layout, src, limits=Config().spool)
         (layout.inbox / "bad.jsonl").write_bytes(b'{"text": 5}\n')
         daemon = DaemonProcess(layout, "--exit-when-idle")
         assert daemon.finish(240) == 0, daemon.output()
@@ -201,7 +202,7 @@ def daemon_run(tmp_path_factory, request):
 
 def test_no_secret_from_the_environment_is_written_or_printed(daemon_run):
     layout, secrets, views = daemon_run
-    assert spool.counts(layout)["done"] == 2 and spool.counts(layout)["failed"] == 1
+    assert queue.counts(layout)["done"] == 2 and queue.counts(layout)["failed"] == 1
     needles = [value.encode() for value in secrets.values()]
     files = [p for p in layout.root.parent.rglob("*") if p.is_file() and not p.is_symlink()]
     assert len(files) > 20
@@ -217,7 +218,7 @@ def test_nothing_the_daemon_creates_is_world_writable_even_under_umask_0(daemon_
     # A file dropped in the inbox is taken by rename and keeps the mode its writer gave it
     # (here 0666: it was written under umask 0 too). The daemon did not create it, and it is
     # out of others' reach: every spool directory is 2770.
-    dropped = {f"{i.path.relative_to(layout.root)}/data.jsonl" for i in spool.list_items(layout, list(ItemState))
+    dropped = {f"{i.path.relative_to(layout.root)}/data.jsonl" for i in queue.list_items(layout, list(ItemState))
                if i.meta.source == "inbox"}
     found = [p for p in _world_writable(layout.root) if p not in dropped]
     assert all(os.stat(layout.root / p).st_mode & 0o7777 == 0o2770 for p in

@@ -7,11 +7,12 @@ import os
 from datetime import timedelta
 
 import pytest
-
 from conftest import write_jsonl
-from trainer import events, intake, spool
+
 from trainer.errors import InvalidData, NoSuchItem, WrongState
-from trainer.item import META_NAME
+from trainer.intake import enqueue
+from trainer.spool import events, queue
+from trainer.spool.item import META_NAME
 from trainer.states import ItemState, Priority
 from trainer.timefmt import utc_now
 
@@ -23,8 +24,8 @@ def _event_kinds(layout, item_id=None):
 def test_enqueue_copies_the_file_and_records_its_metadata(layout, limits, chat_file):
     src = chat_file(records=5)
     before = src.read_bytes()
-    meta = intake.enqueue(layout, src, limits=limits)
-    item = spool.find(layout, meta.id)
+    meta = enqueue.enqueue(layout, src, limits=limits)
+    item = queue.find(layout, meta.id)
     assert item.state is ItemState.PENDING and item.priority is Priority.NORMAL
     assert item.data_path.read_bytes() == before
     assert src.read_bytes() == before, "the user's file is never modified"
@@ -36,9 +37,9 @@ def test_enqueue_copies_the_file_and_records_its_metadata(layout, limits, chat_f
 def test_invalid_file_adds_nothing_and_leaves_no_debris(layout, limits, tmp_path):
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"text": "ok"}, {"nope": 1}])
     with pytest.raises(InvalidData) as caught:
-        intake.enqueue(layout, bad, limits=limits)
+        enqueue.enqueue(layout, bad, limits=limits)
     assert any(":2:" in line for line in caught.value.details)
-    assert spool.counts(layout)["pending"] == 0
+    assert queue.counts(layout)["pending"] == 0
     assert os.listdir(layout.tmp) == []
     assert _event_kinds(layout) == []
 
@@ -51,113 +52,113 @@ def test_non_regular_sources_are_refused_without_blocking(layout, limits, tmp_pa
     elif make == "fifo":
         os.mkfifo(path)  # opening it for reading must not wait for a writer
     with pytest.raises(InvalidData):
-        intake.enqueue(layout, path, limits=limits)
+        enqueue.enqueue(layout, path, limits=limits)
     assert os.listdir(layout.tmp) == []
 
 
 def test_claims_serve_high_before_normal_before_low_and_fifo_within(layout, limits, chat_file):
-    low = intake.enqueue(layout, chat_file(), limits=limits, priority=Priority.LOW).id
-    n1 = intake.enqueue(layout, chat_file(), limits=limits).id
-    high = intake.enqueue(layout, chat_file(), limits=limits, priority=Priority.HIGH).id
-    n2 = intake.enqueue(layout, chat_file(), limits=limits).id
+    low = enqueue.enqueue(layout, chat_file(), limits=limits, priority=Priority.LOW).id
+    n1 = enqueue.enqueue(layout, chat_file(), limits=limits).id
+    high = enqueue.enqueue(layout, chat_file(), limits=limits, priority=Priority.HIGH).id
+    n2 = enqueue.enqueue(layout, chat_file(), limits=limits).id
     order = []
-    while (item := spool.claim_next(layout, utc_now())) is not None:
+    while (item := queue.claim_next(layout, utc_now())) is not None:
         order.append(item.id)
-        spool.complete(layout, item.id)
+        queue.complete(layout, item.id)
     assert order == [high, n1, n2, low]
-    assert spool.counts(layout)["done"] == 4
+    assert queue.counts(layout)["done"] == 4
 
 
 def test_only_one_item_can_be_active(layout, limits, chat_file):
-    intake.enqueue(layout, chat_file(), limits=limits)
-    intake.enqueue(layout, chat_file(), limits=limits)
-    first = spool.claim_next(layout, utc_now())
+    enqueue.enqueue(layout, chat_file(), limits=limits)
+    enqueue.enqueue(layout, chat_file(), limits=limits)
+    first = queue.claim_next(layout, utc_now())
     with pytest.raises(WrongState, match="already active"):
-        spool.claim_next(layout, utc_now())
-    assert spool.active_item(layout).id == first.id
+        queue.claim_next(layout, utc_now())
+    assert queue.active_item(layout).id == first.id
 
 
 def test_requeue_counts_an_attempt_keeps_the_cursor_and_delays_the_retry(layout, limits, chat_file):
-    item_id = intake.enqueue(layout, chat_file(), limits=limits).id
-    spool.claim_next(layout, utc_now())
-    spool.set_cursor(layout, item_id, {"record": 2, "sha256": "x"})
+    item_id = enqueue.enqueue(layout, chat_file(), limits=limits).id
+    queue.claim_next(layout, utc_now())
+    queue.set_cursor(layout, item_id, {"record": 2, "sha256": "x"})
     now = utc_now()
-    spool.requeue(layout, item_id, reason="out of memory", not_before=now + timedelta(seconds=30))
-    item = spool.find(layout, item_id)
+    queue.requeue(layout, item_id, reason="out of memory", not_before=now + timedelta(seconds=30))
+    item = queue.find(layout, item_id)
     assert item.state is ItemState.PENDING
     assert item.meta.attempts == 1 and item.meta.cursor == {"record": 2, "sha256": "x"}
     assert item.meta.errors[-1].message == "out of memory" and item.meta.errors[-1].kind == "transient"
-    assert spool.claim_next(layout, now) is None, "not before its retry time"
-    assert spool.claim_next(layout, now + timedelta(seconds=31)).id == item_id
+    assert queue.claim_next(layout, now) is None, "not before its retry time"
+    assert queue.claim_next(layout, now + timedelta(seconds=31)).id == item_id
 
 
 def test_graceful_requeue_costs_no_attempt(layout, limits, chat_file):
-    item_id = intake.enqueue(layout, chat_file(), limits=limits).id
-    spool.claim_next(layout, utc_now())
-    spool.requeue(layout, item_id, reason="stopping", count_attempt=False)
-    assert spool.find(layout, item_id).meta.attempts == 0
+    item_id = enqueue.enqueue(layout, chat_file(), limits=limits).id
+    queue.claim_next(layout, utc_now())
+    queue.requeue(layout, item_id, reason="stopping", count_attempt=False)
+    assert queue.find(layout, item_id).meta.attempts == 0
 
 
 def test_fail_then_retry_resets_attempts_and_keeps_the_error_history(layout, limits, chat_file):
-    item_id = intake.enqueue(layout, chat_file(), limits=limits).id
-    spool.claim_next(layout, utc_now())
-    spool.requeue(layout, item_id, reason="crash")
-    spool.claim_next(layout, utc_now())
-    spool.fail(layout, item_id, "loss is NaN")
-    failed = spool.find(layout, item_id)
+    item_id = enqueue.enqueue(layout, chat_file(), limits=limits).id
+    queue.claim_next(layout, utc_now())
+    queue.requeue(layout, item_id, reason="crash")
+    queue.claim_next(layout, utc_now())
+    queue.fail(layout, item_id, "loss is NaN")
+    failed = queue.find(layout, item_id)
     assert failed.state is ItemState.FAILED and failed.meta.attempts == 1
-    intake.retry(layout, item_id, limits)
-    again = spool.find(layout, item_id)
+    enqueue.retry(layout, item_id, limits)
+    again = queue.find(layout, item_id)
     assert again.state is ItemState.PENDING and again.meta.attempts == 0
     assert [e.message for e in again.meta.errors] == ["crash", "loss is NaN"]
     assert _event_kinds(layout, item_id) == ["enqueued", "claimed", "requeued", "claimed", "failed", "retried"]
 
 
 def test_hold_release_and_move_keep_the_item_and_its_age(layout, limits, chat_file):
-    older = intake.enqueue(layout, chat_file(), limits=limits).id
-    newer = intake.enqueue(layout, chat_file(), limits=limits, priority=Priority.HIGH).id
-    spool.hold(layout, older)
-    assert spool.find(layout, older).state is ItemState.HELD
-    spool.move(layout, older, Priority.HIGH)  # a held item changes priority in place
-    spool.release(layout, older)
-    item = spool.find(layout, older)
+    older = enqueue.enqueue(layout, chat_file(), limits=limits).id
+    newer = enqueue.enqueue(layout, chat_file(), limits=limits, priority=Priority.HIGH).id
+    queue.hold(layout, older)
+    assert queue.find(layout, older).state is ItemState.HELD
+    queue.move(layout, older, Priority.HIGH)  # a held item changes priority in place
+    queue.release(layout, older)
+    item = queue.find(layout, older)
     assert item.state is ItemState.PENDING and item.priority is Priority.HIGH
     assert item.meta.priority is Priority.HIGH
-    assert spool.claim_next(layout, utc_now()).id == older, "FIFO by age within the priority"
+    assert queue.claim_next(layout, utc_now()).id == older, "FIFO by age within the priority"
     assert _event_kinds(layout, older) == ["enqueued", "held", "moved", "released", "claimed"]
-    assert spool.find(layout, newer).state is ItemState.PENDING
+    assert queue.find(layout, newer).state is ItemState.PENDING
 
 
 def test_enqueue_held_waits_for_release(layout, limits, chat_file):
-    item_id = intake.enqueue(layout, chat_file(), limits=limits, hold=True).id
-    assert spool.claim_next(layout, utc_now()) is None
-    spool.release(layout, item_id)
-    assert spool.claim_next(layout, utc_now()).id == item_id
+    item_id = enqueue.enqueue(layout, chat_file(), limits=limits, hold=True).id
+    assert queue.claim_next(layout, utc_now()) is None
+    queue.release(layout, item_id)
+    assert queue.claim_next(layout, utc_now()).id == item_id
 
 
 def test_remove_refuses_the_active_item_and_deletes_others(layout, limits, chat_file):
-    active = intake.enqueue(layout, chat_file(), limits=limits).id
-    other = intake.enqueue(layout, chat_file(), limits=limits).id
-    spool.claim_next(layout, utc_now())
+    active = enqueue.enqueue(layout, chat_file(), limits=limits).id
+    other = enqueue.enqueue(layout, chat_file(), limits=limits).id
+    queue.claim_next(layout, utc_now())
     with pytest.raises(WrongState, match="active"):
-        spool.remove(layout, active)
-    spool.remove(layout, other)
+        queue.remove(layout, active)
+    queue.remove(layout, other)
     with pytest.raises(NoSuchItem):
-        spool.find(layout, other)
+        queue.find(layout, other)
     assert os.listdir(layout.tmp) == []
-    assert spool.find(layout, active).state is ItemState.ACTIVE
+    assert queue.find(layout, active).state is ItemState.ACTIVE
 
 
 @pytest.mark.parametrize("operation", ["hold", "release", "retry", "complete", "requeue"])
 def test_operations_in_the_wrong_state_say_so(layout, limits, chat_file, operation):
     # hold needs a pending item and release a held one: give each the other kind.
-    item_id = intake.enqueue(layout, chat_file(), limits=limits, hold=(operation != "release")).id
+    item_id = enqueue.enqueue(layout, chat_file(), limits=limits, hold=(operation != "release")).id
     calls = {
-        "hold": lambda: spool.hold(layout, item_id),
-        "release": lambda: spool.release(layout, item_id),
-        "retry": lambda: intake.retry(layout, item_id, limits),
-        "complete": lambda: spool.complete(layout, item_id),
-        "requeue": lambda: spool.requeue(layout, item_id, reason="x"),
+        "hold": lambda: queue.hold(layout, item_id),
+        "release": lambda: queue.release(layout, item_id),
+        "retry": lambda: enqueue.retry(layout, item_id, limits),
+        "complete": lambda: queue.complete(layout, item_id),
+        "requeue": lambda: queue.requeue(layout, item_id, reason="x"),
     }
     with pytest.raises(WrongState, match="cannot"):
         calls[operation]()
@@ -167,41 +168,41 @@ def test_operations_in_the_wrong_state_say_so(layout, limits, chat_file, operati
                                     "..", "20261128T194440.123456Z-3FA9C1B2"])
 def test_ids_with_path_tricks_are_refused(layout, bad_id):
     with pytest.raises(NoSuchItem, match="not an item id"):
-        spool.find(layout, bad_id)
+        queue.find(layout, bad_id)
 
 
 def test_a_corrupt_meta_is_listed_with_its_problem_and_retry_rebuilds_it(layout, limits, chat_file):
-    item_id = intake.enqueue(layout, chat_file(records=4), limits=limits).id
-    spool.claim_next(layout, utc_now())
-    spool.fail(layout, item_id, "boom")
-    item = spool.find(layout, item_id)
+    item_id = enqueue.enqueue(layout, chat_file(records=4), limits=limits).id
+    queue.claim_next(layout, utc_now())
+    queue.fail(layout, item_id, "boom")
+    item = queue.find(layout, item_id)
     (item.path / META_NAME).write_bytes(b"\x00garbage{")
-    listed = spool.list_items(layout, [ItemState.FAILED])
+    listed = queue.list_items(layout, [ItemState.FAILED])
     assert listed[0].meta is None and "unreadable" in listed[0].meta_problem
-    intake.retry(layout, item_id, limits)
-    rebuilt = spool.find(layout, item_id)
+    enqueue.retry(layout, item_id, limits)
+    rebuilt = queue.find(layout, item_id)
     assert rebuilt.state is ItemState.PENDING and rebuilt.meta.records == 4
 
 
 def test_foreign_entries_in_spool_dirs_are_ignored(layout, limits, chat_file):
     (layout.pending(Priority.NORMAL) / "notes.txt").write_text("hello")
     (layout.pending(Priority.NORMAL) / "random-dir").mkdir()
-    item_id = intake.enqueue(layout, chat_file(), limits=limits).id
-    assert [i.id for i in spool.list_items(layout, [ItemState.PENDING])] == [item_id]
-    assert spool.claim_next(layout, utc_now()).id == item_id
+    item_id = enqueue.enqueue(layout, chat_file(), limits=limits).id
+    assert [i.id for i in queue.list_items(layout, [ItemState.PENDING])] == [item_id]
+    assert queue.claim_next(layout, utc_now()).id == item_id
 
 
 def test_counts_split_pending_by_priority(layout, limits, chat_file):
-    intake.enqueue(layout, chat_file(), limits=limits, priority=Priority.LOW)
-    intake.enqueue(layout, chat_file(), limits=limits, priority=Priority.LOW)
-    intake.enqueue(layout, chat_file(), limits=limits, hold=True)
-    c = spool.counts(layout)
+    enqueue.enqueue(layout, chat_file(), limits=limits, priority=Priority.LOW)
+    enqueue.enqueue(layout, chat_file(), limits=limits, priority=Priority.LOW)
+    enqueue.enqueue(layout, chat_file(), limits=limits, hold=True)
+    c = queue.counts(layout)
     assert (c["pending"], c["pending.low"], c["pending.high"], c["held"]) == (2, 2, 0, 1)
 
 
 def test_every_published_file_is_complete_and_group_readable(layout, limits, chat_file):
-    item_id = intake.enqueue(layout, chat_file(), limits=limits).id
-    item = spool.find(layout, item_id)
+    item_id = enqueue.enqueue(layout, chat_file(), limits=limits).id
+    item = queue.find(layout, item_id)
     for path in (item.data_path, item.meta_path):
         mode = os.stat(path).st_mode & 0o777
         assert mode & 0o040 and not mode & 0o002, oct(mode)
@@ -209,19 +210,19 @@ def test_every_published_file_is_complete_and_group_readable(layout, limits, cha
 
 
 def test_token_statistics_are_recorded_on_the_active_item(layout, limits, chat_file):
-    item_id = intake.enqueue(layout, chat_file(), limits=limits).id
-    spool.claim_next(layout, utc_now())
+    item_id = enqueue.enqueue(layout, chat_file(), limits=limits).id
+    queue.claim_next(layout, utc_now())
     stats = {"examples": 3, "mean": 12.0, "p95": 14, "max": 14, "truncated": 0}
-    spool.set_tokens(layout, item_id, stats)
-    assert spool.find(layout, item_id).meta.tokens == stats
+    queue.set_tokens(layout, item_id, stats)
+    assert queue.find(layout, item_id).meta.tokens == stats
 
 
 def test_an_item_deleted_by_hand_between_listing_and_claim_is_skipped(layout, limits, chat_file, monkeypatch):
     import shutil
 
-    first = intake.enqueue(layout, chat_file(), limits=limits).id
-    second = intake.enqueue(layout, chat_file(), limits=limits).id
-    real = spool._entries
+    first = enqueue.enqueue(layout, chat_file(), limits=limits).id
+    second = enqueue.enqueue(layout, chat_file(), limits=limits).id
+    real = queue._entries
 
     def listing_then_rm(directory):
         names = real(directory)
@@ -229,5 +230,5 @@ def test_an_item_deleted_by_hand_between_listing_and_claim_is_skipped(layout, li
             shutil.rmtree(directory / first)  # someone's rm -rf lands right after the listing
         return names
 
-    monkeypatch.setattr(spool, "_entries", listing_then_rm)
-    assert spool.claim_next(layout, utc_now()).id == second
+    monkeypatch.setattr(queue, "_entries", listing_then_rm)
+    assert queue.claim_next(layout, utc_now()).id == second

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import orjson
 import pytest
-
 from conftest import REPO
 from daemon_proc import small_config
 from systemd_box import SystemdBox, unavailable
-from trainer.sample_data import write_sample_chat
+
+from trainer.demo.sample_data import write_sample_chat
 
 BASE = "/var/lib/trainer"
 # The service's venv, made inside the box. The test venv itself may sit on an interpreter under
@@ -55,7 +55,7 @@ def make_service_venv(box) -> None:
     inner = next(box.path(str(VENV / "lib")).glob("python3*/site-packages"))
     (inner / "test-venv.pth").write_text(
         f"{SOURCE}\nimport site; site.addsitedir({str(SOURCE / site_packages)!r})\n")
-    for name, module in (("trainer", "trainer.daemon"), ("trainctl", "ctl.cli")):
+    for name, module in (("trainer", "trainer.daemon.service"), ("trainctl", "ctl.cli")):
         script = box.path(str(VENV / "bin" / name))
         script.write_text(ENTRY_SCRIPT.format(venv=VENV, module=module))
         script.chmod(0o755)

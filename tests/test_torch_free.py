@@ -12,8 +12,8 @@ HEAVY = ("torch", "transformers", "safetensors.torch", "peft")
 PROBE = """
 import sys
 from ctl.cli import cli
-import trainer.spool, trainer.inbox, trainer.sweep, trainer.status, trainer.control, trainer.lock
-import trainer.daemon, trainer.demo, trainer.sample_data
+import trainer.spool.queue, trainer.intake.inbox, trainer.spool.sweep, trainer.spool.status, trainer.spool.control, trainer.spool.lock
+import trainer.daemon.service, trainer.demo.run, trainer.demo.sample_data
 commands = [["init", "--demo"], ["enqueue", sys.argv[2]], ["status", "--json"], ["list", "--all"],
             ["history"], ["pause"], ["resume"], ["wait", "--idle", "--timeout", "0"]]
 for args in commands:

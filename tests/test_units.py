@@ -10,10 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
-from trainer import install
+
 from trainer.config import load_config
+from trainer.daemon import units
 
 UNITS = REPO / "systemd"
 MAX_EXPOSURE = 2.0
@@ -26,8 +26,8 @@ def rendered(tmp_path):
     """The units as installed: @VENV@ filled in with this venv (verify checks ExecStart exists)."""
     out = tmp_path / "units"
     out.mkdir()
-    for name in install.UNITS:
-        (out / name).write_text(install.render_unit((UNITS / name).read_text(), Path(sys.prefix)))
+    for name in units.UNITS:
+        (out / name).write_text(units.render_unit((UNITS / name).read_text(), Path(sys.prefix)))
     return out
 
 
@@ -68,7 +68,7 @@ def test_the_template_is_the_service_plus_the_instance_lines():
 
 
 def test_hardening_leaves_out_what_breaks_pytorch_and_psutil():
-    for name in install.UNITS:
+    for name in units.UNITS:
         directives = _directives((UNITS / name).read_text())
         assert not any(d.startswith("MemoryDenyWriteExecute=") for d in directives)  # oneDNN JIT
         assert not any(d.startswith("ProcSubset=") for d in directives)  # /proc/meminfo
@@ -91,21 +91,21 @@ def test_install_unit_into_a_root_fills_in_the_venv_and_keeps_an_existing_config
     (venv / "bin" / "python").symlink_to("/usr/bin/env")
     root = tmp_path / "root"
     said: list[str] = []
-    install.install(root=root, venv=venv, source=UNITS, say=said.append)
+    units.install(root=root, venv=venv, source=UNITS, say=said.append)
     unit = (root / "etc/systemd/system/trainer.service").read_text()
     assert f"ExecStart={venv}/bin/trainer run" in unit and "@VENV@" not in unit
     assert (root / "etc/sysusers.d/trainer.conf").read_text().startswith("#")
     config = root / "etc/trainer/config.toml"
     config.write_text("[train]\nlearning_rate = 0.5\n")
-    install.install(root=root, venv=venv, source=UNITS, say=said.append)
+    units.install(root=root, venv=venv, source=UNITS, say=said.append)
     assert config.read_text() == "[train]\nlearning_rate = 0.5\n"
     assert any(line.startswith("kept") for line in said)
     assert any("not touching the running system" in line for line in said)
 
 
 def test_install_unit_refuses_a_venv_the_unit_could_not_see(tmp_path):
-    with pytest.raises(install.InstallError, match="ProtectHome"):
-        install.check_venv_location(Path("/home/alice/venv"), Path("/usr/bin/python3"))
-    with pytest.raises(install.InstallError, match="ProtectHome"):
-        install.check_venv_location(Path("/opt/trainer"), Path("/root/.pyenv/versions/3.11.7/bin/python3.11"))
-    install.check_venv_location(Path("/opt/trainer"), Path("/usr/bin/python3.11"))
+    with pytest.raises(units.InstallError, match="ProtectHome"):
+        units.check_venv_location(Path("/home/alice/venv"), Path("/usr/bin/python3"))
+    with pytest.raises(units.InstallError, match="ProtectHome"):
+        units.check_venv_location(Path("/opt/trainer"), Path("/root/.pyenv/versions/3.11.7/bin/python3.11"))
+    units.check_venv_location(Path("/opt/trainer"), Path("/usr/bin/python3.11"))

@@ -1,4 +1,4 @@
-"""trainer.validate: what a JSONL training file may contain, and how problems are reported."""
+"""trainer.intake.validate: what a JSONL training file may contain, and how problems are reported."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from trainer.validate import (  # the two private checks are held to the reference below
+from trainer.intake.validate import (  # the two private checks are held to the reference below
     EXPECTED_SHAPES,
     MAX_PROBLEMS_LISTED,
     Problem,

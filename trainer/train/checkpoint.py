@@ -25,7 +25,7 @@ from pathlib import Path
 
 import orjson
 
-from trainer.fsutil import fsync_dir, write_atomic
+from trainer.spool.fsutil import fsync_dir, write_atomic
 from trainer.timefmt import iso, utc_now
 
 log = logging.getLogger("trainer.checkpoint")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from trainer.sample_data import record
+from trainer.demo.sample_data import record
 
 SPECIAL_TOKENS = ["<|pad|>", "<|bos|>", "<|eos|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 
@@ -86,27 +86,6 @@ def build_demo_model(dest: Path, *, hidden: int = 128, layers: int = 4, heads: i
     return dest
 
 
-DEMO_CONFIG = """\
-# Settings sized for the tiny demo model on a CPU (trainctl init --demo). Every other key
-# keeps its default; the full list is in docs/configuration.md.
-
-[model]
-path = "models/base"
-
-[train]
-max_length = 256
-micro_batch_size = 8
-learning_rate = 0.001
-warmup_steps = 10
-
-[checkpoint]
-every_steps = 20
-
-[daemon]
-min_free_bytes = 104857600   # 100 MiB: the demo runs anywhere; keep the 10 GiB default in production
-"""
-
-
 def main(argv: list[str] | None = None) -> None:
     """``python -m trainer.train.demo_model BASE_DIR``: the demo model and sample data.
 
@@ -114,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     """
     import argparse
 
-    from trainer.sample_data import write_sample_chat
+    from trainer.demo.sample_data import write_sample_chat
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("base", type=Path)

@@ -11,7 +11,6 @@ requests checked after every optimizer step. Signal handlers only record; the lo
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import signal
@@ -24,21 +23,21 @@ from pathlib import Path
 
 import orjson
 
-from trainer import control, spool
 from trainer.config import Config, load_config
+from trainer.daemon.notify import Notifier
+from trainer.daemon.policy import error_backoff, memory_creeping, not_before, retry_delay, snapshot_due, space_needed
 from trainer.errors import ConfigError, TrainerError
 from trainer.exitcodes import ExitCode
-from trainer.fsutil import write_atomic
-from trainer.item import display_name
-from trainer.layout import BASE_DIR_ENV, Layout, open_base
-from trainer.lock import AlreadyRunning, DaemonLock
-from trainer.notify import Notifier
-from trainer.policy import error_backoff, memory_creeping, not_before, retry_delay, snapshot_due, space_needed
+from trainer.spool import control, queue
+from trainer.spool.fsutil import write_atomic
+from trainer.spool.item import display_name
+from trainer.spool.layout import Layout
+from trainer.spool.lock import AlreadyRunning, DaemonLock
+from trainer.spool.sweep import sweep_tmp
 from trainer.states import DaemonState, Event, ItemState
-from trainer.sweep import sweep_tmp
 from trainer.timefmt import iso, utc_now
 
-log = logging.getLogger("trainer.daemon")
+log = logging.getLogger("trainer.daemon.service")
 
 STATE_WRITE_INTERVAL_S = 1.0  # the state file is rewritten at most this often while training
 
@@ -159,16 +158,16 @@ class Daemon:
     def recover(self) -> None:
         """Undo what a crash left, before anything else runs."""
         max_attempts = self.config.spool.max_attempts
-        for item in spool.list_items(self.layout, [ItemState.ACTIVE]):
+        for item in queue.list_items(self.layout, [ItemState.ACTIVE]):
             attempts = (item.meta.attempts if item.meta else 0) + 1
             reason = "interrupted: the daemon stopped without finishing it (crash, kill or power loss)"
             if attempts >= max_attempts:
-                spool.fail(self.layout, item.id, f"{reason}; gave up after {attempts} interrupted attempts "
+                queue.fail(self.layout, item.id, f"{reason}; gave up after {attempts} interrupted attempts "
                                                  f"(it may crash the daemon): trainctl retry {item.id} to try again",
                            kind="transient")
                 log.error("%s failed %d times; moved to failed/", item.id, attempts)
             else:
-                spool.requeue(self.layout, item.id, reason=reason)
+                queue.requeue(self.layout, item.id, reason=reason)
                 log.warning("%s was interrupted; back to the head of its queue (attempt %d of %d)",
                             item.id, attempts + 1, max_attempts)
         if control.clear_skip(self.layout):
@@ -194,8 +193,8 @@ class Daemon:
             lock.release()
 
     def _run_locked(self, exit_when_idle: bool) -> int:
-        from trainer.inbox import InboxScanner
-        from trainer.watch import Watcher
+        from trainer.daemon.watch import Watcher
+        from trainer.intake.inbox import InboxScanner
 
         started = time.monotonic()
         from trainer.train.engine import Engine  # torch and transformers: part of loading the model
@@ -280,10 +279,10 @@ class Daemon:
     def _claim(self):
         cursor = self.engine.state.cursor
         if cursor:  # finish the item the checkpoint is in the middle of before any other
-            item = spool.claim_specific(self.layout, cursor["item_id"])
+            item = queue.claim_specific(self.layout, cursor["item_id"])
             if item is not None:
                 return item
-        return spool.claim_next(self.layout, utc_now())
+        return queue.claim_next(self.layout, utc_now())
 
     def _train(self, item) -> None:
         from trainer.train.engine import ItemFailed
@@ -294,14 +293,14 @@ class Daemon:
             self._check_item_data(item)
             plan = self.engine.prepare(item.id, item.meta.sha256, item.data_path)
             if plan.stats:  # empty when resuming: recorded the first time
-                spool.set_tokens(self.layout, item.id, plan.stats)
+                queue.set_tokens(self.layout, item.id, plan.stats)
             log.info("training %s (%s): %d steps%s", item.id, display_name(item.meta.name), plan.total_steps,
                      f", resuming at step {self.engine.state.cursor['item_step']}"
                      if not plan.stats and self.engine.state.cursor else "")
             while True:
                 self._action = control.Action.NONE
                 if self.engine.train(plan, self._after_step):
-                    spool.complete(self.layout, item.id, steps=plan.total_steps, global_step=self.engine.state.global_step)
+                    queue.complete(self.layout, item.id, steps=plan.total_steps, global_step=self.engine.state.global_step)
                     log.info("done %s", item.id)
                     self._after_item()
                     return
@@ -312,13 +311,13 @@ class Daemon:
                     request = control.read_requests(self.layout).skip or {}
                     reason = request.get("reason") or "no reason given"
                     step = self.progress.step if self.progress else 0
-                    spool.fail(self.layout, item.id, f"skipped by request at step {step}: {reason}",
+                    queue.fail(self.layout, item.id, f"skipped by request at step {step}: {reason}",
                                kind="skipped", event=Event.SKIPPED)
                     control.clear_skip(self.layout)
                     log.info("skipped %s at step %d", item.id, step)
                     return
                 # A stop: the checkpoint holds the cursor; the item waits at the head of its queue.
-                spool.requeue(self.layout, item.id, reason="daemon stopping", count_attempt=False)
+                queue.requeue(self.layout, item.id, reason="daemon stopping", count_attempt=False)
                 raise Shutdown
         except ItemFailed as failed:
             self._item_failed(item, failed.reason, transient=failed.transient)
@@ -332,8 +331,8 @@ class Daemon:
 
     def _check_item_data(self, item) -> None:
         """Validate again at claim: the queued copy must still be what was validated."""
-        from trainer import intake
         from trainer.errors import InvalidData
+        from trainer.intake import enqueue
         from trainer.train.engine import ItemFailed
 
         if item.meta is None:
@@ -347,7 +346,7 @@ class Daemon:
                              f"make it readable to the daemon's user or group, then trainctl retry {item.id}",
                              transient=False)
         try:
-            report = intake.validate_item_data(item, self.config.spool)
+            report = enqueue.validate_item_data(item, self.config.spool)
         except (InvalidData, TrainerError) as exc:
             raise ItemFailed(str(exc), transient=False) from None
         if not report.ok:
@@ -358,18 +357,18 @@ class Daemon:
 
     def _item_failed(self, item, reason: str, *, transient: bool) -> None:
         self.last_error = f"{iso(utc_now())} {item.id}: {reason}"
-        current = spool.find(self.layout, item.id)
+        current = queue.find(self.layout, item.id)
         if current.state is not ItemState.ACTIVE:
             return
         attempts = (current.meta.attempts if current.meta else 0) + 1
         if transient and attempts < self.config.spool.max_attempts:
             delay = retry_delay(attempts, self.config.daemon.retry_delay_seconds)
-            spool.requeue(self.layout, item.id, reason=reason, not_before=not_before(utc_now(), delay))
+            queue.requeue(self.layout, item.id, reason=reason, not_before=not_before(utc_now(), delay))
             log.warning("%s failed (%s); retrying in %.0f s (attempt %d of %d)", item.id, reason, delay,
                         attempts + 1, self.config.spool.max_attempts)
         else:
             why = reason if not transient else f"{reason} (attempt {attempts} of {self.config.spool.max_attempts})"
-            spool.fail(self.layout, item.id, why, kind="transient" if transient else "permanent")
+            queue.fail(self.layout, item.id, why, kind="transient" if transient else "permanent")
             log.error("%s failed: %s", item.id, why)
 
     def _after_step(self, progress) -> bool:
@@ -402,7 +401,7 @@ class Daemon:
             if self.stop_requested or requests.stop is not None:
                 control.clear_stop(self.layout)
                 self._action = control.Action.STOP
-                spool.requeue(self.layout, self.item.id, reason="daemon stopping", count_attempt=False)
+                queue.requeue(self.layout, self.item.id, reason="daemon stopping", count_attempt=False)
                 raise Shutdown
             if requests.skip is not None and requests.skip.get("item") == self.item.id:
                 return  # the caller's next train() returns at once and the skip is handled
@@ -437,7 +436,7 @@ class Daemon:
         is tried again at every heartbeat, but it is not work: counting it as such made the
         loop spin without waiting. It is logged once, not at every try.
         """
-        from trainer.inbox import ingest
+        from trainer.intake.inbox import ingest
 
         renamed, self._renamed = frozenset(self._renamed), set()
         ready = self._scanner.ready(time.time(), time.monotonic(), renamed)
@@ -516,22 +515,20 @@ class Daemon:
         write_atomic(self.layout.tmp, self._housekeeping_file(), orjson.dumps(state))
 
     def _housekeeping(self) -> None:
-        from trainer.train import publish
-
+        from trainer.train import releases
         state = self._housekeeping_state()
         day = snapshot_due(state.get("last_snapshot"), self.local_clock(), self.config.snapshot.at)
         if day is None or self.engine.state.global_step == 0:
             return
         try:
-            publish.snapshot(self.engine, self.layout.root / "snapshots", day, keep_days=self.config.snapshot.keep_days)
-        except publish.NotEnoughSpace as exc:
+            releases.snapshot(self.engine, self.layout.root / "snapshots", day, keep_days=self.config.snapshot.keep_days)
+        except releases.NotEnoughSpace as exc:
             log.warning("snapshot postponed: %s", exc.strerror)
             return
         self._save_housekeeping(last_snapshot=day)
 
     def _consolidate_if_due(self, requests) -> None:
-        from trainer.train import publish
-
+        from trainer.train import releases
         done = self.engine.state.items_completed
         asked = requests.consolidate is not None
         automatic = self.config.daemon.consolidate_when_idle and done > self._housekeeping_state().get(
@@ -542,9 +539,9 @@ class Daemon:
             return
         self.publish(DaemonState.CONSOLIDATING)
         try:
-            version = publish.consolidate(self.engine, self.layout.root / "models",
+            version = releases.consolidate(self.engine, self.layout.root / "models",
                                           keep_versions=self.config.consolidate.keep_versions)
-        except publish.NotEnoughSpace as exc:
+        except releases.NotEnoughSpace as exc:
             log.warning("consolidation postponed: %s", exc.strerror)
             return
         self._save_housekeeping(consolidated_items=done, last_version=version.name)
@@ -555,10 +552,10 @@ class Daemon:
         return control.read_requests(self.layout).pause is not None
 
     def _idle(self) -> bool:
-        q = spool.counts(self.layout)
+        q = queue.counts(self.layout)
         if q["pending"] or q["active"]:
             return False
-        from trainer.inbox import is_candidate_name
+        from trainer.intake.inbox import is_candidate_name
 
         with os.scandir(self.layout.inbox) as entries:
             return not any(is_candidate_name(e.name) and e.is_file(follow_symlinks=False) for e in entries)
@@ -583,41 +580,3 @@ def _priorities():
     from trainer.states import Priority
 
     return Priority.in_service_order()
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="trainer", description="The continuous fine-tuning daemon.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run the daemon in the foreground (systemd runs exactly this)")
-    run.add_argument("--base-dir", type=Path, default=Path(os.environ.get(BASE_DIR_ENV, "/var/lib/trainer")))
-    run.add_argument("--config", type=Path)
-    run.add_argument("--exit-when-idle", action="store_true", help="exit 0 once inbox, pending and active are empty")
-    args = parser.parse_args(argv)
-    # Whatever umask it was started with, nothing the daemon creates is open to others (the
-    # unit sets 0007 anyway): training data and weights may be private, and a world-writable
-    # checkpoint could be swapped under it. The spool sets its own modes; this covers the
-    # engine's checkpoints, snapshots and models.
-    os.umask(os.umask(0) | 0o007)
-    from trainer import logs
-
-    logs.setup()
-    try:
-        layout = open_base(args.base_dir)
-        if args.config is not None and not args.config.exists():
-            raise ConfigError(f"--config {args.config}: no such file")
-        config = load_config(args.config or layout.config_file)
-    except TrainerError as exc:
-        print(f"trainer: {exc}", file=sys.stderr)
-        sys.exit(ExitCode.CONFIG)
-    daemon = Daemon(layout, config, config_path=args.config)
-    daemon.install_signals()
-    try:
-        code = daemon.run(exit_when_idle=args.exit_when_idle)
-    except ConfigError as exc:
-        print(f"trainer: {exc}", file=sys.stderr)
-        code = ExitCode.CONFIG
-    sys.exit(int(code))
-
-
-if __name__ == "__main__":
-    main()

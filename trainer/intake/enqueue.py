@@ -4,7 +4,7 @@ A batch is staged whole in one locked ``tmp/BATCH/`` (one sub-directory per item
 published, one rename per item, once every file in it has passed: an invalid file means
 nothing is queued. Enqueueing needs no spool lock, and a crash leaves only staging debris
 (copies; the user's files are only ever read), never a half item. Kept apart from
-``trainer.spool`` so that reading the queue (status, list) never imports the validator.
+``trainer.spool.queue`` so that reading the queue (status, list) never imports the validator.
 """
 
 from __future__ import annotations
@@ -14,16 +14,16 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainer import events, spool
 from trainer.config import SpoolConfig
 from trainer.errors import InvalidData, WrongState
-from trainer.fsutil import FILE_MODE, StagingDir, make_group_dir, rename_durably, unlink_durably, write_atomic
 from trainer.ids import new_id
-from trainer.item import DATA_NAME, META_NAME, Item, ItemMeta, display_name
-from trainer.layout import Layout
+from trainer.intake.validate import Report, validate_stream
+from trainer.spool import events, queue
+from trainer.spool.fsutil import FILE_MODE, StagingDir, make_group_dir, rename_durably, unlink_durably, write_atomic
+from trainer.spool.item import DATA_NAME, META_NAME, Item, ItemMeta, display_name
+from trainer.spool.layout import Layout
 from trainer.states import Event, ItemState, Priority
 from trainer.timefmt import iso, utc_now
-from trainer.validate import Report, validate_stream
 
 _COPY_CHUNK = 1 << 20
 
@@ -202,20 +202,20 @@ def validate_item_data(item: Item, limits: SpoolConfig) -> Report:
 def retry(layout: Layout, item_id: str, limits: SpoolConfig) -> Item:
     """Send a failed item back to its queue, attempts reset, after validating its data again
     (it may have been fixed, or made readable, in place); still invalid: nothing changes."""
-    item = spool.find(layout, item_id)
+    item = queue.find(layout, item_id)
     if item.state is not ItemState.FAILED:
         raise WrongState(f"cannot retry {item_id}: it is {item.state.value} (only failed items)")
     report = validate_item_data(item, limits)  # outside the spool lock: it may take a while
     if not report.ok:
         raise InvalidData(f"{item_id}: its data is still invalid, so it stays failed: fix "
                           f"{item.data_path} and retry", _problems(item.data_path, report)[1:])
-    return spool.retry(layout, item_id, {"sha256": report.sha256, "size": report.size, "records": report.records})
+    return queue.retry(layout, item_id, {"sha256": report.sha256, "size": report.size, "records": report.records})
 
 
 def retry_all_failed(layout: Layout, limits: SpoolConfig) -> tuple[list[str], list[str]]:
     """Retry every failed item; returns (retried ids, one line per item left failed)."""
     retried, left = [], []
-    for item in spool.list_items(layout, [ItemState.FAILED]):
+    for item in queue.list_items(layout, [ItemState.FAILED]):
         try:
             retry(layout, item.id, limits)
             retried.append(item.id)

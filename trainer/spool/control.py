@@ -25,8 +25,8 @@ from typing import Any
 
 import orjson
 
-from trainer.fsutil import read_regular, unlink_durably, write_atomic
-from trainer.layout import Layout
+from trainer.spool.fsutil import read_regular, unlink_durably, write_atomic
+from trainer.spool.layout import Layout
 from trainer.states import Liveness
 from trainer.timefmt import iso, parse_iso, utc_now
 

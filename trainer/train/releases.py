@@ -24,7 +24,7 @@ from pathlib import Path
 import orjson
 import torch
 
-from trainer.fsutil import fsync_dir, write_atomic
+from trainer.spool.fsutil import fsync_dir, write_atomic
 from trainer.timefmt import iso, utc_now
 from trainer.train.engine import WEIGHTS_FILE, Engine
 

@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from trainer.sample_data import write_sample_chat
+from trainer.demo.sample_data import write_sample_chat
 
 
 def trainctl(base: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:

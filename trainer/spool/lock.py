@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 from trainer.errors import TrainerError
-from trainer.fsutil import is_locked_by_someone
-from trainer.layout import Layout
+from trainer.spool.fsutil import is_locked_by_someone
+from trainer.spool.layout import Layout
 
 
 class AlreadyRunning(TrainerError):

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trainer.errors import NeedsRoot, TrainerError
-from trainer.fsutil import write_atomic
+from trainer.spool.fsutil import write_atomic
 
 VENV_PLACEHOLDER = "@VENV@"
 UNITS = ("trainer.service", "trainer@.service")

@@ -1,7 +1,7 @@
 """The spool: a queue of items as directories, moved between states by atomic renames.
 
 Functions over a ``Layout``, no classes with state. New items come in through
-``trainer.intake`` (staged in ``tmp/``, published with one rename, no lock). Every change to an existing
+``trainer.intake.enqueue`` (staged in ``tmp/``, published with one rename, no lock). Every change to an existing
 item (claim, hold, retry, ...) runs under the spool lock, a brief exclusive flock, so
 concurrent trainctl processes and the daemon never lose an update or an item. Readers
 (status, list) take no lock: every state they can see is a complete one.
@@ -15,12 +15,12 @@ from collections.abc import Callable, Iterable
 from datetime import datetime
 from pathlib import Path
 
-from trainer import events
 from trainer.errors import NoSuchItem, WrongState
-from trainer.fsutil import exclusive_lock, rename_durably, write_atomic
 from trainer.ids import ID_LENGTH, check_id, is_id
-from trainer.item import Item, ItemError, ItemMeta, load_item
-from trainer.layout import Layout
+from trainer.spool import events
+from trainer.spool.fsutil import exclusive_lock, rename_durably, write_atomic
+from trainer.spool.item import Item, ItemError, ItemMeta, load_item
+from trainer.spool.layout import Layout
 from trainer.states import Event, ItemState, Priority
 from trainer.timefmt import iso, parse_iso, utc_now
 
@@ -174,7 +174,7 @@ def move(layout: Layout, item_id: str, priority: Priority) -> Item:
 
 def retry(layout: Layout, item_id: str, facts: dict) -> Item:
     """Failed item back to its queue with attempts reset (errors are kept). ``facts``: the
-    sha256, size and records of its data, freshly validated (``trainer.intake.retry``)."""
+    sha256, size and records of its data, freshly validated (``trainer.intake.enqueue.retry``)."""
     def change(item: Item):
         meta = item.meta
         if meta is None:  # metadata lost or corrupt: rebuilt from what the data says
@@ -232,7 +232,7 @@ def claim_next(layout: Layout, now: datetime) -> Item | None:
                         import logging  # only here: trainctl imports this module and not logging
 
                         _reported_unmovable.add(item_id)
-                        logging.getLogger("trainer.spool").error(
+                        logging.getLogger("trainer.spool.queue").error(
                             "%s: cannot take it (%s): give it back to the daemon's user (chown -R), it is "
                             "left in the queue", directory / item_id, exc.strerror)
                     continue

@@ -9,10 +9,10 @@ from __future__ import annotations
 import os
 from datetime import datetime
 
-from trainer import control, spool
 from trainer.config import Config
-from trainer.layout import Layout
-from trainer.lock import lock_holder
+from trainer.spool import control, queue
+from trainer.spool.layout import Layout
+from trainer.spool.lock import lock_holder
 from trainer.states import Liveness
 
 STATUS_SCHEMA = 1
@@ -77,7 +77,7 @@ def summarize(
 
 def collect(layout: Layout, config: Config, now: datetime) -> dict:
     state, problem = control.read_state(layout)
-    current = spool.active_item(layout)
+    current = queue.active_item(layout)
     active = None
     if current is not None:
         active = {"id": current.id, "name": current.meta.name if current.meta else None,
@@ -85,7 +85,7 @@ def collect(layout: Layout, config: Config, now: datetime) -> dict:
     fs = os.statvfs(layout.root)
     return summarize(
         holder=lock_holder(layout), state=state, state_problem=problem,
-        requests=control.read_requests(layout), queues=spool.counts(layout), active=active,
+        requests=control.read_requests(layout), queues=queue.counts(layout), active=active,
         disk={"free_bytes": fs.f_bavail * fs.f_frsize, "total_bytes": fs.f_blocks * fs.f_frsize},
         now=now, stale_after_s=config.daemon.stale_after_seconds, base_dir=str(layout.root),
     )

@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from trainer.fsutil import read_regular
+from trainer.spool.fsutil import read_regular
 from trainer.states import ItemState, Priority
 from trainer.timefmt import parse_iso
 

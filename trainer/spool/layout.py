@@ -27,7 +27,7 @@ from pathlib import Path
 import orjson
 
 from trainer.errors import FormatMismatch, LayoutError, NotABaseDir
-from trainer.fsutil import fsync_dir, make_group_dir, write_atomic
+from trainer.spool.fsutil import fsync_dir, make_group_dir, write_atomic
 from trainer.states import ItemState, Priority
 
 FORMAT_NAME = "trainer-base"

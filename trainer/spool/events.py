@@ -14,7 +14,7 @@ from datetime import datetime
 
 import orjson
 
-from trainer.layout import Layout
+from trainer.spool.layout import Layout
 from trainer.states import Event
 from trainer.timefmt import iso, parse_iso, utc_now
 

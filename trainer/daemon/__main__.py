@@ -1,0 +1,3 @@
+from trainer.daemon.main import main
+
+main()

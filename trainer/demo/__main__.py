@@ -1,0 +1,3 @@
+from trainer.demo.run import main
+
+main()

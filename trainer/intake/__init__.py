@@ -1,0 +1,1 @@
+"""Files become items: record formats, validation, ``trainctl enqueue`` and the inbox. Torch-free."""
