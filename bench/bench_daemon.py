@@ -247,7 +247,9 @@ def breakdown(work: Path, model: Path, files: list[Path]) -> dict:
     import io
 
     from trainer.config import load_config
-    from trainer.daemon import logs
+    from trainer.daemon import items, logs
+    from trainer.daemon.housekeeping import Housekeeping
+    from trainer.daemon.items import ItemTrainer
     from trainer.daemon.service import Daemon
     from trainer.spool import control, queue
     from trainer.spool.layout import open_base
@@ -270,14 +272,16 @@ def breakdown(work: Path, model: Path, files: list[Path]) -> dict:
     timers.wrap(Engine, "prepare", "engine", owner="engine")
     timers.wrap(Engine, "train", "engine", owner="engine")
     timers.wrap(Engine, "checkpoint", "checkpoint")
-    for method, label in [("_check_item_data", "revalidate"), ("publish", "publish"),
-                          ("_housekeeping", "housekeeping"), ("_after_item", "after_item"),
-                          ("_take_inbox", "take_inbox"), ("_disk_ok", "disk_ok"), ("_idle", "idle"),
+    timers.wrap(items, "check_data", "revalidate")
+    timers.wrap(queue, "is_idle", "idle")
+    for method, label in [("publish", "publish"), ("_check_memory", "after_item"), ("_take_inbox", "take_inbox"),
                           ("wait", "wait")]:
         timers.wrap(Daemon, method, label)
+    timers.wrap(Housekeeping, "snapshot_if_due", "housekeeping")
+    timers.wrap(Housekeeping, "room_to_claim", "disk_ok")
     # Called from inside the engine: the daemon's time, taken out of the engine's.
-    timers.wrap(Daemon, "_after_step", "after_step", owner="daemon")
-    timers.wrap(Daemon, "_space_guard", "space_guard", owner="daemon")
+    timers.wrap(ItemTrainer, "_after_step", "after_step", owner="daemon")
+    timers.wrap(Housekeeping, "space_guard", "space_guard", owner="daemon")
     daemon = Daemon(layout, load_config(layout.config_file))
     assert daemon.run(exit_when_idle=True) == 0
     logging.getLogger().removeHandler(handler)

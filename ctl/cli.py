@@ -351,28 +351,6 @@ def move_(session: Session, item_id: str, priority: str) -> None:
     note(f"{item_id} moved to {priority}")
 
 
-def _inbox_waiting(layout: Layout) -> int:
-    """Inbox files not yet taken, plus those being taken right now (staged with an origin)."""
-    from trainer.intake.inbox import ORIGIN_NAME, is_candidate_name
-
-    count = 0
-    with os.scandir(layout.inbox) as entries:
-        count += sum(1 for e in entries if is_candidate_name(e.name) and e.is_file(follow_symlinks=False))
-    with os.scandir(layout.tmp) as entries:
-        count += sum(1 for e in entries if os.path.lexists(os.path.join(e.path, ORIGIN_NAME)))
-    return count
-
-
-def _idle(layout: Layout) -> bool:
-    """Nothing in the inbox, pending or active. Read twice: a lock-free reader could look at
-    pending just before an item moves there from active, and at active just after."""
-    for _ in range(2):
-        q = queue.counts(layout)
-        if q["pending"] or q["active"] or _inbox_waiting(layout):
-            return False
-    return True
-
-
 @cli.command()
 @click.argument("item_id", required=False, callback=item_id_arg)
 @click.option("--idle", is_flag=True, help="Wait until inbox, pending and active are all empty.")
@@ -396,7 +374,7 @@ def wait(session: Session, item_id: str | None, idle: bool, timeout: float | Non
             if state is ItemState.FAILED:
                 note(f"{item_id} failed: trainctl show {item_id}")
                 finish(ExitCode.FAILED)
-        elif _idle(layout):
+        elif queue.is_idle(layout):
             finish(ExitCode.OK)
         if not _daemon_running(layout):
             note("the daemon is not running: nothing would ever finish")

@@ -265,7 +265,9 @@ def test_checkpoints_truncated_and_bit_flipped_while_down_are_quarantined_and_tr
 # --- hang ------------------------------------------------------------------------------------
 
 def test_a_stopped_daemon_shows_as_unresponsive_and_recovers_when_continued(base, daemons, tmp_path):
-    item_id = enqueue_sample(base, tmp_path, records=150)
+    # 100 steps: long enough that the item is still training when the daemon is stopped, on a
+    # quiet machine too (25 steps were all done in the time one trainctl status took).
+    item_id = enqueue_sample(base, tmp_path, records=600)
     daemon = daemons(base)
     daemon.wait_for(lambda: daemon.step() >= 2, what="training")
 

@@ -204,27 +204,6 @@ def test_consolidation_waits_until_nothing_is_training(base, daemons, tmp_path):
     assert created > done_at, "consolidated only after the item was done"
 
 
-def test_an_exception_in_the_loop_is_survived(base, monkeypatch, tmp_path):
-    from trainer.daemon.service import Daemon as InProcess
-    from trainer.spool.layout import open_base
-
-    item_id = enqueue_sample(base, tmp_path, records=20)
-    daemon = InProcess(open_base(base.root), load_config(base.config_file))
-    original = daemon._take_inbox
-    calls = []
-
-    def flaky():
-        calls.append(1)
-        if len(calls) <= 2:
-            raise RuntimeError("injected failure")
-        return original()
-
-    monkeypatch.setattr(daemon, "_take_inbox", flaky)
-    assert daemon.run(exit_when_idle=True) == 0
-    assert queue.find(base, item_id).state is ItemState.DONE
-    assert "injected failure" in daemon.last_error
-
-
 def test_a_broken_config_exits_with_the_config_code(base):
     base.config_file.write_text("[train]\nmax_lenght = 5\n")
     result = subprocess.run([sys.executable, "-m", "trainer.daemon", "run", "--base-dir", str(base.root)],
@@ -294,21 +273,6 @@ def test_a_real_full_disk_blocks_the_daemon_until_space_is_freed(tmp_path, demo_
     assert queue.find(layout, item_id).meta.attempts == 0, "blocking burns no attempt"
     daemon.proc.send_signal(signal.SIGTERM)
     assert daemon.finish(60) == 0
-
-
-def test_growing_memory_after_items_asks_for_a_clean_restart(base, monkeypatch, tmp_path):
-    from trainer.daemon.service import Daemon as InProcess
-    from trainer.spool.layout import open_base
-
-    for n in range(5):
-        enqueue_sample(base, tmp_path, records=10, seed=n, name=f"m{n}")
-    daemon = InProcess(open_base(base.root), load_config(base.config_file))
-    samples = iter([1 << 30, 2 << 30, 3 << 30, 4 << 30, 5 << 30])
-    monkeypatch.setattr(daemon, "_resident_bytes", lambda: next(samples))  # memory that keeps growing
-    assert daemon.run(exit_when_idle=True) == ExitCode.RESTART
-    state = orjson.loads(base.daemon_state.read_bytes())
-    assert state["state"] == "stopped" and "resident memory grew" in state["reason"]
-    assert queue.counts(base)["active"] == 0, "the item finished before the restart"
 
 
 def test_the_snapshot_date_is_persisted_so_restarts_and_clock_jumps_do_not_repeat_it(base, tmp_path):
@@ -418,23 +382,3 @@ def test_a_queued_item_directory_owned_by_someone_else_is_left_alone_and_the_que
     assert code == 0, output
     assert output.count(f"{stuck}: cannot take it") == 1 and "error in the main loop" not in output, output
     assert queue.find(layout, stuck_id).state is ItemState.PENDING  # untouched, still queued
-
-
-def test_a_clock_moving_back_and_forward_while_the_daemon_runs_takes_one_snapshot_per_new_day(base, tmp_path):
-    from datetime import datetime, timedelta
-
-    from trainer.daemon.service import Daemon as InProcess
-    from trainer.spool.layout import open_base
-
-    base.config_file.write_text(CONFIG.replace('at = "23:59"', 'at = "12:00"'))
-    for n in range(3):
-        enqueue_sample(base, tmp_path, records=20, seed=n, name=f"c{n}")
-    day = datetime(2031, 5, 14, 13, 0)
-    # The local clock as items complete: the snapshot day, then a jump back a day (an NTP
-    # correction), then forward to the next day.
-    after_items = [day, day, day - timedelta(days=1), day + timedelta(days=1)]
-    daemon = InProcess(open_base(base.root), load_config(base.config_file),
-                       local_clock=lambda: after_items[daemon.engine.state.items_completed])
-    assert daemon.run(exit_when_idle=True) == 0
-    assert sorted(os.listdir(base.root / "snapshots")) == ["2031-05-14", "2031-05-15"]
-    assert orjson.loads((base.run / "housekeeping.json").read_bytes())["last_snapshot"] == "2031-05-15"

@@ -1,4 +1,4 @@
-"""Every error the torch-free core raises on purpose.
+"""Every error raised on purpose, in one torch-free module.
 
 Each carries a message meant for a person: what is wrong, with which path or key, and how
 to fix it. The CLI prints it as one line; nothing here is a bug report.
@@ -43,3 +43,47 @@ class WrongState(TrainerError):
 
 class NeedsRoot(TrainerError):
     """The operation changes the system (installing units): run it as root."""
+
+
+class InstallError(TrainerError):
+    """The systemd units cannot be installed as asked (a venv ProtectHome would hide, a missing entry point)."""
+
+
+class AlreadyRunning(TrainerError):
+    """Another daemon holds this base dir's lock."""
+
+
+class CorruptMeta(ValueError):
+    """An item's meta.json exists but does not hold valid metadata."""
+
+
+class ItemFailed(Exception):
+    """Training this item failed; ``transient`` failures may succeed on a later attempt.
+
+    Raised by the engine and by the daemon's checks at claim; here, so that the daemon can
+    fail an item for a data problem without importing torch.
+    """
+
+    def __init__(self, reason: str, *, transient: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.transient = transient
+
+
+class CorruptCheckpoint(Exception):
+    """A checkpoint failed verification."""
+
+
+class NotEnoughSpace(OSError):
+    """Free space does not cover what a snapshot or a version would write."""
+
+
+# Control flow inside the daemon, raised on purpose and caught by its main loop.
+
+
+class Shutdown(Exception):
+    """Leave the main loop: a stop request or a signal."""
+
+
+class RestartRequested(Exception):
+    """Resident memory kept growing: checkpointed, exit for systemd to restart the daemon cleanly."""

@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     from trainer.daemon.service import Daemon
 
     daemon = Daemon(layout, config, config_path=args.config)
-    daemon.install_signals()
+    daemon.signals.install()
     try:
         code = daemon.run(exit_when_idle=args.exit_when_idle)
     except ConfigError as exc:

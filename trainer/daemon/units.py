@@ -20,16 +20,12 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainer.errors import NeedsRoot, TrainerError
+from trainer.errors import InstallError, NeedsRoot
 from trainer.spool.fsutil import write_atomic
 
 VENV_PLACEHOLDER = "@VENV@"
 UNITS = ("trainer.service", "trainer@.service")
 ENTRY_POINTS = ("trainer", "trainctl")  # what ExecStartPre/ExecStart run from the venv
-
-
-class InstallError(TrainerError):
-    pass
 
 
 @dataclass(frozen=True)

@@ -25,19 +25,14 @@ from trainer.intake.validate import Problem, Report, validate_stream
 from trainer.spool import events
 from trainer.spool.fsutil import StagingDir, rename_durably, rename_no_replace, unlink_durably, write_atomic
 from trainer.spool.item import DATA_NAME, META_NAME, ItemError, ItemMeta, display_name
-from trainer.spool.layout import Layout
+from trainer.spool.layout import ORIGIN_NAME, Layout, is_candidate_name
 from trainer.states import Event, ItemState, Priority
 from trainer.timefmt import iso, utc_now
 
-IN_PROGRESS_SUFFIXES = (".tmp", ".part")
-ORIGIN_NAME = "origin.json"  # in a staging dir: "this data came from inbox/<name>"
 MAX_REREADS = 3  # a file still growing after this many reads is rejected, not looped on
 
 log = logging.getLogger("trainer.intake.inbox")
 
-
-def is_candidate_name(name: str) -> bool:
-    return not name.startswith(".") and not name.endswith(IN_PROGRESS_SUFFIXES)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from trainer.errors import CorruptMeta
 from trainer.spool.fsutil import read_regular
 from trainer.states import ItemState, Priority
 from trainer.timefmt import parse_iso
@@ -84,10 +85,6 @@ class ItemMeta:
     @property
     def last_error(self) -> ItemError | None:
         return self.errors[-1] if self.errors else None
-
-
-class CorruptMeta(ValueError):
-    """meta.json exists but does not hold valid metadata."""
 
 
 _REQUIRED = {

@@ -35,6 +35,15 @@ FORMAT_VERSION = 1
 BASE_DIR_ENV = "TRAINER_BASE_DIR"
 
 
+IN_PROGRESS_SUFFIXES = (".tmp", ".part")  # inbox files still being written: never taken
+ORIGIN_NAME = "origin.json"  # in a staging dir: "this data came from inbox/<name>"
+
+
+def is_candidate_name(name: str) -> bool:
+    """An inbox name the daemon may take (dotfiles and *.tmp / *.part are someone's copy in progress)."""
+    return not name.startswith(".") and not name.endswith(IN_PROGRESS_SUFFIXES)
+
+
 @dataclass(frozen=True)
 class Layout:
     root: Path
@@ -70,6 +79,11 @@ class Layout:
     @property
     def daemon_state(self) -> Path:
         return self.run / "daemon.json"
+
+    @property
+    def housekeeping(self) -> Path:
+        """When the last snapshot and consolidation happened (the daemon's own record)."""
+        return self.run / "housekeeping.json"
 
     @property
     def daemon_lock(self) -> Path:

@@ -13,13 +13,9 @@ import os
 import time
 from pathlib import Path
 
-from trainer.errors import TrainerError
+from trainer.errors import AlreadyRunning
 from trainer.spool.fsutil import is_locked_by_someone
 from trainer.spool.layout import Layout
-
-
-class AlreadyRunning(TrainerError):
-    """Another daemon holds this base dir's lock."""
 
 
 class DaemonLock:

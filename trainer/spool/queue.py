@@ -20,7 +20,7 @@ from trainer.ids import ID_LENGTH, check_id, is_id
 from trainer.spool import events
 from trainer.spool.fsutil import exclusive_lock, rename_durably, write_atomic
 from trainer.spool.item import Item, ItemError, ItemMeta, load_item
-from trainer.spool.layout import Layout
+from trainer.spool.layout import ORIGIN_NAME, Layout, is_candidate_name
 from trainer.states import Event, ItemState, Priority
 from trainer.timefmt import iso, parse_iso, utc_now
 
@@ -95,6 +95,28 @@ def counts(layout: Layout) -> dict[str, int]:
     for state in (ItemState.ACTIVE, ItemState.HELD, ItemState.FAILED, ItemState.DONE):
         result[state.value] = _count(layout.state_dir(state))
     return result
+
+
+def inbox_waiting(layout: Layout) -> int:
+    """Inbox files not yet taken, plus those being taken right now (staged with an origin)."""
+    with os.scandir(layout.inbox) as entries:
+        count = sum(1 for e in entries if is_candidate_name(e.name) and e.is_file(follow_symlinks=False))
+    with os.scandir(layout.tmp) as entries:
+        count += sum(1 for e in entries if os.path.lexists(os.path.join(e.path, ORIGIN_NAME)))
+    return count
+
+
+def is_idle(layout: Layout) -> bool:
+    """Nothing in the inbox, pending or active: the one definition for the daemon and ``trainctl wait``.
+
+    Read twice: a lock-free reader could look at pending just before an item moves there
+    from active, and at active just after.
+    """
+    for _ in range(2):
+        q = counts(layout)
+        if q["pending"] or q["active"] or inbox_waiting(layout):
+            return False
+    return True
 
 
 def active_item(layout: Layout) -> Item | None:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import orjson
 
+from trainer.errors import CorruptCheckpoint
 from trainer.spool.fsutil import fsync_dir, write_atomic
 from trainer.timefmt import iso, utc_now
 
@@ -65,10 +66,6 @@ class Checkpoint:
     @property
     def order(self) -> tuple[int, int]:
         return (self.step, self.serial)
-
-
-class CorruptCheckpoint(Exception):
-    """A checkpoint failed verification."""
 
 
 def read_manifest(path: Path) -> dict:

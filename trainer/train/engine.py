@@ -17,7 +17,7 @@ import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,13 +25,15 @@ import orjson
 import psutil
 import torch
 
-from trainer.config import Config
+from trainer.config import CheckpointConfig, Config
+from trainer.errors import ItemFailed
 from trainer.train import model as model_io
 from trainer.train.checkpoint import Checkpoint, CheckpointStore
 from trainer.train.data import Cursor, RowStream, survey
 from trainer.train.examples import RecordEncoder
 from trainer.train.loss import forward_packed, summed_loss
 from trainer.train.packing import Row
+from trainer.train.protocol import ItemPlan, Progress, TrainState
 from trainer.train.schedule import lr_at, should_checkpoint
 
 log = logging.getLogger("trainer.engine")
@@ -42,70 +44,6 @@ WEIGHTS_FILE = "trainable.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
 RNG_FILE = "rng.pt"
 DISK_FULL_SAVE_ATTEMPTS = 3  # saves tried, each after waiting for room, before the disk is the item's error
-
-
-class ItemFailed(Exception):
-    """Training this item failed; ``transient`` failures may succeed on a later attempt."""
-
-    def __init__(self, reason: str, *, transient: bool) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.transient = transient
-
-
-@dataclass
-class TrainState:
-    """Everything that changes while training, checkpointed whole."""
-
-    global_step: int = 0
-    tokens_seen: int = 0
-    loss_window: list[float] = field(default_factory=list)
-    micro_batch_size: int = 0  # 0 until set; shrinks for good after an out-of-memory error
-    cursor: dict | None = None  # the item in progress (data.Cursor), None between items
-    last_completed: dict | None = None  # {"item_id", "sha256"} of the last item finished
-    base: str | None = None  # the model dir trained on (relative to the base dir); None: model.path
-    items_completed: int = 0
-
-    @property
-    def smoothed_loss(self) -> float | None:
-        return sum(self.loss_window) / len(self.loss_window) if self.loss_window else None
-
-
-@dataclass(frozen=True)
-class ItemPlan:
-    item_id: str
-    sha256: str
-    data_path: Path
-    rows_per_epoch: int
-    total_steps: int
-    stats: dict
-    examples: list | None = field(default=None, repr=False, compare=False)  # encoded, when small
-
-
-@dataclass(frozen=True)
-class Progress:
-    """What the engine reports after each optimizer step."""
-
-    item_id: str
-    step: int
-    total: int
-    global_step: int
-    loss: float | None
-    smoothed_loss: float | None
-    lr: float
-    grad_norm: float | None
-    tokens: int
-    tokens_per_s: float
-    seconds_per_step: float
-    skipped: bool  # the step was not applied (non-finite loss)
-    checkpointed: bool
-    eta_s: float | None = None  # from the smoothed step time
-    host_rss_bytes: int = 0
-    gpu_bytes: int = 0  # peak allocated on the GPU since the last step
-
-    def record(self) -> dict:
-        """One line of the item's metrics file."""
-        return asdict(self)
 
 
 def config_hash(config: Config) -> str:
@@ -200,6 +138,28 @@ class Engine:
                 self.last_checkpoint.step != self.state.global_step:
             return self.checkpoint()
         return self.last_checkpoint
+
+    def make_room(self) -> None:
+        self.store.retain(keep=2)  # the newest and one to fall back on if it fails verification
+
+    def set_checkpoint_config(self, checkpoint: CheckpointConfig) -> None:
+        self.config = replace(self.config, checkpoint=checkpoint)
+
+    def snapshot(self, directory: Path, day: str, *, keep_days: int):
+        from trainer.train import releases
+
+        return releases.snapshot(self, directory, day, keep_days=keep_days)
+
+    def consolidate(self, directory: Path, *, keep_versions: int):
+        from trainer.train import releases
+
+        return releases.consolidate(self, directory, keep_versions=keep_versions)
+
+    def memory(self) -> dict:
+        gpu = None
+        if torch.cuda.is_available():
+            gpu = {"allocated": torch.cuda.memory_allocated(), "reserved": torch.cuda.memory_reserved()}
+        return {"rss": self._process.memory_info().rss, "gpu": gpu}
 
     @property
     def is_lora(self) -> bool:

@@ -24,6 +24,7 @@ from pathlib import Path
 import orjson
 import torch
 
+from trainer.errors import NotEnoughSpace
 from trainer.spool.fsutil import fsync_dir, write_atomic
 from trainer.timefmt import iso, utc_now
 from trainer.train.engine import WEIGHTS_FILE, Engine
@@ -34,14 +35,6 @@ STAGING = ".staging-"
 VERSION_FILE = "trainer_version.json"
 _WEIGHT_FILES = re.compile(r".*\.(safetensors|bin|pt|pth)$|.*\.safetensors\.index\.json$|.*\.bin\.index\.json$")
 _VERSION = re.compile(r"v(\d{3,})")
-
-
-class NotEnoughSpace(OSError):
-    """Free space does not cover what a publication would write."""
-
-    def __init__(self, path: Path, need: int, have: int) -> None:
-        super().__init__(errno.ENOSPC, f"disk: need {need:,} bytes, have {have:,}", str(path))
-        self.need, self.have = need, have
 
 
 def _check_space(path: Path, need: int) -> None:

@@ -1,0 +1,220 @@
+"""One item, from claim to its end: check the data again, train it, then done, skipped, retried or failed.
+
+``ItemTrainer.train`` returns an ``Outcome``; the service decides what the loop does next.
+What to do after a failure (retry later or give up) is one pure policy, ``after_failure``,
+used for items that failed and for items a crash interrupted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import traceback
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Protocol
+
+from trainer.config import Config
+from trainer.daemon.policy import not_before, retry_delay
+from trainer.daemon.reporter import Activity
+from trainer.errors import InvalidData, ItemFailed, RestartRequested, Shutdown, TrainerError
+from trainer.intake.enqueue import validate_item_data
+from trainer.spool import control, queue
+from trainer.spool.item import Item, display_name
+from trainer.spool.layout import Layout
+from trainer.states import DaemonState, Event, ItemState
+from trainer.timefmt import iso, utc_now
+from trainer.train.protocol import ItemPlan, Progress, TrainingEngine
+
+log = logging.getLogger("trainer.daemon")
+
+
+class Outcome(Enum):
+    DONE = "done"
+    SKIPPED = "skipped"
+    RETRY = "retry"  # failed, back in the queue for a later attempt
+    FAILED = "failed"
+    STOPPED = "stopped"  # the daemon is stopping: the item waits at the head of its queue
+
+
+@dataclass(frozen=True)
+class AfterFailure:
+    give_up: bool
+    attempts: int  # including the one that just failed
+    delay_s: float  # before the next attempt (0 when giving up or when interrupted)
+
+
+def after_failure(attempts_before: int, *, transient: bool, max_attempts: int, retry_base_s: float,
+                  interrupted: bool = False) -> AfterFailure:
+    """Retry or give up. An interrupted item (a crash mid-item) goes back to the head of its
+    queue at once; one that failed waits an exponential delay. Permanent failures never retry."""
+    attempts = attempts_before + 1
+    if not transient or attempts >= max_attempts:
+        return AfterFailure(True, attempts, 0.0)
+    return AfterFailure(False, attempts, 0.0 if interrupted else retry_delay(attempts, retry_base_s))
+
+
+class Host(Protocol):
+    """What an item needs of the service around it."""
+
+    config: Config
+
+    def publish(self, state: DaemonState, *, reason: str | None = None, force: bool = True) -> None: ...
+
+    def wait(self, seconds: float) -> None: ...
+
+    def stop_wanted(self, requests: control.Requests | None = None) -> bool: ...
+
+    def after_step(self, progress: Progress) -> None: ...
+
+
+def claim(layout: Layout, engine: TrainingEngine) -> Item | None:
+    """The item the checkpoint is in the middle of, if any, before any other."""
+    cursor = engine.state.cursor
+    if cursor:
+        item = queue.claim_specific(layout, cursor["item_id"])
+        if item is not None:
+            return item
+    return queue.claim_next(layout, utc_now())
+
+
+class ItemTrainer:
+    def __init__(self, host: Host, layout: Layout, engine: TrainingEngine, activity: Activity) -> None:
+        self.host = host
+        self.layout = layout
+        self.engine = engine
+        self.activity = activity
+        self._action = control.Action.NONE
+
+    def train(self, item: Item) -> Outcome:
+        self.activity.start_item(item.id, item.meta.name if item.meta else None)
+        self.host.publish(DaemonState.TRAINING)
+        try:
+            check_data(self.layout, item, self.host.config)
+            return self._train(item, self.engine.prepare(item.id, item.meta.sha256, item.data_path))
+        except ItemFailed as failed:
+            return self._failed(item, failed.reason, transient=failed.transient)
+        except Shutdown:
+            return self._stopped(item)
+        except RestartRequested:
+            raise
+        except Exception as exc:
+            log.error("training %s failed:\n%s", item.id, traceback.format_exc())
+            return self._failed(item, f"{type(exc).__name__}: {exc}", transient=True)
+        finally:
+            self.activity.end_item()
+
+    def _train(self, item: Item, plan: ItemPlan) -> Outcome:
+        if plan.stats:  # empty when resuming: recorded the first time
+            queue.set_tokens(self.layout, item.id, plan.stats)
+        resuming = not plan.stats and self.engine.state.cursor
+        log.info("training %s (%s): %d steps%s", item.id, display_name(item.meta.name), plan.total_steps,
+                 f", resuming at step {self.engine.state.cursor['item_step']}" if resuming else "")
+        while True:
+            self._action = control.Action.NONE
+            if self.engine.train(plan, self._after_step):
+                queue.complete(self.layout, item.id, steps=plan.total_steps,
+                               global_step=self.engine.state.global_step)
+                log.info("done %s", item.id)
+                return Outcome.DONE
+            if self._action is control.Action.PAUSE:
+                self._action = self._paused(item)
+                if self._action is control.Action.NONE:
+                    continue
+            if self._action is control.Action.SKIP:
+                return self._skipped(item)
+            return self._stopped(item)
+
+    def _after_step(self, progress: Progress) -> bool:
+        """After every optimizer step: report progress, obey requests and signals."""
+        self.activity.progress = progress
+        self.host.after_step(progress)
+        requests = control.read_requests(self.layout)
+        if self.host.stop_wanted(requests):
+            self._action = control.Action.STOP
+        else:
+            self._action = control.decide(requests, progress.item_id)
+        return self._action is control.Action.NONE
+
+    def _paused(self, item: Item) -> control.Action:
+        """Paused mid-item: the model stays loaded, the watchdog is still fed."""
+        log.info("paused")
+        while True:
+            requests = control.read_requests(self.layout)
+            if self.host.stop_wanted(requests):
+                return control.Action.STOP
+            if requests.skip is not None and requests.skip.get("item") == item.id:
+                return control.Action.SKIP
+            if requests.pause is None:
+                log.info("resumed")
+                return control.Action.NONE
+            self.host.publish(DaemonState.PAUSED, reason=requests.pause.get("reason"))
+            self.host.wait(self.host.config.daemon.heartbeat_seconds)
+
+    def _skipped(self, item: Item) -> Outcome:
+        request = control.read_requests(self.layout).skip or {}
+        reason = request.get("reason") or "no reason given"
+        step = self.activity.progress.step if self.activity.progress else 0
+        queue.fail(self.layout, item.id, f"skipped by request at step {step}: {reason}", kind="skipped",
+                   event=Event.SKIPPED)
+        control.clear_skip(self.layout)
+        log.info("skipped %s at step %d", item.id, step)
+        return Outcome.SKIPPED
+
+    def _stopped(self, item: Item) -> Outcome:
+        """The checkpoint holds the cursor; the item waits at the head of its queue."""
+        queue.requeue(self.layout, item.id, reason="daemon stopping", count_attempt=False)
+        return Outcome.STOPPED
+
+    def _failed(self, item: Item, reason: str, *, transient: bool) -> Outcome:
+        self.activity.last_error = f"{iso(utc_now())} {item.id}: {reason}"
+        current = queue.find(self.layout, item.id)
+        if current.state is not ItemState.ACTIVE:
+            return Outcome.FAILED
+        spool, daemon = self.host.config.spool, self.host.config.daemon
+        decision = after_failure(current.meta.attempts if current.meta else 0, transient=transient,
+                                 max_attempts=spool.max_attempts, retry_base_s=daemon.retry_delay_seconds)
+        if not decision.give_up:
+            queue.requeue(self.layout, item.id, reason=reason, not_before=not_before(utc_now(), decision.delay_s))
+            log.warning("%s failed (%s); retrying in %.0f s (attempt %d of %d)", item.id, reason, decision.delay_s,
+                        decision.attempts + 1, spool.max_attempts)
+            return Outcome.RETRY
+        why = reason if not transient else f"{reason} (attempt {decision.attempts} of {spool.max_attempts})"
+        queue.fail(self.layout, item.id, why, kind="transient" if transient else "permanent")
+        log.error("%s failed: %s", item.id, why)
+        return Outcome.FAILED
+
+
+def check_data(layout: Layout, item: Item, config: Config) -> None:
+    """Validate again at claim: the queued copy must still be what was validated."""
+    if item.meta is None:
+        raise ItemFailed(f"its metadata is unreadable ({item.meta_problem}): trainctl retry rebuilds it",
+                         transient=False)
+    if not _readable(item.data_path):
+        # Named where the file will be (failed/ID/), not where it is now: the message is
+        # read after the move, and it is that path which must be made readable.
+        kept = layout.state_dir(ItemState.FAILED) / item.id / item.data_path.name
+        raise ItemFailed(f"{kept}: permission denied: the daemon (uid {os.getuid()}) cannot read it; "
+                         f"make it readable to the daemon's user or group, then trainctl retry {item.id}",
+                         transient=False)
+    try:
+        report = validate_item_data(item, config.spool)
+    except (InvalidData, TrainerError) as exc:
+        raise ItemFailed(str(exc), transient=False) from None
+    if not report.ok:
+        raise ItemFailed("invalid data: " + "; ".join(report.describe(item.meta.name)[:3]), transient=False)
+    if report.sha256 != item.meta.sha256:
+        raise ItemFailed(f"its data changed on disk since it was queued (sha256 {report.sha256[:12]}, "
+                         f"expected {item.meta.sha256[:12]}): enqueue the file again", transient=False)
+
+
+def _readable(path: Path) -> bool:
+    """False only for a permission error: any other problem is for the validation to report."""
+    try:
+        os.close(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK))
+    except PermissionError:
+        return False
+    except OSError:
+        pass  # missing, a symlink, ...: the validation says what is wrong
+    return True
