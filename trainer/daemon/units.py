@@ -14,6 +14,7 @@ what to run next. Re-running it updates the units and never touches an existing 
 
 from __future__ import annotations
 
+import importlib.resources
 import os
 import shutil
 import subprocess
@@ -38,8 +39,12 @@ class Placement:
 
 
 def units_source() -> Path:
-    """The systemd/ directory of the checkout this package runs from."""
-    return Path(__file__).resolve().parent.parent / "systemd"
+    """The unit files shipped in the package (a wheel), else the checkout's systemd/ (an
+    editable install, or running from the checkout)."""
+    packaged = Path(str(importlib.resources.files("trainer.daemon") / "unit_files"))
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parents[2] / "systemd"
 
 
 def render_unit(text: str, venv: Path) -> str:
@@ -76,8 +81,8 @@ def check_venv_location(venv: Path, interpreter: Path) -> None:
 def plan(source: Path, venv: Path) -> list[Placement]:
     """What goes where; pure apart from reading the source files."""
     if not source.is_dir():
-        raise InstallError(f"{source}: the unit files are not there: run install-unit from a checkout's venv "
-                           f"or pass --units DIR (the checkout's systemd/ directory)")
+        raise InstallError(f"{source}: the unit files are not there: reinstall the package "
+                           f"(pip install PATH_TO_CHECKOUT) or pass --units DIR (a checkout's systemd/ directory)")
     placements = [Placement(source / name, Path("etc/systemd/system") / name,
                             render_unit((source / name).read_text(), venv), replace=True) for name in UNITS]
     placements.append(Placement(source / "trainer.sysusers", Path("etc/sysusers.d/trainer.conf"),
