@@ -216,10 +216,8 @@ def test_sweep_leaves_a_live_writers_staging_alone(layout, tmp_path):
         assert writer.stdout.readline().strip() == "staged"
         (layout.tmp / "debris.tmp").write_text("x")
         (layout.tmp / "dead").mkdir()
-        report = sweep_tmp(layout, min_age_s=0)
-        assert sorted(report.removed) == ["dead", "debris.tmp"]
-        assert report.skipped_live == ["live"]
-        assert (layout.tmp / "live").is_dir()
+        sweep_tmp(layout, min_age_s=0)
+        assert sorted(os.listdir(layout.tmp)) == ["live"], "debris removed, the live writer's staging kept"
     finally:
         writer.kill()
         writer.wait()

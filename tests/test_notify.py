@@ -35,7 +35,7 @@ def test_abstract_socket_addresses_work():
     sock.bind("\0" + name)
     sock.settimeout(2)
     try:
-        Notifier({"NOTIFY_SOCKET": "@" + name}).watchdog()
+        Notifier({"NOTIFY_SOCKET": "@" + name, "WATCHDOG_USEC": "30000000"}).watchdog()
         assert sock.recv(100) == b"WATCHDOG=1"
     finally:
         sock.close()
@@ -43,8 +43,8 @@ def test_abstract_socket_addresses_work():
 
 def test_without_a_socket_every_call_is_a_no_op():
     notifier = Notifier({})
-    assert not notifier.enabled
     notifier.ready("x")
+    notifier.watchdog()
     notifier.stopping()
 
 
@@ -57,3 +57,14 @@ def test_the_watchdog_interval_is_ours_only_when_the_pid_matches():
     assert Notifier({"WATCHDOG_USEC": "30000000"}).watchdog_usec == 30_000_000
     assert Notifier({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": str(os.getpid())}).watchdog_usec == 30_000_000
     assert Notifier({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "1"}).watchdog_usec is None
+
+
+def test_watchdog_pings_go_only_to_a_watchdog_meant_for_this_process(listener):
+    path, sock = listener
+    sock.settimeout(0.2)
+    Notifier({"NOTIFY_SOCKET": str(path)}).watchdog()  # no watchdog configured: nothing sent
+    Notifier({"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "1"}).watchdog()
+    with pytest.raises(TimeoutError):
+        sock.recv(100)
+    Notifier({"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "30000000", "WATCHDOG_PID": str(os.getpid())}).watchdog()
+    assert sock.recv(100) == b"WATCHDOG=1"

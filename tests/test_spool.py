@@ -78,15 +78,14 @@ def test_only_one_item_can_be_active(layout, limits, chat_file):
     assert queue.active_item(layout).id == first.id
 
 
-def test_requeue_counts_an_attempt_keeps_the_cursor_and_delays_the_retry(layout, limits, chat_file):
+def test_requeue_counts_an_attempt_and_delays_the_retry(layout, limits, chat_file):
     item_id = enqueue.enqueue(layout, chat_file(), limits=limits).id
     queue.claim_next(layout, utc_now())
-    queue.set_cursor(layout, item_id, {"record": 2, "sha256": "x"})
     now = utc_now()
     queue.requeue(layout, item_id, reason="out of memory", not_before=now + timedelta(seconds=30))
     item = queue.find(layout, item_id)
     assert item.state is ItemState.PENDING
-    assert item.meta.attempts == 1 and item.meta.cursor == {"record": 2, "sha256": "x"}
+    assert item.meta.attempts == 1
     assert item.meta.errors[-1].message == "out of memory" and item.meta.errors[-1].kind == "transient"
     assert queue.claim_next(layout, now) is None, "not before its retry time"
     assert queue.claim_next(layout, now + timedelta(seconds=31)).id == item_id

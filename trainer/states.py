@@ -34,7 +34,6 @@ class DaemonState(str, Enum):
     PAUSED = "paused"
     BLOCKED = "blocked"
     CONSOLIDATING = "consolidating"
-    STOPPING = "stopping"
     STOPPED = "stopped"
 
 

@@ -21,10 +21,6 @@ class Notifier:
         self.address = address or None
         self.watchdog_usec = _watchdog_usec(env)
 
-    @property
-    def enabled(self) -> bool:
-        return self.address is not None
-
     def send(self, **fields: object) -> None:
         """Send ``KEY=VALUE`` lines (keys upper-cased); raises OSError if systemd cannot be told."""
         if self.address is None:
@@ -41,7 +37,9 @@ class Notifier:
         self.send(status=_one_line(status))
 
     def watchdog(self) -> None:
-        self.send(watchdog=1)
+        """Only when systemd watches this process (WATCHDOG_USEC set, WATCHDOG_PID unset or ours)."""
+        if self.watchdog_usec is not None:
+            self.send(watchdog=1)
 
     def extend_timeout(self, seconds: float) -> None:
         """Ask for more time to start or stop (a long model load, a checkpoint save)."""

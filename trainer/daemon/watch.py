@@ -79,7 +79,3 @@ class Watcher:
                 if mask & IN_MOVED_TO and wd in self._dirs:
                     renamed.add((self._dirs[wd], os.fsdecode(raw)))
 
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1

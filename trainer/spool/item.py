@@ -69,8 +69,6 @@ class ItemMeta:
     priority: Priority
     attempts: int = 0  # interrupted or failed training runs so far
     errors: tuple[ItemError, ...] = ()
-    # Where training stands in this file; the engine owns its content (issue: training engine).
-    cursor: dict[str, Any] | None = None
     not_before: str | None = None  # a retry waits until then (UTC ISO time)
     # Token statistics from the engine's survey (count, mean, p95, max, truncated, ...).
     tokens: dict[str, Any] | None = None
@@ -115,10 +113,9 @@ def parse_meta(raw: bytes) -> ItemMeta:
         )
     except (ValueError, TypeError, KeyError) as exc:
         raise CorruptMeta(f"bad priority or errors ({exc})") from None
-    cursor = data.get("cursor")
+    # A "cursor" key (written by format 1 before the engine kept its place in its checkpoints)
+    # is ignored.
     not_before = data.get("not_before")
-    if cursor is not None and not isinstance(cursor, dict):
-        raise CorruptMeta("field 'cursor' is not an object")
     tokens = data.get("tokens")
     if tokens is not None and not isinstance(tokens, dict):
         raise CorruptMeta("field 'tokens' is not an object")
@@ -130,7 +127,7 @@ def parse_meta(raw: bytes) -> ItemMeta:
     return ItemMeta(
         id=data["id"], name=data["name"], source=data["source"], sha256=data["sha256"],
         size=data["size"], records=data["records"], enqueued_at=data["enqueued_at"],
-        priority=priority, attempts=data["attempts"], errors=errors, cursor=cursor,
+        priority=priority, attempts=data["attempts"], errors=errors,
         not_before=not_before, tokens=tokens,
     )
 

@@ -313,11 +313,6 @@ def _annotate_active(layout: Layout, item_id: str, what: str, **fields: object) 
     return _change(layout, item_id, {ItemState.ACTIVE}, f"record {what} for", change)
 
 
-def set_cursor(layout: Layout, item_id: str, cursor: dict) -> Item:
-    """Record where training stands in the active item (the engine decides the content)."""
-    return _annotate_active(layout, item_id, "a cursor", cursor=cursor)
-
-
 def set_tokens(layout: Layout, item_id: str, tokens: dict) -> Item:
     """Record the active item's token statistics (from the engine's survey of it)."""
     return _annotate_active(layout, item_id, "token statistics", tokens=tokens)

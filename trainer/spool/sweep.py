@@ -26,9 +26,7 @@ from trainer.states import Event
 
 @dataclass
 class SweepReport:
-    removed: list[str] = field(default_factory=list)
     restored: list[str] = field(default_factory=list)  # names given back to the inbox
-    skipped_live: list[str] = field(default_factory=list)
 
 
 def _origin_name(staging: Path) -> str | None:
@@ -50,7 +48,6 @@ def sweep_tmp(layout: Layout, min_age_s: float = 2.0, now: float | None = None) 
         except FileNotFoundError:
             continue
         if now - st.st_mtime < min_age_s or is_locked_by_someone(path):
-            report.skipped_live.append(entry.name)
             continue
         if entry.is_dir(follow_symlinks=False):
             # A removed item (renamed to ID.removed before deletion) is never given back,
@@ -65,5 +62,4 @@ def sweep_tmp(layout: Layout, min_age_s: float = 2.0, now: float | None = None) 
         else:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
-        report.removed.append(entry.name)
     return report
