@@ -132,7 +132,7 @@ def test_consolidation_checks_free_space_first(base, monkeypatch):
     class Tiny:
         f_bavail, f_frsize = 1, 4096
 
-    monkeypatch.setattr(releases.os, "statvfs", lambda path: Tiny())
+    monkeypatch.setattr(releases, "free_bytes", lambda path: Tiny.f_bavail * Tiny.f_frsize)
     with pytest.raises(releases.NotEnoughSpace) as caught:
         releases.consolidate(engine, base / "models", keep_versions=5)
     assert "disk: need" in str(caught.value)

@@ -9,7 +9,6 @@ last snapshot's day and how many items the last consolidation covered, across re
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from datetime import datetime
 
@@ -19,7 +18,7 @@ from trainer.config import Config
 from trainer.daemon.notify import Notifier
 from trainer.daemon.policy import snapshot_due, space_needed
 from trainer.errors import NotEnoughSpace, Shutdown
-from trainer.spool.fsutil import write_atomic
+from trainer.spool.fsutil import free_bytes, write_atomic
 from trainer.spool.layout import Layout
 from trainer.states import DaemonState
 from trainer.train.protocol import TrainingEngine
@@ -77,8 +76,7 @@ class Housekeeping:
                 return False
 
     def free_bytes(self) -> int:
-        stats = os.statvfs(self.layout.root)
-        return stats.f_bavail * stats.f_frsize
+        return free_bytes(self.layout.root)
 
     # --- snapshot and consolidation -----------------------------------------------------------
 

@@ -11,12 +11,14 @@ import contextlib
 import errno
 import fcntl
 import os
+import shutil
 import stat
 from collections.abc import Iterator
 from pathlib import Path
 
 FILE_MODE = 0o640  # group-readable: trainctl users share the daemon's group
 DIR_MODE = 0o2770  # group-writable and setgid, so new entries keep the daemon's group
+DELETING_PREFIX = ".deleting-"  # a directory being removed by retention (swept after a crash)
 
 
 def make_group_dir(path: Path) -> None:
@@ -196,3 +198,36 @@ def exclusive_lock(path: Path) -> Iterator[int]:
         yield fd
     finally:
         os.close(fd)
+
+
+def free_bytes(path: Path) -> int:
+    """Bytes an unprivileged writer can still use on ``path``'s filesystem."""
+    stats = os.statvfs(path)
+    return stats.f_bavail * stats.f_frsize
+
+
+def remove_dirs(parent: Path, names: list[str]) -> None:
+    """Remove these directories of ``parent``, each renamed to ``.deleting-NAME`` first.
+
+    Killed in the middle of an rmtree, a directory must not be left under its real name with
+    half its files gone (a checkpoint that looks committed, a version that half loads): the
+    rename takes it out of the names readers look at, and ``sweep_deleting`` finishes the job.
+    """
+    sweep_deleting(parent)
+    for name in names:
+        dying = parent / f"{DELETING_PREFIX}{name}"
+        os.rename(parent / name, dying)
+        shutil.rmtree(dying, ignore_errors=True)
+    if names:
+        fsync_dir(parent)
+
+
+def sweep_deleting(parent: Path) -> list[str]:
+    """Finish removals a crash interrupted (``.deleting-*`` left in ``parent``)."""
+    try:
+        leftovers = [n for n in os.listdir(parent) if n.startswith(DELETING_PREFIX)]
+    except FileNotFoundError:
+        return []
+    for name in leftovers:
+        shutil.rmtree(parent / name, ignore_errors=True)
+    return leftovers

@@ -26,7 +26,7 @@ from pathlib import Path
 import orjson
 
 from trainer.errors import CorruptCheckpoint
-from trainer.spool.fsutil import fsync_dir, write_atomic
+from trainer.spool.fsutil import DELETING_PREFIX, fsync_dir, remove_dirs, write_atomic
 from trainer.timefmt import iso, utc_now
 
 log = logging.getLogger("trainer.checkpoint")
@@ -35,7 +35,6 @@ MANIFEST = "manifest.json"
 LATEST = "LATEST"
 QUARANTINE = "quarantine"
 STAGING_PREFIX = ".staging-"
-DELETING_PREFIX = ".deleting-"  # a checkpoint being removed by retention (swept after a crash)
 MANIFEST_SCHEMA = 1
 _HASH_CHUNK = 1 << 22
 
@@ -192,14 +191,7 @@ class CheckpointStore:
         keep = self.keep_last if keep is None else max(2, keep)
         committed = self.committed()
         doomed = committed[: max(0, len(committed) - keep)]
-        for checkpoint in doomed:
-            # Renamed out of the committed names first: a crash in the middle of rmtree used to
-            # leave a checkpoint whose manifest was still there but whose files were half gone.
-            dying = self.root / f"{DELETING_PREFIX}{checkpoint.path.name}"
-            os.rename(checkpoint.path, dying)
-            shutil.rmtree(dying, ignore_errors=True)
-        if doomed:
-            fsync_dir(self.root)
+        remove_dirs(self.root, [c.path.name for c in doomed])
         return [c.path for c in doomed]
 
     def sweep_staging(self) -> list[str]:

@@ -27,6 +27,7 @@ import torch
 
 from trainer.config import CheckpointConfig, Config
 from trainer.errors import ItemFailed
+from trainer.spool.fsutil import free_bytes
 from trainer.train import model as model_io
 from trainer.train.checkpoint import Checkpoint, CheckpointStore
 from trainer.train.data import Cursor, RowStream, survey
@@ -209,8 +210,7 @@ class Engine:
         in their own, so the free space left decides when the errno is not there to say."""
         if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
             return True
-        stats = os.statvfs(self.store.root)
-        return stats.f_bavail * stats.f_frsize < estimate
+        return free_bytes(self.store.root) < estimate
 
     def _restore(self, checkpoint: Checkpoint) -> None:
         from safetensors.torch import load_file

@@ -25,7 +25,7 @@ import orjson
 import torch
 
 from trainer.errors import NotEnoughSpace
-from trainer.spool.fsutil import fsync_dir, write_atomic
+from trainer.spool.fsutil import free_bytes, fsync_dir, remove_dirs, write_atomic
 from trainer.timefmt import iso, utc_now
 from trainer.train.engine import WEIGHTS_FILE, Engine
 
@@ -38,8 +38,7 @@ _VERSION = re.compile(r"v(\d{3,})")
 
 
 def _check_space(path: Path, need: int) -> None:
-    stats = os.statvfs(path)
-    have = stats.f_bavail * stats.f_frsize
+    have = free_bytes(path)
     if have < need:
         raise NotEnoughSpace(path, need, have)
 
@@ -216,8 +215,5 @@ def _retain(root: Path, keep: int, oldest_first: list[str], protected: set[str |
     if keep <= 0:
         return []
     doomed = [n for n in oldest_first[: max(0, len(oldest_first) - keep)] if n not in protected]
-    for name in doomed:
-        shutil.rmtree(root / name, ignore_errors=True)
-    if doomed:
-        fsync_dir(root)
+    remove_dirs(root, doomed)
     return doomed
