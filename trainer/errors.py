@@ -4,6 +4,8 @@ Each carries a message meant for a person: what is wrong, with which path or key
 to fix it. The CLI prints it as one line; nothing here is a bug report.
 """
 
+import errno
+
 
 class TrainerError(Exception):
     """Base class: a problem the user or the operator can act on."""
@@ -76,6 +78,10 @@ class CorruptCheckpoint(Exception):
 
 class NotEnoughSpace(OSError):
     """Free space does not cover what a snapshot or a version would write."""
+
+    def __init__(self, path, need: int, have: int) -> None:
+        super().__init__(errno.ENOSPC, f"disk: need {need:,} bytes, have {have:,}", str(path))
+        self.need, self.have = need, have
 
 
 # Control flow inside the daemon, raised on purpose and caught by its main loop.
