@@ -16,8 +16,9 @@ from conftest import REPO, trainctl, write_jsonl
 from trainer.errors import InvalidData
 from trainer.exitcodes import ExitCode
 from trainer.intake import enqueue, inbox
-from trainer.intake.inbox import _origin, ingest
+from trainer.intake.inbox import ingest
 from trainer.spool import queue
+from trainer.spool.origin import origin_record
 from trainer.spool.sweep import sweep_tmp
 from trainer.states import ItemState
 
@@ -103,7 +104,7 @@ def test_move_keeps_a_file_replaced_after_it_was_read(layout, limits, chat_file)
 def test_a_removed_item_is_never_given_back_to_the_inbox(layout):
     doomed = layout.tmp / "20261128T000000.000000Z-00000000.removed"
     doomed.mkdir()
-    (doomed / "origin.json").write_bytes(_origin("gone.jsonl"))
+    (doomed / "origin.json").write_bytes(origin_record("gone.jsonl"))
     (doomed / "data.jsonl").write_bytes(b'{"text": "x"}\n')
     sweep_tmp(layout, min_age_s=0)
     assert os.listdir(layout.inbox) == [] and os.listdir(layout.tmp) == []
@@ -127,7 +128,7 @@ def test_wait_idle_counts_an_inbox_file_being_taken(layout, fake_daemon):
     fake_daemon(layout.root)
     staging = layout.tmp / "20261128T000000.000000Z-11111111"
     staging.mkdir()
-    (staging / "origin.json").write_bytes(_origin("x.jsonl"))
+    (staging / "origin.json").write_bytes(origin_record("x.jsonl"))
     assert trainctl(layout.root, "wait", "--idle", "--timeout", "0.3").returncode == ExitCode.TIMEOUT
     shutil.rmtree(staging)
     assert trainctl(layout.root, "wait", "--idle", "--timeout", "5").returncode == 0

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from conftest import as_user, write_jsonl
 
-from trainer.intake.inbox import InboxScanner, Observation, _origin, ingest, is_settled
+from trainer.intake.inbox import InboxScanner, Observation, ingest, is_settled
 from trainer.spool import events, queue
+from trainer.spool.origin import origin_record
 from trainer.spool.sweep import sweep_tmp
 from trainer.states import ItemState
 
@@ -227,7 +228,7 @@ def test_sweep_leaves_a_live_writers_staging_alone(layout, tmp_path):
 def test_restoring_never_overwrites_a_new_file_of_the_same_name(layout, limits, tmp_path):
     staging = layout.tmp / "20261128T000000.000000Z-00000000"
     staging.mkdir()
-    (staging / "origin.json").write_bytes(_origin("a.jsonl"))
+    (staging / "origin.json").write_bytes(origin_record("a.jsonl"))
     (staging / "data.jsonl").write_bytes(b"old\n")
     (layout.inbox / "a.jsonl").write_bytes(b"new\n")
     report = sweep_tmp(layout, min_age_s=0)
@@ -239,7 +240,7 @@ def test_restoring_never_overwrites_a_new_file_of_the_same_name(layout, limits, 
 def test_a_crafted_origin_cannot_move_data_outside_the_inbox(layout, tmp_path):
     staging = layout.tmp / "x"
     staging.mkdir()
-    (staging / "origin.json").write_bytes(_origin("../../escaped"))
+    (staging / "origin.json").write_bytes(origin_record("../../escaped"))
     (staging / "data.jsonl").write_bytes(b"data\n")
     sweep_tmp(layout, min_age_s=0)
     assert not (layout.root.parent / "escaped").exists()

@@ -17,15 +17,14 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-import orjson
-
 from trainer.config import SpoolConfig
 from trainer.ids import new_id
 from trainer.intake.validate import Problem, Report, validate_stream
 from trainer.spool import events
-from trainer.spool.fsutil import StagingDir, rename_durably, rename_no_replace, unlink_durably, write_atomic
+from trainer.spool.fsutil import StagingDir, rename_durably, unlink_durably, write_atomic
 from trainer.spool.item import DATA_NAME, META_NAME, ItemError, ItemMeta, display_name
-from trainer.spool.layout import ORIGIN_NAME, Layout, is_candidate_name
+from trainer.spool.layout import Layout, is_candidate_name
+from trainer.spool.origin import ORIGIN_NAME, origin_record, restore_to_inbox
 from trainer.states import Event, ItemState, Priority
 from trainer.timefmt import iso, utc_now
 
@@ -151,24 +150,6 @@ def _single_problem(reason: str) -> Report:
     return Report(records=0, size=0, sha256="", problems=(Problem(0, reason),), problem_count=1)
 
 
-def _origin(name: str) -> bytes:
-    # The raw bytes of the name, hex-encoded: an inbox name need not be valid UTF-8.
-    return orjson.dumps({"inbox_name_hex": os.fsencode(name).hex()})
-
-
-def origin_name(raw: bytes) -> str | None:
-    """The inbox name an origin record holds; None unless it is one plain file name."""
-    try:
-        data = orjson.loads(raw)
-        name = os.fsdecode(bytes.fromhex(data["inbox_name_hex"]))
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-        return None
-    # Only a plain file name: a crafted origin must not move data outside the inbox.
-    if not name or "/" in name or "\0" in name or name in (".", ".."):
-        return None
-    return name
-
-
 def ingest(layout: Layout, name: str, limits: SpoolConfig, priority: Priority = Priority.NORMAL) -> Ingested | None:
     """Take ``inbox/name`` into the queue; ``None`` if it vanished or is not a regular file.
 
@@ -179,7 +160,7 @@ def ingest(layout: Layout, name: str, limits: SpoolConfig, priority: Priority = 
     """
     item_id = new_id()
     with StagingDir(layout.tmp, item_id) as stage:
-        write_atomic(stage.path, stage.path / ORIGIN_NAME, _origin(name))
+        write_atomic(stage.path, stage.path / ORIGIN_NAME, origin_record(name))
         staged = stage.path / DATA_NAME
         try:
             rename_durably(layout.inbox / name, staged)
@@ -218,17 +199,3 @@ def ingest(layout: Layout, name: str, limits: SpoolConfig, priority: Priority = 
         events.append(layout, Event.REJECTED, item_id, name=meta.name, source="inbox",
                       reason=meta.errors[-1].message, problems=report.problem_count)
     return Ingested(item_id, state, meta.name, problems)
-
-
-def restore_to_inbox(layout: Layout, path: Path, name: str) -> str:
-    """Put a staged inbox file back under its name, or a free variant of it, never replacing a
-    file that arrived meanwhile; returns the name used."""
-    stem, dot, ext = name.rpartition(".")
-    for n in range(10_000):
-        candidate = name if n == 0 else (f"{stem}.restored-{n}.{ext}" if dot and stem else f"{name}.restored-{n}")
-        try:
-            rename_no_replace(path, layout.inbox / candidate)
-            return candidate
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"no free name in the inbox to put {name!r} back")

@@ -36,7 +36,6 @@ BASE_DIR_ENV = "TRAINER_BASE_DIR"
 
 
 IN_PROGRESS_SUFFIXES = (".tmp", ".part")  # inbox files still being written: never taken
-ORIGIN_NAME = "origin.json"  # in a staging dir: "this data came from inbox/<name>"
 
 
 def is_candidate_name(name: str) -> bool:

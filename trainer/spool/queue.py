@@ -20,7 +20,8 @@ from trainer.ids import ID_LENGTH, check_id, is_id
 from trainer.spool import events
 from trainer.spool.fsutil import exclusive_lock, rename_durably, write_atomic
 from trainer.spool.item import Item, ItemError, ItemMeta, load_item
-from trainer.spool.layout import ORIGIN_NAME, Layout, is_candidate_name
+from trainer.spool.layout import Layout, is_candidate_name
+from trainer.spool.origin import ORIGIN_NAME
 from trainer.states import Event, ItemState, Priority
 from trainer.timefmt import iso, parse_iso, utc_now
 
