@@ -122,7 +122,7 @@ def item_dict(item: Item) -> dict:
         meta = item.meta
         out.update(name=meta.name, source=meta.source, sha256=meta.sha256, size=meta.size,
                    records=meta.records, enqueued_at=meta.enqueued_at, attempts=meta.attempts,
-                   errors=[e.__dict__ for e in meta.errors], cursor=meta.cursor,
+                   errors=[e.__dict__ for e in meta.errors],
                    not_before=meta.not_before, tokens=meta.tokens)
     else:
         out["problem"] = item.meta_problem
@@ -148,7 +148,7 @@ def item_table(items: list[Item]) -> list[str]:
 def item_lines(item: dict, history: list[dict]) -> list[str]:
     lines = [f"{'id':<12}{item['id']}", f"{'state':<12}{item['state']}"]
     for key in ("priority", "name", "source", "records", "size", "sha256", "enqueued_at", "attempts",
-                "not_before", "tokens", "cursor", "problem"):
+                "not_before", "tokens", "problem"):
         value = item.get(key)
         if value is None:
             continue

@@ -1,26 +1,63 @@
-"""A stand-in daemon for the torch-free tests: real lock, real state file, real spool calls.
+"""A daemon process for the torch-free tests.
 
     fake_daemon.py BASE [--consume] [--no-heartbeat] [--train-seconds S]
 
-It takes the daemon lock, publishes its state with a heartbeat, and with --consume claims
-items and completes them (honouring skip requests), as the real daemon will.
+--consume: the real daemon (trainer.daemon.service.Daemon) on a fake engine (fake_engine.py):
+  the real lock, recovery, control protocol, queue and state file; each item "trains" for
+  --train-seconds over 100 steps.
+Without it: a process that holds the real lock and heartbeats through the daemon's own
+  reporter, but acts on nothing (a daemon busy elsewhere, as trainctl sees it).
+--no-heartbeat: holds the lock and writes its state once, then never again (a hung daemon).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from trainer.spool import control, queue  # noqa: E402
+from fake_engine import FakeEngine  # noqa: E402
+
+from trainer.config import load_config  # noqa: E402
+from trainer.daemon.notify import Notifier  # noqa: E402
+from trainer.daemon.reporter import Activity, Reporter  # noqa: E402
+from trainer.daemon.service import Daemon  # noqa: E402
 from trainer.spool.layout import open_base  # noqa: E402
 from trainer.spool.lock import DaemonLock  # noqa: E402
-from trainer.states import Event  # noqa: E402
-from trainer.timefmt import utc_now  # noqa: E402
+from trainer.states import DaemonState  # noqa: E402
+
+STEPS = 100
+
+
+def consume(layout, train_seconds: float) -> None:
+    def engine(root, config):
+        return FakeEngine(root, config, steps_per_item=STEPS, checkpoint_every=10, step_seconds=train_seconds / STEPS)
+
+    daemon = Daemon(layout, load_config(layout.config_file), engine_factory=engine)
+    daemon.signals.install()
+    daemon.start = _announcing(daemon.start)
+    sys.exit(daemon.run())
+
+
+def _announcing(start):
+    def started():
+        start()
+        print("ready", flush=True)
+    return started
+
+
+def hold_the_lock(layout, heartbeat: bool) -> None:
+    DaemonLock(layout).acquire()
+    reporter = Reporter(layout, Notifier({}), memory_growth_limit=0)
+    reporter.publish(DaemonState.IDLE, Activity(), None)
+    print("ready", flush=True)
+    while True:
+        time.sleep(0.05)
+        if heartbeat:
+            reporter.publish(DaemonState.IDLE, Activity(), None)
 
 
 def main() -> None:
@@ -31,46 +68,10 @@ def main() -> None:
     parser.add_argument("--train-seconds", type=float, default=0.0)
     args = parser.parse_args()
     layout = open_base(Path(args.base))
-    lock = DaemonLock(layout)
-    lock.acquire()
-    started = utc_now()
-
-    def publish(state: str, **fields) -> None:
-        control.write_state(layout, control.daemon_state(state, pid=os.getpid(), started_at=started,
-                                                          now=utc_now(), **fields))
-
-    publish("idle")
-    print("ready", flush=True)
-    while True:
-        if args.no_heartbeat:
-            time.sleep(0.05)
-            continue
-        if not args.consume:
-            publish("idle")
-            time.sleep(0.05)
-            continue
-        item = queue.claim_next(layout, utc_now())
-        if item is None:
-            publish("idle")
-            time.sleep(0.02)
-            continue
-        deadline = time.monotonic() + args.train_seconds
-        step = 0
-        while True:
-            step += 1
-            publish("training", item={"id": item.id, "name": item.meta.name, "step": step, "total": 100,
-                                      "loss": 1.0, "tokens_per_s": 1000.0, "seconds_per_step": 0.01})
-            action = control.decide(control.read_requests(layout), item.id)
-            if action is control.Action.SKIP:
-                reason = control.read_requests(layout).skip.get("reason") or "no reason given"
-                queue.fail(layout, item.id, f"skipped by request at step {step}: {reason}", kind="skipped",
-                           event=Event.SKIPPED)
-                control.clear_skip(layout)
-                break
-            if time.monotonic() >= deadline:
-                queue.complete(layout, item.id, steps=step)
-                break
-            time.sleep(0.01)
+    if args.consume:
+        consume(layout, args.train_seconds)
+    else:
+        hold_the_lock(layout, heartbeat=not args.no_heartbeat)
 
 
 if __name__ == "__main__":

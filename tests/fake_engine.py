@@ -7,6 +7,7 @@ does). ``memory`` reports whatever ``rss`` yields, so a test can make memory cre
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,12 +24,13 @@ class FakeCheckpoint:
 
 class FakeEngine:
     def __init__(self, root: Path, config: Config, *, steps_per_item: int = 5, checkpoint_every: int = 2,
-                 rss: Iterator[int] | None = None) -> None:
+                 rss: Iterator[int] | None = None, step_seconds: float = 0.0) -> None:
         self.root = root
         self.config = config
         self.steps_per_item = steps_per_item
         self.checkpoint_every = checkpoint_every
         self.rss = rss
+        self.step_seconds = step_seconds
         self.state = TrainState()
         self.last_checkpoint: FakeCheckpoint | None = None
         self.load_seconds = 0.0
@@ -47,6 +49,7 @@ class FakeEngine:
     def train(self, plan: ItemPlan, after_step: Callable[[Progress], bool]) -> bool:
         step = self.state.cursor["item_step"] if self.state.cursor else 0
         while step < plan.total_steps:
+            time.sleep(self.step_seconds)
             step += 1
             self.state.global_step += 1
             self.state.cursor = {"item_id": plan.item_id, "item_step": step}

@@ -4,7 +4,6 @@ torch may be imported. Plus a size report of the largest classes and functions."
 from __future__ import annotations
 
 import ast
-from pathlib import Path
 
 from conftest import REPO
 
