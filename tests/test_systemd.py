@@ -55,7 +55,7 @@ def make_service_venv(box) -> None:
     inner = next(box.path(str(VENV / "lib")).glob("python3*/site-packages"))
     (inner / "test-venv.pth").write_text(
         f"{SOURCE}\nimport site; site.addsitedir({str(SOURCE / site_packages)!r})\n")
-    for name, module in (("trainer", "trainer.daemon.service"), ("trainctl", "ctl.cli")):
+    for name, module in (("trainer", "trainer.daemon.main"), ("trainctl", "ctl.cli")):
         script = box.path(str(VENV / "bin" / name))
         script.write_text(ENTRY_SCRIPT.format(venv=VENV, module=module))
         script.chmod(0o755)
