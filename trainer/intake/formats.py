@@ -281,10 +281,12 @@ def _write_plainly_valid(formats: tuple[Format, ...]) -> Callable[[Any], bool]:
               "        return False"]
     quick_checks = {}
     for index, fmt in enumerate(formats):
-        other_keys = [key for other in formats if other is not fmt for key in other.keys]
+        # The keys of the formats before this one are known to be absent once we get here.
+        later_keys = [key for later in formats[index + 1:] for key in later.keys]
         quick_checks[f"quick{index}"] = fmt.quick
+        exclusive = f"not ({_any_key_test(later_keys)}) and " if later_keys else ""
         source += [f"    if {_any_key_test(fmt.keys)}:",
-                   f"        return not ({_any_key_test(other_keys)}) and quick{index}(record)"]
+                   f"        return {exclusive}quick{index}(record)"]
     source.append("    return False")
     namespace = dict(quick_checks)
     exec("\n".join(source), namespace)
@@ -296,7 +298,7 @@ def _write_plainly_valid(formats: tuple[Format, ...]) -> Callable[[Any], bool]:
 
 
 def _any_key_test(keys: list[str] | tuple[str, ...]) -> str:
-    return " or ".join(f"{key!r} in record" for key in keys) or "False"
+    return " or ".join(f"{key!r} in record" for key in keys)
 
 
 plainly_valid = _write_plainly_valid(FORMATS)

@@ -118,18 +118,31 @@ class RecordEncoder:
         learn: list[bool] = []
 
         def extend(rendered_ids: list[int], learned: bool) -> None:
-            new = list(rendered_ids)[len(ids):]
+            new = rendered_ids[len(ids):]
             ids.extend(new)
             learn.extend([learned] * len(new))
 
         for end in range(1, len(messages) + 1):
             if messages[end - 1]["role"] == "assistant":
-                header = self.tokenizer.apply_chat_template(messages[:end - 1], tokenize=True, return_dict=True,
-                                                            add_generation_prompt=True)
-                extend(header["input_ids"], False)
-            extend(self.tokenizer.apply_chat_template(messages[:end], tokenize=True, return_dict=True)["input_ids"],
-                   messages[end - 1]["role"] == "assistant")
+                extend(self._assistant_header(messages[:end]), False)
+            extend(self._render(messages[:end]), messages[end - 1]["role"] == "assistant")
         return ids, learn
+
+    def _render(self, messages: list[dict], **options) -> list[int]:
+        return list(self.tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
+                                                       **options)["input_ids"])
+
+    def _assistant_header(self, conversation: list[dict]) -> list[int]:
+        """The conversation's ids up to where its last turn's (an assistant's) content begins."""
+        if len(conversation) > 1:
+            return self._render(conversation[:-1], add_generation_prompt=True)
+        # A conversation may open with the assistant, but transformers refuses to render an
+        # empty one with the generation prompt: the header is then what the turn rendered
+        # with two different contents has in common.
+        turn = conversation[0]
+        one, other = self._render([{**turn, "content": "a"}]), self._render([{**turn, "content": "b"}])
+        shared = next((i for i, (x, y) in enumerate(zip(one, other)) if x != y), min(len(one), len(other)))
+        return one[:shared]
 
     def encode(self, record: dict) -> tuple[Example | None, bool]:
         """The example for one validated record and whether it was truncated (None: rejected)."""
