@@ -64,41 +64,47 @@ def paragraph(rng: random.Random, mean_words: float) -> str:
     return text.replace(" so ", "\n\n").replace(" yes ", "\n- ")
 
 
+def write_records(path: Path, target_bytes: int, make_record) -> tuple[int, int]:
+    """Write make_record()'s records until the file reaches target_bytes; (bytes, records)."""
+    written = records = 0
+    with open(path, "wb") as file:
+        while written < target_bytes:
+            line = orjson.dumps(make_record()) + b"\n"
+            file.write(line)
+            written += len(line)
+            records += 1
+    return written, records
+
+
 def write_chat_file(path: Path, target_bytes: int, seed: int = 1) -> tuple[int, int]:
-    """Write records until the file reaches target_bytes; return (bytes, records)."""
+    """Chat records (~3 KB) until the file reaches target_bytes; (bytes, records)."""
     rng = random.Random(seed)
     # A pool of turns reused across records: generating 100 MB of fresh words would take
     # longer than the benchmark, and repetition does not change parsing cost.
     users = [paragraph(rng, 30) for _ in range(4000)]
     answers = [paragraph(rng, 90) for _ in range(4000)]
-    written = records = 0
-    with open(path, "wb") as file:
-        while written < target_bytes:
-            messages = []
-            if rng.random() < 0.5:
-                messages.append({"role": "system", "content": rng.choice(SYSTEM_PROMPTS)})
-            for _ in range(rng.randint(1, 4)):
-                messages.append({"role": "user", "content": rng.choice(users)})
-                messages.append({"role": "assistant", "content": rng.choice(answers)})
-            line = orjson.dumps({"messages": messages}) + b"\n"
-            file.write(line)
-            written += len(line)
-            records += 1
-    return written, records
+
+    def chat() -> dict:
+        messages = []
+        if rng.random() < 0.5:
+            messages.append({"role": "system", "content": rng.choice(SYSTEM_PROMPTS)})
+        for _ in range(rng.randint(1, 4)):
+            messages.append({"role": "user", "content": rng.choice(users)})
+            messages.append({"role": "assistant", "content": rng.choice(answers)})
+        return {"messages": messages}
+
+    return write_records(path, target_bytes, chat)
 
 
 def write_short_file(path: Path, target_bytes: int, seed: int = 1) -> tuple[int, int]:
-    """Short prompt/completion records until the file reaches target_bytes; (bytes, records)."""
+    """Short prompt/completion records (~70 bytes) until the file reaches target_bytes."""
     rng = random.Random(seed)
-    written = records = 0
-    with open(path, "wb") as file:
-        while written < target_bytes:
-            prompt = " ".join(rng.choices(ENGLISH, k=rng.randint(3, 8)))
-            line = orjson.dumps({"prompt": prompt + "\n", "completion": rng.choice(ENGLISH)}) + b"\n"
-            file.write(line)
-            written += len(line)
-            records += 1
-    return written, records
+
+    def short() -> dict:
+        prompt = " ".join(rng.choices(ENGLISH, k=rng.randint(3, 8)))
+        return {"prompt": prompt + "\n", "completion": rng.choice(ENGLISH)}
+
+    return write_records(path, target_bytes, short)
 
 
 # Run in a child process with the tree to import from as argv[1]: prints the seconds taken.
