@@ -23,6 +23,7 @@ from trainer.intake.formats import (
     recognise,
     record_problem,
 )
+from trainer.train.examples import IGNORE
 
 BY_NAME = {fmt.name: fmt for fmt in FORMATS}
 TURNS = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
@@ -93,7 +94,7 @@ def test_prompt_and_completion_become_an_unlearned_then_a_learned_piece():
 
 
 def test_normalising_what_is_no_training_record_says_why():
-    with pytest.raises(ValueError, match='not a training record: ambiguous record: has "text" and "prompt"'):
+    with pytest.raises(ValueError, match='^not a training record: ambiguous record: has "text" and "prompt"'):
         normalise({"text": "x", "prompt": "y"})
 
 
@@ -162,17 +163,26 @@ json_values = st.recursive(
     max_leaves=8,
 )
 words = st.text(max_size=12)
-good_turns = st.fixed_dictionaries({"role": st.sampled_from(["system", "user", "assistant"]), "content": words})
+good_turns = st.fixed_dictionaries({"role": st.sampled_from(["system", "user", "assistant"]),
+                                    "content": words})
 valid_looking = st.one_of(
     st.fixed_dictionaries({"messages": st.lists(good_turns, min_size=1, max_size=4)}),
     st.fixed_dictionaries({"text": words}),
     st.fixed_dictionaries({"prompt": words, "completion": words}),
 )
+answers = st.text(min_size=1, max_size=12).filter(lambda text: not text.isspace())
+valid_records = st.one_of(
+    st.tuples(st.lists(good_turns, max_size=3), answers).map(
+        lambda made: {"messages": [*made[0], {"role": "assistant", "content": made[1]}]}),
+    st.fixed_dictionaries({"text": answers}),
+    st.fixed_dictionaries({"prompt": words, "completion": answers}),
+)
 odd_values = st.sampled_from(["", " ", "hi", "bot", "assistant"]) | json_values
 any_record = st.one_of(
     valid_looking,
-    st.fixed_dictionaries({}, optional={"messages": st.lists(
-        st.fixed_dictionaries({}, optional={"role": odd_values, "content": odd_values}), max_size=3) | json_values,
+    st.fixed_dictionaries({}, optional={
+        "messages": st.lists(st.fixed_dictionaries({}, optional={"role": odd_values, "content": odd_values}),
+                             max_size=3) | json_values,
         "text": odd_values, "prompt": odd_values, "completion": odd_values, "id": json_values}),
     json_values,
 )
@@ -197,6 +207,8 @@ def test_the_fast_path_is_written_from_the_table_so_a_new_entry_is_in_it():
     assert not fast({"question": "q", "text": "a"})  # two formats' keys: look closer
     assert fast(CHAT) and fast(TEXT) and fast(PROMPT)
     assert not fast({"text": ""}) and not fast([])
+
+
 
 
 # --- the validator and the encoder agree ------------------------------------------------------
@@ -233,18 +245,10 @@ def learned_text(form: Chat | Plain) -> str:
     return "".join(piece.text for piece in form.pieces if piece.learned) + "<|eos|>"
 
 
-answers = st.text(min_size=1, max_size=12).filter(lambda text: not text.isspace())
-valid_records = st.one_of(
-    st.tuples(st.lists(good_turns, max_size=3), answers).map(
-        lambda made: {"messages": [*made[0], {"role": "assistant", "content": made[1]}]}),
-    st.fixed_dictionaries({"text": answers}),
-    st.fixed_dictionaries({"prompt": words, "completion": answers}),
-)
-
-
 @settings(max_examples=200, deadline=None)
 @given(records=st.lists(st.one_of(valid_records, valid_records, any_record), min_size=1, max_size=3))
-def test_the_encoder_is_asked_exactly_the_records_the_validator_accepts(records, encoders, spool, tmp_path_factory):
+def test_the_encoder_is_asked_exactly_the_records_the_validator_accepts(records, encoders, spool,
+                                                                        tmp_path_factory):
     from trainer.config import Config
     from trainer.errors import InvalidData
     from trainer.intake.enqueue import enqueue
@@ -272,7 +276,7 @@ def test_the_encoder_is_asked_exactly_the_records_the_validator_accepts(records,
     for record in queued:
         for encoder in (exact, by_prefix):
             example, truncated = encoder.encode(record)
-            learned = [label for label in example.labels if label != -100]
+            learned = [label for label in example.labels if label != IGNORE]
             assert not truncated and learned, record
             decoded = tokenizer.decode(learned, clean_up_tokenization_spaces=False)
             assert decoded == learned_text(normalise(record)), record
@@ -282,8 +286,9 @@ def test_a_chat_that_opens_with_the_answer_is_encoded_alike_with_or_without_gene
     # Without markers the header is found by rendering the prefix, and transformers will not
     # render an empty one: this record (which the validator accepts) used to crash the encoder.
     tokenizer, (exact, by_prefix) = encoders
-    record = {"messages": [{"role": "assistant", "content": "only an answer"}, {"role": "user", "content": "ok"}]}
+    record = {"messages": [{"role": "assistant", "content": "only an answer"},
+                           {"role": "user", "content": "ok"}]}
     example, _ = exact.encode(record)
     assert by_prefix.encode(record)[0] == example
-    learned = [label for label in example.labels if label != -100]
+    learned = [label for label in example.labels if label != IGNORE]
     assert tokenizer.decode(learned) == "only an answer<|end|>"
