@@ -1,15 +1,20 @@
 """How fast is trainer.intake.validate on a realistic chat file, next to what reading it costs anyway?
 
-    .venv/bin/python bench/bench_validate.py [--mb 100] [--repeat 3]
+    .venv/bin/python bench/bench_validate.py [--mb 100] [--repeat 3] [--lines chat|short] [--against REV]
 
-Writes a chat JSONL file of about --mb megabytes into a temporary directory (removed after),
-then times, median of --repeat runs each:
+Writes a JSONL file of about --mb megabytes into a temporary directory (removed after): chat
+records (--lines chat, ~3 KB each) or short prompt/completion records (--lines short, ~80
+bytes each, the worst case: the fixed cost per line dominates). Then times, median of
+--repeat runs each, the runs of all methods taking turns:
 
 - validate_path: the real validator (parse, shape checks, sha256);
+- with --against REV: validate_path as it was at git revision REV, side by side;
 - baseline: `for line in open(path): json.loads(line)`, stdlib json, no checks at all;
 - sha256: reading the file and hashing it, the floor any validator pays.
 
-The file is read from the page cache every time, so this measures CPU, not the disk.
+Each validate_path run is its own process (an old revision's package cannot be imported next
+to the current one), timed from inside so start-up is not counted. The file is read from the
+page cache every time, so this measures CPU, not the disk.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import platform
 import random
 import shlex
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -31,8 +37,6 @@ import orjson
 
 # Run as a script, Python puts bench/ on sys.path, not the project root.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from trainer.intake.validate import validate_path  # noqa: E402
 
 MB = 1_000_000
 ENGLISH = (
@@ -60,32 +64,87 @@ def paragraph(rng: random.Random, mean_words: float) -> str:
     return text.replace(" so ", "\n\n").replace(" yes ", "\n- ")
 
 
-def write_chat_file(path: Path, target_bytes: int, seed: int = 1) -> tuple[int, int]:
-    """Write records until the file reaches target_bytes; return (bytes, records)."""
-    rng = random.Random(seed)
-    # A pool of turns reused across records: generating 100 MB of fresh words would take
-    # longer than the benchmark, and repetition does not change parsing cost.
-    users = [paragraph(rng, 30) for _ in range(4000)]
-    answers = [paragraph(rng, 90) for _ in range(4000)]
+def write_records(path: Path, target_bytes: int, make_record) -> tuple[int, int]:
+    """Write make_record()'s records until the file reaches target_bytes; (bytes, records)."""
     written = records = 0
     with open(path, "wb") as file:
         while written < target_bytes:
-            messages = []
-            if rng.random() < 0.5:
-                messages.append({"role": "system", "content": rng.choice(SYSTEM_PROMPTS)})
-            for _ in range(rng.randint(1, 4)):
-                messages.append({"role": "user", "content": rng.choice(users)})
-                messages.append({"role": "assistant", "content": rng.choice(answers)})
-            line = orjson.dumps({"messages": messages}) + b"\n"
+            line = orjson.dumps(make_record()) + b"\n"
             file.write(line)
             written += len(line)
             records += 1
     return written, records
 
 
-def run_validator(path: Path) -> None:
-    report = validate_path(path, max_line_bytes=8 << 20, max_file_bytes=1 << 40)
-    assert report.ok, report.describe(str(path))
+def write_chat_file(path: Path, target_bytes: int, seed: int = 1) -> tuple[int, int]:
+    """Chat records (~3 KB) until the file reaches target_bytes; (bytes, records)."""
+    rng = random.Random(seed)
+    # A pool of turns reused across records: generating 100 MB of fresh words would take
+    # longer than the benchmark, and repetition does not change parsing cost.
+    users = [paragraph(rng, 30) for _ in range(4000)]
+    answers = [paragraph(rng, 90) for _ in range(4000)]
+
+    def chat() -> dict:
+        messages = []
+        if rng.random() < 0.5:
+            messages.append({"role": "system", "content": rng.choice(SYSTEM_PROMPTS)})
+        for _ in range(rng.randint(1, 4)):
+            messages.append({"role": "user", "content": rng.choice(users)})
+            messages.append({"role": "assistant", "content": rng.choice(answers)})
+        return {"messages": messages}
+
+    return write_records(path, target_bytes, chat)
+
+
+def write_short_file(path: Path, target_bytes: int, seed: int = 1) -> tuple[int, int]:
+    """Short prompt/completion records (~70 bytes) until the file reaches target_bytes."""
+    rng = random.Random(seed)
+
+    def short() -> dict:
+        prompt = " ".join(rng.choices(ENGLISH, k=rng.randint(3, 8)))
+        return {"prompt": prompt + "\n", "completion": rng.choice(ENGLISH)}
+
+    return write_records(path, target_bytes, short)
+
+
+# Run in a child process with the tree to import from as argv[1]: prints the seconds taken.
+_TIME_VALIDATOR = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+from trainer.intake.validate import validate_path
+start = time.perf_counter()
+report = validate_path(sys.argv[2], max_line_bytes=8 << 20, max_file_bytes=1 << 40)
+print(time.perf_counter() - start)
+assert report.ok, report.describe(sys.argv[2])
+"""
+
+
+def validator_in(tree: Path):
+    """A timing function for the validator of the package under tree."""
+    def run(path: Path) -> float:
+        out = subprocess.run([sys.executable, "-c", _TIME_VALIDATOR, str(tree), str(path)],
+                             check=True, capture_output=True, text=True).stdout
+        return float(out.splitlines()[0])
+    return run
+
+
+def extract_revision(rev: str, into: Path) -> Path:
+    """The trainer package as it was at git revision rev, unpacked under into."""
+    repo = Path(__file__).resolve().parent.parent
+    archive = subprocess.run(["git", "-C", str(repo), "archive", rev, "trainer"],
+                             check=True, capture_output=True).stdout
+    into.mkdir()
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
+
+
+def timed(fn):
+    """A timing function for fn(path), run in this process."""
+    def run(path: Path) -> float:
+        start = time.perf_counter()
+        fn(path)
+        return time.perf_counter() - start
+    return run
 
 
 def run_baseline(path: Path) -> None:
@@ -101,34 +160,44 @@ def run_sha256(path: Path) -> None:
             digest.update(chunk)
 
 
-def median_seconds(fn, path: Path, repeat: int) -> float:
-    times = []
+def median_seconds(methods: list[tuple[str, object]], path: Path, repeat: int) -> dict[str, float]:
+    """Median seconds per method; the methods take turns, so a slow moment hits them all."""
+    times: dict[str, list[float]] = {name: [] for name, _ in methods}
     for _ in range(repeat):
-        start = time.perf_counter()
-        fn(path)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, run in methods:
+            times[name].append(run(path))
+    return {name: statistics.median(runs) for name, runs in times.items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=float, default=100, help="size of the generated file, MB")
     parser.add_argument("--repeat", type=int, default=3, help="runs per method; the median counts")
+    parser.add_argument("--lines", choices=("chat", "short"), default="chat",
+                        help="chat records (~3 KB) or short prompt/completion records (~80 bytes)")
+    parser.add_argument("--against", metavar="REV",
+                        help="also time the validator of this git revision, side by side")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-validate-") as tmp:
-        path = Path(tmp) / "chat.jsonl"
-        size, records = write_chat_file(path, int(args.mb * MB))
-        methods = [
-            ("validate_path (orjson + shape checks + sha256)", run_validator),
-            ("baseline: for line in open(): json.loads(line)", run_baseline),
-            ("sha256 of the raw bytes", run_sha256),
+        path = Path(tmp) / "data.jsonl"
+        write = write_chat_file if args.lines == "chat" else write_short_file
+        size, records = write(path, int(args.mb * MB))
+        here = Path(__file__).resolve().parent.parent
+        methods = [("validate_path (orjson + shape checks + sha256)", validator_in(here))]
+        if args.against:
+            old = extract_revision(args.against, Path(tmp) / "old")
+            methods.append((f"validate_path at {args.against}", validator_in(old)))
+        methods += [
+            ("baseline: for line in open(): json.loads(line)", timed(run_baseline)),
+            ("sha256 of the raw bytes", timed(run_sha256)),
         ]
-        rates = {name: size / MB / median_seconds(fn, path, args.repeat) for name, fn in methods}
+        rates = {name: size / MB / seconds
+                 for name, seconds in median_seconds(methods, path, args.repeat).items()}
 
-    baseline = rates[methods[1][0]]
+    baseline = rates["baseline: for line in open(): json.loads(line)"]
     print(f"command: {shlex.join([os.path.relpath(sys.executable), *sys.argv])}")
-    print(f"file: {size / MB:.1f} MB of chat JSONL ({records:,} records, "
+    print(f"file: {size / MB:.1f} MB of {args.lines} JSONL ({records:,} records, "
           f"{size / records:,.0f} bytes each on average), median of {args.repeat} runs, "
           f"Python {platform.python_version()}, orjson {orjson.__version__}, "
           f"{platform.machine()}, single-threaded")

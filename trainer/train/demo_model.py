@@ -12,6 +12,7 @@ import random
 from pathlib import Path
 
 from trainer.demo.sample_data import record
+from trainer.intake.formats import Chat, normalise
 
 SPECIAL_TOKENS = ["<|pad|>", "<|bos|>", "<|eos|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 
@@ -36,11 +37,11 @@ def _corpus(lines: int, seed: int) -> list[str]:
     rng = random.Random(seed)
     texts = []
     for _ in range(lines):
-        rec = record(rng)
-        if "messages" in rec:
-            texts.extend(m["content"] for m in rec["messages"])
+        form = normalise(record(rng))
+        if isinstance(form, Chat):
+            texts.extend(m["content"] for m in form.messages)
         else:
-            texts.extend(str(v) for v in rec.values())
+            texts.extend(piece.text for piece in form.pieces)
     return texts
 
 

@@ -1,10 +1,14 @@
 """Records to training examples: token ids and which tokens the model learns to produce.
 
-- chat ``messages``: rendered by the tokenizer's chat template; loss on assistant turns only
-  (exact, from the template's ``{% generation %}`` markers, or else by rendering each
-  prefix of the conversation and taking what every assistant turn adds);
-- ``prompt``/``completion``: loss on the completion (and the end-of-sequence token);
-- ``text``: loss on everything.
+Which format a record is in, and what of it is learned, is trainer.intake.formats' business:
+it turns every valid record into one of two forms, and this module encodes those:
+
+- `Chat`: rendered by the tokenizer's chat template; loss on assistant turns only (exact,
+  from the template's ``{% generation %}`` markers, or else by rendering each prefix of the
+  conversation and taking what every assistant turn adds);
+- `Plain`: BOS, the pieces tokenized one by one, EOS; loss on the learned pieces and EOS
+  (``text`` is one learned piece; ``prompt``/``completion`` the prompt unlearned, then the
+  completion learned).
 
 An example over ``max_length`` tokens is truncated or rejected, as configured.
 """
@@ -12,6 +16,8 @@ An example over ``max_length`` tokens is truncated or rejected, as configured.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from trainer.intake.formats import Chat, Piece, Plain, normalise
 
 IGNORE = -100  # the label PyTorch's cross-entropy skips
 
@@ -93,6 +99,14 @@ class RecordEncoder:
     def _tokens(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
+    def _plain(self, pieces: tuple[Piece, ...]) -> tuple[list[int], list[bool]]:
+        ids, learn = list(self._bos), [False] * len(self._bos)
+        for piece in pieces:
+            tokens = self._tokens(piece.text)
+            ids += tokens
+            learn += [piece.learned] * len(tokens)
+        return ids + self._eos, learn + [True] * len(self._eos)
+
     def _chat(self, messages: list[dict]) -> tuple[list[int], list[bool]]:
         if self._exact_chat_mask:
             out = self.tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
@@ -104,31 +118,41 @@ class RecordEncoder:
         learn: list[bool] = []
 
         def extend(rendered_ids: list[int], learned: bool) -> None:
-            new = list(rendered_ids)[len(ids):]
+            new = rendered_ids[len(ids):]
             ids.extend(new)
             learn.extend([learned] * len(new))
 
         for end in range(1, len(messages) + 1):
             if messages[end - 1]["role"] == "assistant":
-                header = self.tokenizer.apply_chat_template(messages[:end - 1], tokenize=True, return_dict=True,
-                                                            add_generation_prompt=True)
-                extend(header["input_ids"], False)
-            extend(self.tokenizer.apply_chat_template(messages[:end], tokenize=True, return_dict=True)["input_ids"],
-                   messages[end - 1]["role"] == "assistant")
+                extend(self._assistant_header(messages[:end]), False)
+            extend(self._render(messages[:end]), messages[end - 1]["role"] == "assistant")
         return ids, learn
+
+    def _render(self, messages: list[dict], **options) -> list[int]:
+        return list(self.tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
+                                                       **options)["input_ids"])
+
+    def _assistant_header(self, conversation: list[dict]) -> list[int]:
+        """The conversation's ids up to where its last turn's (an assistant's) content begins."""
+        if len(conversation) > 1:
+            return self._render(conversation[:-1], add_generation_prompt=True)
+        # A conversation may open with the assistant, but transformers refuses to render an
+        # empty one with the generation prompt: the header is then what the turn rendered
+        # with two different contents has in common.
+        turn = conversation[0]
+        one, other = self._render([{**turn, "content": "a"}]), self._render([{**turn, "content": "b"}])
+        shared = next((i for i, (x, y) in enumerate(zip(one, other)) if x != y), min(len(one), len(other)))
+        return one[:shared]
 
     def encode(self, record: dict) -> tuple[Example | None, bool]:
         """The example for one validated record and whether it was truncated (None: rejected)."""
-        if "messages" in record:
-            ids, learn = self._chat(record["messages"])
-        elif "text" in record:
-            body = self._tokens(record["text"])
-            ids = self._bos + body + self._eos
-            learn = [False] * len(self._bos) + [True] * (len(body) + len(self._eos))
-        else:
-            prompt, completion = self._tokens(record["prompt"]), self._tokens(record["completion"])
-            ids = self._bos + prompt + completion + self._eos
-            learn = [False] * (len(self._bos) + len(prompt)) + [True] * (len(completion) + len(self._eos))
+        match normalise(record):
+            case Chat(messages):
+                ids, learn = self._chat(messages)
+            case Plain(pieces):
+                ids, learn = self._plain(pieces)
+            case form:
+                raise TypeError(f"no encoding for {type(form).__name__}")
         truncated = len(ids) > self.max_length
         if truncated:
             if self.overlong == "reject":
