@@ -8,6 +8,7 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from trainer import clock
 from trainer.config import Config, load_config
 from trainer.errors import TrainerError
 from trainer.intake import enqueue
@@ -42,7 +43,7 @@ def test_garbage_meta_never_crashes_list_find_status_or_claim(layout, limits, ch
     listed = queue.list_items(layout, list(ItemState))
     assert [i.id for i in listed] == [item_id]
     assert listed[0].meta is not None or listed[0].meta_problem
-    collect(layout, Config(), utc_now())
+    collect(layout, Config(), clock.read())
     try:
         claimed = queue.claim_next(layout, utc_now())
     except TrainerError:
@@ -58,7 +59,7 @@ def test_garbage_daemon_state_is_reported_not_raised(layout, content):
     layout.daemon_state.write_bytes(content)
     state, problem = control.read_state(layout)
     assert state is None or isinstance(state, dict)
-    report = collect(layout, Config(), utc_now())
+    report = collect(layout, Config(), clock.read())
     assert report["daemon"]["liveness"] == "not-running"
 
 
