@@ -16,7 +16,6 @@ from trainer.spool import control, events, queue
 from trainer.spool.layout import open_base
 from trainer.spool.status import collect
 from trainer.states import ItemState
-from trainer.timefmt import utc_now
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
@@ -45,7 +44,7 @@ def test_garbage_meta_never_crashes_list_find_status_or_claim(layout, limits, ch
     assert listed[0].meta is not None or listed[0].meta_problem
     collect(layout, Config(), clock.read())
     try:
-        claimed = queue.claim_next(layout, utc_now())
+        claimed = queue.claim_next(layout)
     except TrainerError:
         claimed = None
     if claimed is not None:
