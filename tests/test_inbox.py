@@ -296,6 +296,41 @@ def test_sweep_leaves_a_live_writers_staging_alone(layout, tmp_path):
         writer.stdout.close()
 
 
+def test_the_sweep_gives_back_a_half_taken_file_whose_staging_looks_written_in_the_future(layout):
+    """The daemon crashed mid-intake, then the clock was set back a day: its staging dir is
+    dead, whatever its mtime says."""
+    staging = layout.tmp / "20261128T000000.000000Z-00000001"
+    staging.mkdir()
+    (staging / "origin.json").write_bytes(_origin("precious.jsonl"))
+    (staging / "data.jsonl").write_bytes(b'{"text": "mine"}\n')
+    ahead = time.time() + DAY
+    for path in (staging / "origin.json", staging / "data.jsonl", staging):
+        os.utime(path, (ahead, ahead))
+    report = sweep_tmp(layout, min_age_s=0.2)
+    assert report.restored == ["precious.jsonl"] and os.listdir(layout.tmp) == []
+    assert (layout.inbox / "precious.jsonl").read_bytes() == b'{"text": "mine"}\n'
+
+
+def test_the_sweep_leaves_what_changes_or_appears_while_it_watches_however_old_it_looks(layout):
+    """After a forward jump a live writer's files look a day old: only watching them tells."""
+    growing, dead = layout.tmp / "growing.tmp", layout.tmp / "dead.tmp"
+    for path in (growing, dead):
+        path.write_bytes(b"x")
+        os.utime(path, (time.time() - DAY, time.time() - DAY))
+
+    def a_writer_at_work(seconds):
+        time.sleep(seconds)
+        with open(growing, "ab") as fh:
+            fh.write(b"more")
+        (layout.tmp / "new.tmp").write_bytes(b"y")
+        for path in (growing, layout.tmp / "new.tmp"):
+            os.utime(path, (time.time() - DAY, time.time() - DAY))
+
+    sweep_tmp(layout, min_age_s=0.1, sleep=a_writer_at_work)
+    assert sorted(os.listdir(layout.tmp)) == ["growing.tmp", "new.tmp"], "only the dead one removed"
+    assert growing.read_bytes() == b"xmore"
+
+
 def test_restoring_never_overwrites_a_new_file_of_the_same_name(layout, limits, tmp_path):
     staging = layout.tmp / "20261128T000000.000000Z-00000000"
     staging.mkdir()
