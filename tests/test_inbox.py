@@ -301,7 +301,7 @@ def test_the_sweep_gives_back_a_half_taken_file_whose_staging_looks_written_in_t
     dead, whatever its mtime says."""
     staging = layout.tmp / "20261128T000000.000000Z-00000001"
     staging.mkdir()
-    (staging / "origin.json").write_bytes(_origin("precious.jsonl"))
+    (staging / "origin.json").write_bytes(origin_record("precious.jsonl"))
     (staging / "data.jsonl").write_bytes(b'{"text": "mine"}\n')
     ahead = time.time() + DAY
     for path in (staging / "origin.json", staging / "data.jsonl", staging):
