@@ -16,6 +16,7 @@ import click
 import orjson
 
 from ctl import render
+from trainer import clock
 from trainer.config import Config, load_config
 from trainer.errors import (
     ConfigError,
@@ -166,7 +167,7 @@ def status(session: Session, as_json: bool, watch: bool) -> None:
     Exits 3 when no daemon is running (like systemctl status).
     """
     while True:
-        report = collect(session.layout, session.config, utc_now())
+        report = collect(session.layout, session.config, clock.read())
         if as_json:
             emit_json(report)
         else:

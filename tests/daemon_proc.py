@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -54,11 +55,14 @@ def small_config(**overrides: dict) -> str:
 class DaemonProcess:
     """One real daemon on a base dir; its output goes to daemon.log beside the base dir."""
 
-    def __init__(self, layout, *args: str) -> None:
+    def __init__(self, layout, *args: str, env: dict | None = None,
+                 program: tuple[str, ...] = (sys.executable, "-m", "trainer.daemon")) -> None:
+        """``env``: added to this environment; ``program``: what takes ``trainer run``'s arguments."""
         self.layout = layout
         self.log = open(layout.root.parent / "daemon.log", "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "trainer.daemon", "run", "--base-dir", str(layout.root),
-                                      *args], stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO)
+        self.proc = subprocess.Popen([*program, "run", "--base-dir", str(layout.root), *args],
+                                     stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO,
+                                     env={**os.environ, **(env or {})} if env else None)
 
     @property
     def pid(self) -> int:

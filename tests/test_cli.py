@@ -101,12 +101,10 @@ def test_item_commands_and_their_exit_codes(layout, chat_file):
 
 
 def test_retry_all_failed(layout, limits, chat_file):
-    from trainer.timefmt import utc_now
-
     ids = []
     for _ in range(2):
         ids.append(enqueue.enqueue(layout, chat_file(), limits=limits).id)
-        queue.claim_next(layout, utc_now())
+        queue.claim_next(layout)
         queue.fail(layout, ids[-1], "boom")
     assert "boom" in trainctl(layout.root, "list", "--failed").stdout
     result = trainctl(layout.root, "retry", "--all-failed")

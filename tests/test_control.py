@@ -5,16 +5,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from trainer import clock
 from trainer.spool import control
 from trainer.spool.control import Action, Requests, decide, liveness
 from trainer.spool.lock import AlreadyRunning, DaemonLock, lock_holder
 from trainer.spool.status import eta_seconds
 from trainer.states import Liveness
-from trainer.timefmt import utc_now
 
 
 def test_stop_beats_skip_beats_pause():
@@ -49,16 +49,64 @@ def test_a_damaged_request_file_still_counts_as_the_request(layout):
     assert decide(control.read_requests(layout), None) is Action.PAUSE
 
 
+def _beat(at: clock.Reading) -> dict:
+    """A state record as write_state publishes it, with its heartbeat taken ``at``."""
+    return {**control.daemon_state("training", pid=1, started_at=at.wall, now=at.wall),
+            "heartbeat_clock": clock.stamp(at)}
+
+
+HERE = "boot-a time:[1]"
+WALL = datetime(2031, 5, 14, 12, 0, tzinfo=timezone.utc)
+DAY = timedelta(days=1)
+
+
 def test_liveness_needs_the_lock_and_a_fresh_heartbeat():
-    now = utc_now()
-    fresh = control.daemon_state("training", pid=1, started_at=now, now=now - timedelta(seconds=2))
-    stale = control.daemon_state("training", pid=1, started_at=now, now=now - timedelta(seconds=500))
-    future = control.daemon_state("training", pid=1, started_at=now, now=now + timedelta(hours=1))
-    assert liveness(None, fresh, now, 120) is Liveness.NOT_RUNNING, "a dead daemon is never 'training'"
-    assert liveness(42, fresh, now, 120) is Liveness.RUNNING
-    assert liveness(42, stale, now, 120) is Liveness.UNRESPONSIVE
+    beat = clock.Reading(WALL, 1000.0, HERE)
+    now = clock.Reading(WALL + timedelta(seconds=2), 1002.0, HERE)
+    later = clock.Reading(WALL + timedelta(seconds=500), 1500.0, HERE)
+    assert liveness(None, _beat(beat), now, 120) is Liveness.NOT_RUNNING, "a dead daemon is never 'training'"
+    assert liveness(42, _beat(beat), now, 120) is Liveness.RUNNING
+    assert liveness(42, _beat(beat), later, 120) is Liveness.UNRESPONSIVE
     assert liveness(42, None, now, 120) is Liveness.UNRESPONSIVE
-    assert liveness(42, future, now, 120) is Liveness.RUNNING, "a clock jump back is not a hang"
+
+
+def test_a_wall_clock_jump_neither_makes_a_healthy_daemon_look_hung_nor_a_hung_one_look_alive():
+    beat = _beat(clock.Reading(WALL, 1000.0, HERE))
+    jumped_forward = clock.Reading(WALL + DAY, 1002.0, HERE)  # 2 s later, the clock a day ahead
+    assert liveness(42, beat, jumped_forward, 120) is Liveness.RUNNING
+    assert control.heartbeat_age(beat, jumped_forward) == 2
+    hung_then_jumped_back = clock.Reading(WALL - DAY, 1500.0, HERE)  # 500 s later, the clock a day behind
+    assert liveness(42, beat, hung_then_jumped_back, 120) is Liveness.UNRESPONSIVE
+
+
+def test_a_heartbeat_from_another_boot_or_namespace_is_aged_on_the_wall_clock():
+    beat = _beat(clock.Reading(WALL, 1000.0, HERE))
+    for elsewhere in ("boot-b time:[1]", "boot-a time:[2]", None):
+        assert control.heartbeat_age(beat, clock.Reading(WALL + timedelta(seconds=30), 5.0, elsewhere)) == 30
+    # On that fallback a heartbeat from the future (the clock jumped back) counts as fresh:
+    # the lock already proves a live process.
+    assert liveness(42, beat, clock.Reading(WALL - DAY, 5.0, None), 120) is Liveness.RUNNING
+    older = control.daemon_state("training", pid=1, started_at=WALL, now=WALL)  # no monotonic stamp
+    assert control.heartbeat_age(older, clock.Reading(WALL + timedelta(seconds=7), 1e6, HERE)) == 7
+
+
+@pytest.mark.parametrize("stamp", [
+    {"domain": HERE, "monotonic": 2000.0},  # after "now": never from this clock
+    {"domain": HERE, "monotonic": "1000"}, {"domain": HERE, "monotonic": True},
+    {"domain": HERE, "monotonic": float("nan")}, {"domain": HERE}, "garbage", None,
+])
+def test_a_damaged_monotonic_stamp_falls_back_to_the_wall_clock(stamp):
+    record = {**control.daemon_state("training", pid=1, started_at=WALL, now=WALL), "heartbeat_clock": stamp}
+    assert control.heartbeat_age(record, clock.Reading(WALL + timedelta(seconds=3), 1500.0, HERE)) == 3
+
+
+def test_the_published_state_carries_this_boots_monotonic_clock(layout):
+    before = clock.read()
+    control.write_state(layout, control.daemon_state("idle", pid=1, started_at=before.wall, now=before.wall))
+    state, problem = control.read_state(layout)
+    assert problem is None and state["heartbeat_clock"]["domain"] == clock.domain()
+    age = control.heartbeat_age(state, clock.read())
+    assert age is not None and 0 <= age <= clock.read().monotonic - before.monotonic
 
 
 def test_second_daemon_lock_is_refused_naming_the_holder(layout):

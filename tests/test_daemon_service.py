@@ -6,7 +6,7 @@ test_daemon.py.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
 import orjson
 import pytest
@@ -167,3 +167,60 @@ def test_after_failure_is_one_policy_for_failures_and_interruptions(attempts_bef
                                    interrupted=interrupted)
     assert decision.give_up is give_up and decision.attempts == attempts_before + 1
     assert (decision.delay_s > 0) is delayed
+
+
+class JumpingClock:
+    """The wall clock jumps when the test says; the monotonic clock only runs forward."""
+
+    def __init__(self, utc: datetime) -> None:
+        self.utc = utc
+        self.monotonic = 0.0
+
+    def now(self) -> Now:
+        return Now(utc=self.utc, local=self.utc.replace(tzinfo=None), monotonic=self.monotonic)
+
+
+def _failing_daemon(layout, clock):
+    daemon = daemon_on(layout, clock=clock)
+    daemon.start()
+
+    def broken(*args):
+        raise OSError(5, "Input/output error (simulated)")
+
+    daemon.engine.prepare = broken
+    return daemon
+
+
+def test_a_retry_delay_is_kept_on_the_monotonic_clock_through_wall_clock_jumps(layout, tmp_path):
+    layout.config_file.write_text(small_config(daemon={"retry_delay_seconds": 30}, spool={"max_attempts": 5}))
+    item_id = enqueue_sample(layout, tmp_path, records=5)
+    utc = DAY.replace(tzinfo=timezone.utc)
+    clock = JumpingClock(utc)
+    daemon = _failing_daemon(layout, clock)
+    daemon.tick(clock.now())
+    assert queue.find(layout, item_id).meta.attempts == 1
+    for clock.utc, clock.monotonic in ((utc + timedelta(days=1), 1.0),  # forward: not released at once
+                                       (utc - timedelta(days=1), 29.0)):  # back: not held for a day
+        assert daemon.tick(clock.now()) is False
+        assert queue.find(layout, item_id).state is ItemState.PENDING and queue.find(layout, item_id).meta.attempts == 1
+    clock.monotonic = 30.0
+    daemon.tick(clock.now())
+    assert queue.find(layout, item_id).meta.attempts == 2, "retried once its 30 s had passed"
+
+
+def test_a_retry_time_left_by_an_earlier_run_waits_at_most_the_longest_delay(layout, tmp_path):
+    layout.config_file.write_text(small_config(daemon={"retry_delay_seconds": 30}, spool={"max_attempts": 5}))
+    item_id = enqueue_sample(layout, tmp_path, records=5)
+    utc = DAY.replace(tzinfo=timezone.utc)
+    first = _failing_daemon(layout, JumpingClock(utc))
+    first.tick(first.clock.now())
+    assert queue.find(layout, item_id).meta.not_before
+    # Restarted after the clock was set back a day: the recorded time is a day away.
+    clock = JumpingClock(utc - timedelta(days=1))
+    again = _failing_daemon(layout, clock)
+    assert again.tick(clock.now()) is False
+    clock.monotonic = 3599.0
+    assert again.tick(clock.now()) is False
+    clock.monotonic = 3600.0
+    again.tick(clock.now())
+    assert queue.find(layout, item_id).meta.attempts == 2, "released after the longest delay, not a day"

@@ -135,15 +135,13 @@ def test_wait_idle_counts_an_inbox_file_being_taken(layout, fake_daemon):
 
 
 def test_a_garbage_retry_time_does_not_block_the_queue(layout, limits, chat_file):
-    from trainer.timefmt import utc_now
-
     item_id = enqueue.enqueue(layout, chat_file(), limits=limits).id
     item = queue.find(layout, item_id)
     meta = orjson.loads(item.meta_path.read_bytes())
     meta["not_before"] = "garbage"
     item.meta_path.write_bytes(orjson.dumps(meta))
     assert "not_before" in queue.find(layout, item_id).meta_problem
-    assert queue.claim_next(layout, utc_now()).id == item_id
+    assert queue.claim_next(layout).id == item_id
 
 
 def test_names_that_are_not_utf8_are_queued_and_shown_escaped(layout, limits, tmp_path):

@@ -13,12 +13,12 @@ import orjson
 import pytest
 from conftest import trainctl
 
+from trainer import clock
 from trainer.config import Config
 from trainer.spool import control, queue
 from trainer.spool.layout import open_base
 from trainer.spool.status import collect
 from trainer.states import ItemState, Priority
-from trainer.timefmt import utc_now
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "base-v1"
 ACTIVE = "20261128T200014.292981Z-1e26cc0e"
@@ -48,7 +48,7 @@ def test_every_item_of_the_v1_fixture_loads_in_its_state(old_base):
 
 def test_the_v1_fixture_control_state_and_events_read_back(old_base):
     assert control.read_requests(old_base).pause["reason"] == "fixture"
-    report = collect(old_base, Config(), utc_now())
+    report = collect(old_base, Config(), clock.read())
     assert report["daemon"]["liveness"] == "not-running" and report["daemon"]["last_state"] == "training"
     assert report["paused"] is True
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import as_user, write_jsonl
 
-from trainer.intake.inbox import InboxScanner, Observation, ingest, is_settled
+from trainer.intake.inbox import InboxScanner, first_sight_credit, ingest
 from trainer.spool import events, queue
 from trainer.spool.origin import origin_record
 from trainer.spool.sweep import sweep_tmp
@@ -155,14 +155,85 @@ def test_an_unreadable_inbox_file_fails_with_the_fix(open_layout, chat_file):
     assert item.data_path.exists(), "the file is kept, not dropped"
 
 
-def test_settling_survives_clock_jumps():
-    mono = 1000.0
-    fresh = Observation(size=10, mtime_ns=int(2_000_000_000 * 1e9), inode=1, unchanged_since=mono)
-    # mtime far in the future (the clock jumped back): only the monotonic period counts.
-    assert not is_settled(fresh, now_wall=1_000_000_000.0, now_mono=mono + 1, settle_s=5)
-    assert is_settled(fresh, now_wall=1_000_000_000.0, now_mono=mono + 5, settle_s=5)
-    old = Observation(size=10, mtime_ns=int(999_999_000 * 1e9), inode=1, unchanged_since=mono)
-    assert is_settled(old, now_wall=1_000_000_000.0, now_mono=mono, settle_s=5)
+DAY = 86_400.0
+
+
+class MovedClock:
+    """The wall clock a daemon reads, moved by whole jumps; writes get their mtime from it, as
+    a kernel on that clock would stamp them (the test itself stays on the real clock)."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def wall(self) -> float:
+        return time.time() + self.offset
+
+    def write(self, path, data: bytes) -> None:
+        with open(path, "ab") as fh:
+            fh.write(data)
+        stamp = int(self.wall() * 1e9)
+        os.utime(path, ns=(stamp, stamp))
+
+
+def test_the_first_sight_credit_is_the_mtime_age_never_from_the_future_nor_over_the_settle_period():
+    now = 1_000_000_000.0
+    assert first_sight_credit(int((now - 2) * 1e9), now, settle_s=5) == pytest.approx(2)
+    assert first_sight_credit(int((now - 60) * 1e9), now, settle_s=5) == 5
+    assert first_sight_credit(int((now + DAY) * 1e9), now, settle_s=5) == 0, "the clock jumped back"
+
+
+def test_a_forward_jump_during_a_pause_in_a_copy_does_not_take_the_half_written_file(layout):
+    clock, path = MovedClock(), layout.inbox / "slow.jsonl"
+    scanner = InboxScanner(layout.inbox, settle_s=5)
+    t0 = time.monotonic()
+    assert scanner.ready(clock.wall(), t0) == [], "the daemon starts with an empty inbox"
+    clock.write(path, b'{"text": "chunk 1"}\n{"te')
+    assert scanner.ready(clock.wall(), t0 + 1) == []
+    clock.offset += DAY  # during the pause: every mtime now looks a day old
+    assert scanner.ready(clock.wall(), t0 + 2) == [], "taken half-written after a forward jump"
+    assert scanner.ready(clock.wall(), t0 + 5.9) == []
+    clock.write(path, b'xt": "chunk 2"}\n')
+    assert scanner.ready(clock.wall(), t0 + 6) == []
+    assert scanner.ready(clock.wall(), t0 + 10.9) == [], "changed at t0+6: settles at t0+11"
+    assert scanner.ready(clock.wall(), t0 + 11) == ["slow.jsonl"]
+
+
+def test_a_backward_jump_neither_strands_a_finished_file_nor_hides_a_change(layout):
+    clock = MovedClock()
+    scanner = InboxScanner(layout.inbox, settle_s=5)
+    t0 = time.monotonic()
+    assert scanner.ready(clock.wall(), t0) == []
+    clock.write(layout.inbox / "done.jsonl", b'{"text": "whole"}\n')
+    clock.write(layout.inbox / "across.jsonl", b'{"text": "first"}\n')
+    assert scanner.ready(clock.wall(), t0 + 1) == []
+    clock.offset -= DAY  # both mtimes are now a day in the future
+    clock.write(layout.inbox / "across.jsonl", b'{"text": "after the jump"}\n')  # its mtime goes back
+    assert scanner.ready(clock.wall(), t0 + 2) == []
+    assert scanner.ready(clock.wall(), t0 + 6) == ["done.jsonl"], "not stranded until the clock catches up"
+    assert scanner.ready(clock.wall(), t0 + 6.9) == ["done.jsonl"]
+    assert set(scanner.ready(clock.wall(), t0 + 7)) == {"done.jsonl", "across.jsonl"}
+
+
+def test_a_jump_between_first_sight_and_the_second_scan_does_not_take_a_copy_in_progress(layout):
+    clock = MovedClock()
+    old, changed, copying = (layout.inbox / name for name in ("old.jsonl", "changed.jsonl", "copying.jsonl"))
+    clock.write(old, b'{"text": "sat there while the daemon was down"}\n')
+    clock.write(changed, b'{"text": "old, then appended to"}\n')
+    for path in (old, changed):
+        os.utime(path, (clock.wall() - 60, clock.wall() - 60))
+    clock.write(copying, b'{"text": "half')
+    os.utime(copying, (clock.wall() - 1, clock.wall() - 1))  # last written a second before the start
+    scanner = InboxScanner(layout.inbox, settle_s=5)
+    t0 = time.monotonic()
+    assert set(scanner.ready(clock.wall(), t0)) == {"old.jsonl", "changed.jsonl"}, "there at the start: no wait"
+    os.unlink(old)  # taken
+    clock.offset += DAY
+    clock.write(changed, b'{"text": "more"}\n')  # changed after the start: timed from that scan
+    assert scanner.ready(clock.wall(), t0 + 1) == [], "the wall clock is read at the first scan only"
+    assert scanner.ready(clock.wall(), t0 + 3.5) == []
+    assert scanner.ready(clock.wall(), t0 + 4) == ["copying.jsonl"], "its age at first sight counts"
+    assert scanner.ready(clock.wall(), t0 + 5.9) == ["copying.jsonl"]
+    assert scanner.ready(clock.wall(), t0 + 6) == ["copying.jsonl", "changed.jsonl"]
 
 
 def test_a_changed_file_restarts_its_settle_period(layout):
@@ -223,6 +294,41 @@ def test_sweep_leaves_a_live_writers_staging_alone(layout, tmp_path):
         writer.kill()
         writer.wait()
         writer.stdout.close()
+
+
+def test_the_sweep_gives_back_a_half_taken_file_whose_staging_looks_written_in_the_future(layout):
+    """The daemon crashed mid-intake, then the clock was set back a day: its staging dir is
+    dead, whatever its mtime says."""
+    staging = layout.tmp / "20261128T000000.000000Z-00000001"
+    staging.mkdir()
+    (staging / "origin.json").write_bytes(origin_record("precious.jsonl"))
+    (staging / "data.jsonl").write_bytes(b'{"text": "mine"}\n')
+    ahead = time.time() + DAY
+    for path in (staging / "origin.json", staging / "data.jsonl", staging):
+        os.utime(path, (ahead, ahead))
+    report = sweep_tmp(layout, min_age_s=0.2)
+    assert report.restored == ["precious.jsonl"] and os.listdir(layout.tmp) == []
+    assert (layout.inbox / "precious.jsonl").read_bytes() == b'{"text": "mine"}\n'
+
+
+def test_the_sweep_leaves_what_changes_or_appears_while_it_watches_however_old_it_looks(layout):
+    """After a forward jump a live writer's files look a day old: only watching them tells."""
+    growing, dead = layout.tmp / "growing.tmp", layout.tmp / "dead.tmp"
+    for path in (growing, dead):
+        path.write_bytes(b"x")
+        os.utime(path, (time.time() - DAY, time.time() - DAY))
+
+    def a_writer_at_work(seconds):
+        time.sleep(seconds)
+        with open(growing, "ab") as fh:
+            fh.write(b"more")
+        (layout.tmp / "new.tmp").write_bytes(b"y")
+        for path in (growing, layout.tmp / "new.tmp"):
+            os.utime(path, (time.time() - DAY, time.time() - DAY))
+
+    sweep_tmp(layout, min_age_s=0.1, sleep=a_writer_at_work)
+    assert sorted(os.listdir(layout.tmp)) == ["growing.tmp", "new.tmp"], "only the dead one removed"
+    assert growing.read_bytes() == b"xmore"
 
 
 def test_restoring_never_overwrites_a_new_file_of_the_same_name(layout, limits, tmp_path):

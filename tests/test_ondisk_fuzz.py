@@ -8,6 +8,7 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from trainer import clock
 from trainer.config import Config, load_config
 from trainer.errors import TrainerError
 from trainer.intake import enqueue
@@ -15,7 +16,6 @@ from trainer.spool import control, events, queue
 from trainer.spool.layout import open_base
 from trainer.spool.status import collect
 from trainer.states import ItemState
-from trainer.timefmt import utc_now
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
@@ -42,9 +42,9 @@ def test_garbage_meta_never_crashes_list_find_status_or_claim(layout, limits, ch
     listed = queue.list_items(layout, list(ItemState))
     assert [i.id for i in listed] == [item_id]
     assert listed[0].meta is not None or listed[0].meta_problem
-    collect(layout, Config(), utc_now())
+    collect(layout, Config(), clock.read())
     try:
-        claimed = queue.claim_next(layout, utc_now())
+        claimed = queue.claim_next(layout)
     except TrainerError:
         claimed = None
     if claimed is not None:
@@ -58,7 +58,7 @@ def test_garbage_daemon_state_is_reported_not_raised(layout, content):
     layout.daemon_state.write_bytes(content)
     state, problem = control.read_state(layout)
     assert state is None or isinstance(state, dict)
-    report = collect(layout, Config(), utc_now())
+    report = collect(layout, Config(), clock.read())
     assert report["daemon"]["liveness"] == "not-running"
 
 

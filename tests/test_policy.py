@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 
-from trainer.daemon.policy import error_backoff, memory_creeping, retry_delay, snapshot_due, space_needed
+from trainer.daemon.policy import (
+    error_backoff, first_sight_deadline, memory_creeping, retry_delay, snapshot_due, space_needed,
+)
 
 
 def test_retry_delays_grow_and_are_capped():
     assert [retry_delay(n, 30) for n in (1, 2, 3)] == [30, 60, 120]
     assert retry_delay(20, 30) == 3600
+
+
+def test_a_retry_time_from_an_earlier_run_is_read_once_and_never_as_more_than_the_longest_delay():
+    now = datetime(2031, 5, 14, 12, 0, tzinfo=timezone.utc)
+    assert first_sight_deadline(now + timedelta(seconds=30), now, 100.0, 3600) == 130.0
+    assert first_sight_deadline(now - timedelta(seconds=30), now, 100.0, 3600) == 100.0, "already over"
+    # Written before the clock was set back a day: a day left by the wall clock, an hour at most.
+    assert first_sight_deadline(now + timedelta(days=1), now, 100.0, 3600) == 3700.0
 
 
 def test_error_backoff_grows_and_is_capped():

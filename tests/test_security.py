@@ -27,7 +27,6 @@ from trainer.intake import enqueue
 from trainer.intake.inbox import ingest
 from trainer.spool import queue
 from trainer.states import ItemState, Priority
-from trainer.timefmt import utc_now
 
 OUTSIDER, MEMBER, GROUP = 61001, 61002, 61003  # numeric ids: setpriv needs no passwd entry
 
@@ -131,7 +130,7 @@ def test_a_symlink_planted_in_the_spool_is_never_followed(layout, tmp_path):
 
     listed = queue.find(layout, item_id)
     assert listed.meta is None and "symlink" in listed.meta_problem
-    claimed = queue.claim_next(layout, utc_now())
+    claimed = queue.claim_next(layout)
     assert claimed.id == item_id
     with pytest.raises(WrongState, match="symlink"):
         enqueue.validate_item_data(claimed, Config().spool)  # what the daemon checks at claim

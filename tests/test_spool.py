@@ -14,7 +14,7 @@ from trainer.intake import enqueue
 from trainer.spool import events, queue
 from trainer.spool.item import META_NAME
 from trainer.states import ItemState, Priority
-from trainer.timefmt import utc_now
+from trainer.timefmt import iso, utc_now
 
 
 def _event_kinds(layout, item_id=None):
@@ -62,7 +62,7 @@ def test_claims_serve_high_before_normal_before_low_and_fifo_within(layout, limi
     high = enqueue.enqueue(layout, chat_file(), limits=limits, priority=Priority.HIGH).id
     n2 = enqueue.enqueue(layout, chat_file(), limits=limits).id
     order = []
-    while (item := queue.claim_next(layout, utc_now())) is not None:
+    while (item := queue.claim_next(layout)) is not None:
         order.append(item.id)
         queue.complete(layout, item.id)
     assert order == [high, n1, n2, low]
@@ -72,37 +72,45 @@ def test_claims_serve_high_before_normal_before_low_and_fifo_within(layout, limi
 def test_only_one_item_can_be_active(layout, limits, chat_file):
     enqueue.enqueue(layout, chat_file(), limits=limits)
     enqueue.enqueue(layout, chat_file(), limits=limits)
-    first = queue.claim_next(layout, utc_now())
+    first = queue.claim_next(layout)
     with pytest.raises(WrongState, match="already active"):
-        queue.claim_next(layout, utc_now())
+        queue.claim_next(layout)
     assert queue.active_item(layout).id == first.id
 
 
 def test_requeue_counts_an_attempt_and_delays_the_retry(layout, limits, chat_file):
     item_id = enqueue.enqueue(layout, chat_file(), limits=limits).id
-    queue.claim_next(layout, utc_now())
+    queue.claim_next(layout)
     now = utc_now()
     queue.requeue(layout, item_id, reason="out of memory", not_before=now + timedelta(seconds=30))
     item = queue.find(layout, item_id)
     assert item.state is ItemState.PENDING
     assert item.meta.attempts == 1
     assert item.meta.errors[-1].message == "out of memory" and item.meta.errors[-1].kind == "transient"
-    assert queue.claim_next(layout, now) is None, "not before its retry time"
-    assert queue.claim_next(layout, now + timedelta(seconds=31)).id == item_id
+    asked = []
+
+    def retry_due(asked_id, not_before):
+        asked.append((asked_id, not_before))
+        return len(asked) > 1
+
+    assert queue.claim_next(layout) is None, "not before its retry time"
+    assert queue.claim_next(layout, retry_due) is None, "the caller's clock judges the delay"
+    assert asked == [(item_id, item.meta.not_before)] and item.meta.not_before == iso(now + timedelta(seconds=30))
+    assert queue.claim_next(layout, retry_due).id == item_id
 
 
 def test_graceful_requeue_costs_no_attempt(layout, limits, chat_file):
     item_id = enqueue.enqueue(layout, chat_file(), limits=limits).id
-    queue.claim_next(layout, utc_now())
+    queue.claim_next(layout)
     queue.requeue(layout, item_id, reason="stopping", count_attempt=False)
     assert queue.find(layout, item_id).meta.attempts == 0
 
 
 def test_fail_then_retry_resets_attempts_and_keeps_the_error_history(layout, limits, chat_file):
     item_id = enqueue.enqueue(layout, chat_file(), limits=limits).id
-    queue.claim_next(layout, utc_now())
+    queue.claim_next(layout)
     queue.requeue(layout, item_id, reason="crash")
-    queue.claim_next(layout, utc_now())
+    queue.claim_next(layout)
     queue.fail(layout, item_id, "loss is NaN")
     failed = queue.find(layout, item_id)
     assert failed.state is ItemState.FAILED and failed.meta.attempts == 1
@@ -123,22 +131,22 @@ def test_hold_release_and_move_keep_the_item_and_its_age(layout, limits, chat_fi
     item = queue.find(layout, older)
     assert item.state is ItemState.PENDING and item.priority is Priority.HIGH
     assert item.meta.priority is Priority.HIGH
-    assert queue.claim_next(layout, utc_now()).id == older, "FIFO by age within the priority"
+    assert queue.claim_next(layout).id == older, "FIFO by age within the priority"
     assert _event_kinds(layout, older) == ["enqueued", "held", "moved", "released", "claimed"]
     assert queue.find(layout, newer).state is ItemState.PENDING
 
 
 def test_enqueue_held_waits_for_release(layout, limits, chat_file):
     item_id = enqueue.enqueue(layout, chat_file(), limits=limits, hold=True).id
-    assert queue.claim_next(layout, utc_now()) is None
+    assert queue.claim_next(layout) is None
     queue.release(layout, item_id)
-    assert queue.claim_next(layout, utc_now()).id == item_id
+    assert queue.claim_next(layout).id == item_id
 
 
 def test_remove_refuses_the_active_item_and_deletes_others(layout, limits, chat_file):
     active = enqueue.enqueue(layout, chat_file(), limits=limits).id
     other = enqueue.enqueue(layout, chat_file(), limits=limits).id
-    queue.claim_next(layout, utc_now())
+    queue.claim_next(layout)
     with pytest.raises(WrongState, match="active"):
         queue.remove(layout, active)
     queue.remove(layout, other)
@@ -172,7 +180,7 @@ def test_ids_with_path_tricks_are_refused(layout, bad_id):
 
 def test_a_corrupt_meta_is_listed_with_its_problem_and_retry_rebuilds_it(layout, limits, chat_file):
     item_id = enqueue.enqueue(layout, chat_file(records=4), limits=limits).id
-    queue.claim_next(layout, utc_now())
+    queue.claim_next(layout)
     queue.fail(layout, item_id, "boom")
     item = queue.find(layout, item_id)
     (item.path / META_NAME).write_bytes(b"\x00garbage{")
@@ -188,7 +196,7 @@ def test_foreign_entries_in_spool_dirs_are_ignored(layout, limits, chat_file):
     (layout.pending(Priority.NORMAL) / "random-dir").mkdir()
     item_id = enqueue.enqueue(layout, chat_file(), limits=limits).id
     assert [i.id for i in queue.list_items(layout, [ItemState.PENDING])] == [item_id]
-    assert queue.claim_next(layout, utc_now()).id == item_id
+    assert queue.claim_next(layout).id == item_id
 
 
 def test_counts_split_pending_by_priority(layout, limits, chat_file):
@@ -210,7 +218,7 @@ def test_every_published_file_is_complete_and_group_readable(layout, limits, cha
 
 def test_token_statistics_are_recorded_on_the_active_item(layout, limits, chat_file):
     item_id = enqueue.enqueue(layout, chat_file(), limits=limits).id
-    queue.claim_next(layout, utc_now())
+    queue.claim_next(layout)
     stats = {"examples": 3, "mean": 12.0, "p95": 14, "max": 14, "truncated": 0}
     queue.set_tokens(layout, item_id, stats)
     assert queue.find(layout, item_id).meta.tokens == stats
@@ -230,4 +238,4 @@ def test_an_item_deleted_by_hand_between_listing_and_claim_is_skipped(layout, li
         return names
 
     monkeypatch.setattr(queue, "_entries", listing_then_rm)
-    assert queue.claim_next(layout, utc_now()).id == second
+    assert queue.claim_next(layout).id == second

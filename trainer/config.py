@@ -31,7 +31,8 @@ class SpoolConfig:
     inbox_settle_seconds: float = _setting(
         5.0,
         "A file copied into inbox/ is taken once its size and mtime have not changed for this "
-        "long (a file renamed into inbox/ is taken at once).",
+        "long, timed on the monotonic clock (a file renamed into inbox/ is taken at once; one "
+        "already there when the daemon starts counts the time since its mtime).",
         minimum=0,
     )
     max_file_bytes: int = _setting(
@@ -63,8 +64,9 @@ class DaemonConfig:
     )
     stale_after_seconds: float = _setting(
         120.0,
-        "A heartbeat older than this makes `trainctl status` report the daemon unresponsive. "
-        "Keep it above the longest optimizer step.",
+        "A heartbeat older than this (on the monotonic clock, so a wall-clock jump changes "
+        "nothing) makes `trainctl status` report the daemon unresponsive. Keep it above the "
+        "longest optimizer step.",
         minimum=1,
     )
     min_free_bytes: int = _setting(
@@ -76,7 +78,7 @@ class DaemonConfig:
                                          minimum=0.1)
     retry_delay_seconds: float = _setting(
         30.0, "First delay before a transiently failed item is tried again; it doubles with each "
-              "attempt (at most an hour).", minimum=0)
+              "attempt (at most an hour). Timed on the monotonic clock.", minimum=0)
     max_consecutive_errors: int = _setting(
         5, "Unexpected errors in a row in the main loop before the daemon exits non-zero for systemd "
            "to restart it.", minimum=1)

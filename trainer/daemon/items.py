@@ -2,7 +2,8 @@
 
 ``ItemTrainer.train`` returns an ``Outcome``; the service decides what the loop does next.
 What to do after a failure (retry later or give up) is one pure policy, ``after_failure``,
-used for items that failed and for items a crash interrupted.
+used for items that failed and for items a crash interrupted. When a retry may start is the
+``RetryClock``'s call, on the monotonic clock.
 """
 
 from __future__ import annotations
@@ -11,12 +12,14 @@ import logging
 import os
 import traceback
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from enum import Enum
 from pathlib import Path
 from typing import Protocol
 
 from trainer.config import Config
-from trainer.daemon.policy import not_before, retry_delay
+from trainer.daemon.clock import Now
+from trainer.daemon.policy import MAX_RETRY_DELAY_S, first_sight_deadline, retry_delay
 from trainer.daemon.reporter import Activity
 from trainer.errors import InvalidData, ItemFailed, RestartRequested, Shutdown, TrainerError
 from trainer.intake.enqueue import validate_item_data
@@ -24,7 +27,7 @@ from trainer.spool import control, queue
 from trainer.spool.item import Item, display_name
 from trainer.spool.layout import Layout
 from trainer.states import DaemonState, Event, ItemState
-from trainer.timefmt import iso, utc_now
+from trainer.timefmt import iso, parse_iso, utc_now
 from trainer.train.protocol import ItemPlan, Progress, TrainingEngine
 
 log = logging.getLogger("trainer.daemon")
@@ -69,22 +72,64 @@ class Host(Protocol):
     def after_step(self, progress: Progress) -> None: ...
 
 
-def claim(layout: Layout, engine: TrainingEngine) -> Item | None:
+class Clock(Protocol):
+    def now(self) -> Now: ...
+
+
+class RetryClock:
+    """When each retry delay is over, decided on the monotonic clock.
+
+    ``not_before`` in meta.json is a wall-clock time, for people (``trainctl show``) and for a
+    daemon started later. Deciding on it would let a clock jumped back a day hold a retry for
+    a day, and a jump forward release it at once. So a delay set here is remembered as a
+    monotonic deadline; a ``not_before`` set by an earlier run (before a restart) is read
+    against the wall clock once, at first sight, never as more than the longest delay, and
+    carried on the monotonic clock from then on.
+    """
+
+    def __init__(self, clock: Clock, longest_s: float = MAX_RETRY_DELAY_S) -> None:
+        self.clock = clock
+        self.longest_s = longest_s
+        self._deadlines: dict[str, tuple[str, float]] = {}  # id -> (not_before as recorded, monotonic)
+
+    def defer(self, item_id: str, delay_s: float) -> datetime:
+        """Start ``item_id``'s delay now; returns the wall-clock ``not_before`` to record."""
+        now = self.clock.now()
+        not_before = now.utc + timedelta(seconds=delay_s)
+        self._deadlines[item_id] = (iso(not_before), now.monotonic + delay_s)
+        return not_before
+
+    def due(self, item_id: str, not_before: str) -> bool:
+        """Whether the delay recorded as ``not_before`` is over (``queue.RetryDue``)."""
+        now = self.clock.now()
+        known = self._deadlines.get(item_id)
+        if known is None or known[0] != not_before:
+            deadline = first_sight_deadline(parse_iso(not_before), now.utc, now.monotonic, self.longest_s)
+            known = self._deadlines[item_id] = (not_before, deadline)
+        if now.monotonic < known[1]:
+            return False
+        del self._deadlines[item_id]
+        return True
+
+
+def claim(layout: Layout, engine: TrainingEngine, retries: RetryClock) -> Item | None:
     """The item the checkpoint is in the middle of, if any, before any other."""
     cursor = engine.state.cursor
     if cursor:
         item = queue.claim_specific(layout, cursor["item_id"])
         if item is not None:
             return item
-    return queue.claim_next(layout, utc_now())
+    return queue.claim_next(layout, retries.due)
 
 
 class ItemTrainer:
-    def __init__(self, host: Host, layout: Layout, engine: TrainingEngine, activity: Activity) -> None:
+    def __init__(self, host: Host, layout: Layout, engine: TrainingEngine, activity: Activity,
+                 retries: RetryClock) -> None:
         self.host = host
         self.layout = layout
         self.engine = engine
         self.activity = activity
+        self.retries = retries
         self._action = control.Action.NONE
 
     def train(self, item: Item) -> Outcome:
@@ -176,7 +221,7 @@ class ItemTrainer:
         decision = after_failure(current.meta.attempts if current.meta else 0, transient=transient,
                                  max_attempts=spool.max_attempts, retry_base_s=daemon.retry_delay_seconds)
         if not decision.give_up:
-            queue.requeue(self.layout, item.id, reason=reason, not_before=not_before(utc_now(), decision.delay_s))
+            queue.requeue(self.layout, item.id, reason=reason, not_before=self.retries.defer(item.id, decision.delay_s))
             log.warning("%s failed (%s); retrying in %.0f s (attempt %d of %d)", item.id, reason, decision.delay_s,
                         decision.attempts + 1, spool.max_attempts)
             return Outcome.RETRY

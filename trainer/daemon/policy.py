@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 
 MAX_RETRY_DELAY_S = 3600.0
 
@@ -47,5 +47,9 @@ def memory_creeping(samples: list[int], limit: int, window: int = 3) -> bool:
     return rising and samples[-1] - samples[0] > limit
 
 
-def not_before(now: datetime, delay_s: float) -> datetime:
-    return now + timedelta(seconds=delay_s)
+def first_sight_deadline(not_before: datetime, now_utc: datetime, now_monotonic: float, longest_s: float) -> float:
+    """The monotonic deadline of a retry delay recorded as a wall-clock ``not_before`` by
+    someone else (an earlier run): what is left of it by the wall clock now, between 0 and the
+    longest delay (a clock jumped back since must not hold a retry for as long as the jump)."""
+    left = (not_before - now_utc).total_seconds()
+    return now_monotonic + min(max(left, 0.0), longest_s)

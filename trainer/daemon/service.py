@@ -86,6 +86,7 @@ class Daemon:
         self.config_path = config_path
         self.engine_factory = engine_factory
         self.clock = clock or SystemClock()
+        self.retries = items.RetryClock(self.clock)
         self.notifier = notifier or Notifier()
         self.signals = Signals()
         self.activity = Activity()
@@ -198,7 +199,7 @@ class Daemon:
         dirs = [self.layout.inbox, self.layout.control, *[self.layout.pending(p) for p in Priority.in_service_order()]]
         self._watcher = Watcher(dirs, self.signals.wake_r)
         self._scanner = InboxScanner(self.layout.inbox, self.config.spool.inbox_settle_seconds)
-        self._trainer = items.ItemTrainer(self, self.layout, self.engine, self.activity)
+        self._trainer = items.ItemTrainer(self, self.layout, self.engine, self.activity, self.retries)
 
     # --- the main loop --------------------------------------------------------------------------
 
@@ -268,7 +269,7 @@ class Daemon:
             return worked
         if not self.housekeeping.room_to_claim():
             return False
-        item = items.claim(self.layout, self.engine)
+        item = items.claim(self.layout, self.engine, self.retries)
         if item is None:
             self._consolidate_if_due(requests)
             return worked

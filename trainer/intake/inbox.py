@@ -6,7 +6,10 @@ while a copy is in progress, so they are never touched (hence: copy to ``inbox/.
 been renamed into our own staging directory, so a symlink, fifo or device is left alone.
 
 A file is taken once complete: it arrived by rename (the daemon's inotify watch says so),
-or its size and mtime have not changed for the settle period.
+or its size and mtime have not changed for the settle period, measured on the monotonic clock.
+The wall clock (and so a file's mtime) can jump: forward, and every copy in progress looks
+old; back, and a finished file looks written in the future. It is read once per file, for
+the files already there when the daemon starts (see ``first_sight_credit``).
 """
 
 from __future__ import annotations
@@ -47,18 +50,20 @@ class Observation:
         return (self.size, self.mtime_ns, self.inode) == (other.size, other.mtime_ns, other.inode)
 
 
-def is_settled(seen: Observation, now_wall: float, now_mono: float, settle_s: float) -> bool:
-    """A file is complete once unchanged for ``settle_s``.
+def first_sight_credit(mtime_ns: int, now_wall: float, settle_s: float) -> float:
+    """Seconds a file found at the daemon's start already counts as unchanged: its mtime's age,
+    at most ``settle_s``, and 0 for an mtime in the future (the clock jumped back since).
 
-    Unchanged is judged on the monotonic clock across scans (immune to clock jumps), or,
-    on the first sight of a file, from an mtime at least ``settle_s`` in the past (a file
-    that sat there while the daemon was down need not wait again). An mtime in the future
-    (the clock jumped back) proves nothing, so such a file waits out the monotonic period.
+    Read once, at that first scan, and then carried on the monotonic clock: re-reading the
+    wall clock at later scans would make every copy in progress look old after a forward jump.
     """
-    if now_mono - seen.unchanged_since >= settle_s:
-        return True
-    age = now_wall - seen.mtime_ns / 1e9
-    return age >= settle_s
+    age = now_wall - mtime_ns / 1e9
+    return min(max(age, 0.0), settle_s)
+
+
+def is_settled(seen: Observation, now_mono: float, settle_s: float) -> bool:
+    """A file is complete once unchanged for ``settle_s`` on the monotonic clock."""
+    return now_mono - seen.unchanged_since >= settle_s
 
 
 class InboxScanner:
@@ -69,10 +74,15 @@ class InboxScanner:
         self.settle_s = settle_s
         self._seen: dict[str, Observation] = {}
         self._refused: dict[str, tuple[int, int]] = {}  # name -> (type, inode), logged once
+        # Only the first scan may credit a file with its mtime's age: those files were there
+        # when the daemon started (a file that sat there while it was down need not wait
+        # again). Any file that appears or changes later is timed from when it was seen so.
+        self._first_scan = True
 
     def ready(self, now_wall: float, now_mono: float, renamed: frozenset[str] = frozenset()) -> list[str]:
         """Names of complete files, oldest mtime first; ``renamed``: names known to have
-        arrived by rename (from inotify's IN_MOVED_TO), taken at once."""
+        arrived by rename (from inotify's IN_MOVED_TO), taken at once. ``now_wall`` is read
+        only at the first scan."""
         current: dict[str, Observation] = {}
         refused: dict[str, tuple[int, int]] = {}
         with os.scandir(self.inbox) as entries:
@@ -93,18 +103,26 @@ class InboxScanner:
                                     "file itself into the inbox)", display_name(entry.name),
                                     _kind(st.st_mode))
                     continue
-                seen = Observation(st.st_size, st.st_mtime_ns, st.st_ino, now_mono)
-                before = self._seen.get(entry.name)
-                if before is not None and before.same_file_state(seen):
-                    seen = before
-                current[entry.name] = seen
+                current[entry.name] = self._observe(entry.name, st, now_wall, now_mono)
         self._seen = current
         self._refused = refused
+        self._first_scan = False
         ready = [
             name for name, seen in current.items()
-            if name in renamed or is_settled(seen, now_wall, now_mono, self.settle_s)
+            if name in renamed or is_settled(seen, now_mono, self.settle_s)
         ]
         return sorted(ready, key=lambda name: (current[name].mtime_ns, name))
+
+    def _observe(self, name: str, st: os.stat_result, now_wall: float, now_mono: float) -> Observation:
+        """This scan's observation of a file: unchanged since the earlier one, or new from now."""
+        seen = Observation(st.st_size, st.st_mtime_ns, st.st_ino, now_mono)
+        before = self._seen.get(name)
+        if before is not None and before.same_file_state(seen):
+            return before
+        if before is None and self._first_scan:
+            credit = first_sight_credit(st.st_mtime_ns, now_wall, self.settle_s)
+            return Observation(st.st_size, st.st_mtime_ns, st.st_ino, now_mono - credit)
+        return seen
 
 
 def _kind(mode: int) -> str:

@@ -11,7 +11,9 @@ When several are pending the daemon obeys **stop, then skip, then pause** (``dec
 
 The daemon publishes ``run/daemon.json`` (state, pid, heartbeat, progress). Whether it is
 alive is never taken from that file alone: a crashed daemon leaves it saying "training".
-Liveness is the daemon lock being held, and the heartbeat being fresh.
+Liveness is the daemon lock being held, and the heartbeat being fresh, measured on the
+monotonic clock (the heartbeat carries its reading, see ``write_state``): a wall-clock jump
+neither makes a healthy daemon look hung nor a hung one look alive.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any
 
 import orjson
 
+from trainer import clock
 from trainer.spool.fsutil import read_regular, unlink_durably, write_atomic
 from trainer.spool.layout import Layout
 from trainer.states import Liveness
@@ -152,14 +155,15 @@ def clear_consolidate(layout: Layout) -> bool:
 # --- the daemon's state file ---------------------------------------------------------------
 
 def write_state(layout: Layout, state: dict) -> None:
-    """Publish the daemon's state (the daemon adds heartbeat and pid; see ``daemon_state``).
+    """Publish the daemon's state (the daemon adds heartbeat and pid; see ``daemon_state``),
+    stamped with the monotonic clock as it is written: what ``heartbeat_age`` measures by.
 
     Not fsynced: it is rewritten every second while training and is for display only (the
     daemon replaces it at start, liveness comes from the lock, and readers cope with a damaged
     one), and two fsyncs a second were most of the daemon's own cost.
     """
-    write_atomic(layout.tmp, layout.daemon_state, orjson.dumps({"schema": STATE_SCHEMA, **state}) + b"\n",
-                 durable=False)
+    record = {"schema": STATE_SCHEMA, **state, "heartbeat_clock": clock.stamp(clock.read())}
+    write_atomic(layout.tmp, layout.daemon_state, orjson.dumps(record) + b"\n", durable=False)
 
 
 def daemon_state(state: str, *, pid: int, started_at: datetime, now: datetime, **fields: Any) -> dict:
@@ -183,21 +187,32 @@ def read_state(layout: Layout) -> tuple[dict | None, str | None]:
     return data, None
 
 
-def heartbeat_age(state: dict | None, now: datetime) -> float | None:
-    """Seconds since the daemon's last heartbeat; None if unknown."""
-    if not state or not isinstance(state.get("heartbeat_at"), str):
+def heartbeat_age(state: dict | None, now: clock.Reading) -> float | None:
+    """Seconds since the daemon's last heartbeat; None if unknown.
+
+    On the monotonic clock whenever the heartbeat was written in this boot and time namespace
+    (always, for a daemon on this machine), so a wall-clock jump changes nothing. Otherwise (a
+    daemon on another machine sharing the base dir, or a state file older than the monotonic
+    stamp) from the wall-clock times: there a jump moves the age by the jump.
+    """
+    if not state:
+        return None
+    age = clock.elapsed(state.get("heartbeat_clock"), now)
+    if age is not None:
+        return age
+    if not isinstance(state.get("heartbeat_at"), str):
         return None
     try:
-        return (now - parse_iso(state["heartbeat_at"])).total_seconds()
+        return (now.wall - parse_iso(state["heartbeat_at"])).total_seconds()
     except ValueError:
         return None
 
 
-def liveness(lock_holder: int | None, state: dict | None, now: datetime, stale_after_s: float) -> Liveness:
+def liveness(lock_holder: int | None, state: dict | None, now: clock.Reading, stale_after_s: float) -> Liveness:
     """Running only if the lock is held *and* the heartbeat is fresh.
 
-    A heartbeat from the future (the clock jumped back) counts as fresh: the lock already
-    proves a live process, and a clock jump must not make it look hung.
+    On the wall-clock fallback of ``heartbeat_age``, a heartbeat from the future (the clock
+    jumped back) counts as fresh: the lock already proves a live process.
     """
     if lock_holder is None:
         return Liveness.NOT_RUNNING

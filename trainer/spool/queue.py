@@ -225,11 +225,22 @@ def remove(layout: Layout, item_id: str) -> Item:
 
 # --- the daemon's side ---------------------------------------------------------------------
 
-def claim_next(layout: Layout, now: datetime) -> Item | None:
+RetryDue = Callable[[str, str], bool]  # (item id, its not_before as recorded) -> is the delay over?
+
+
+def retry_over_by_wall_clock(item_id: str, not_before: str) -> bool:
+    """The wall clock's answer, at this moment. The daemon does not use it: it asks its
+    ``RetryClock``, which judges delays on the monotonic clock (a wall-clock jump back would
+    hold a retry for as long as the jump)."""
+    return parse_iso(not_before) <= utc_now()  # parse_meta checked the format
+
+
+def claim_next(layout: Layout, retry_due: RetryDue = retry_over_by_wall_clock) -> Item | None:
     """Move the first eligible pending item to active/ (one rename) and return it.
 
-    Eligible: highest priority first, oldest first, skipping items whose retry delay has not
-    passed. Raises ``WrongState`` if an item is already active (recover it first).
+    Eligible: highest priority first, oldest first, skipping items still waiting out a retry
+    delay (their ``not_before``, as ``retry_due`` judges it). Raises ``WrongState`` if an item
+    is already active (recover it first).
     """
     with spool_lock(layout):
         current = active_item(layout)
@@ -243,7 +254,7 @@ def claim_next(layout: Layout, now: datetime) -> Item | None:
                 except FileNotFoundError:
                     continue  # deleted by hand between the listing and now
                 if item.meta is not None and item.meta.not_before is not None:
-                    if parse_iso(item.meta.not_before) > now:  # parse_meta checked the format
+                    if not retry_due(item_id, item.meta.not_before):
                         continue
                 try:
                     claimed = _move(layout, item, ItemState.ACTIVE, priority)

@@ -1,14 +1,15 @@
 """What `trainctl status` reports, assembled from the lock, the state file and the spool.
 
 ``collect`` reads; ``summarize`` decides. The daemon is called alive only when it holds the
-lock *and* its heartbeat is fresh: a killed daemon's state file says "training" forever.
+lock *and* its heartbeat is fresh (on the monotonic clock: ``control.heartbeat_age``): a
+killed daemon's state file says "training" forever.
 """
 
 from __future__ import annotations
 
 import os
-from datetime import datetime
 
+from trainer import clock
 from trainer.config import Config
 from trainer.spool import control, queue
 from trainer.spool.layout import Layout
@@ -42,7 +43,7 @@ def _progress(state: dict | None, active: dict | None) -> dict | None:
 def summarize(
     *, holder: int | None, state: dict | None, state_problem: str | None,
     requests: control.Requests, queues: dict, active: dict | None, disk: dict,
-    now: datetime, stale_after_s: float, base_dir: str,
+    now: clock.Reading, stale_after_s: float, base_dir: str,
 ) -> dict:
     live = control.liveness(holder, state, now, stale_after_s)
     alive = live is not Liveness.NOT_RUNNING
@@ -75,7 +76,7 @@ def summarize(
     }
 
 
-def collect(layout: Layout, config: Config, now: datetime) -> dict:
+def collect(layout: Layout, config: Config, now: clock.Reading) -> dict:
     state, problem = control.read_state(layout)
     current = queue.active_item(layout)
     active = None
