@@ -13,9 +13,9 @@ import pytest
 from daemon_proc import enqueue_sample, small_config
 from fake_engine import FakeEngine
 
+from trainer.clock import Now
 from trainer.config import default_config_toml, load_config
 from trainer.daemon import items
-from trainer.daemon.clock import Now
 from trainer.daemon.service import Daemon
 from trainer.errors import Shutdown
 from trainer.exitcodes import ExitCode

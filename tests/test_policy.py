@@ -5,7 +5,12 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 from trainer.daemon.policy import (
-    error_backoff, first_sight_deadline, memory_creeping, retry_delay, snapshot_due, space_needed,
+    error_backoff,
+    first_sight_deadline,
+    memory_creeping,
+    retry_delay,
+    snapshot_due,
+    space_needed,
 )
 
 

@@ -68,3 +68,20 @@ def elapsed(stamped: object, now: Reading) -> float | None:
         return None
     seconds = now.monotonic - then
     return seconds if seconds >= 0 else None  # the monotonic clock never runs back: not ours
+
+
+@dataclass(frozen=True)
+class Now:
+    """What the daemon's loop reads once per iteration and hands down: UTC for records, local
+    time for the daily snapshot's day, the monotonic clock for every duration it decides on."""
+
+    utc: datetime
+    local: datetime
+    monotonic: float
+
+
+class SystemClock:
+    """The real clocks; a test passes its own object with ``now()`` to move any of them."""
+
+    def now(self) -> Now:
+        return Now(utc=datetime.now(timezone.utc), local=datetime.now(), monotonic=time.monotonic())

@@ -17,8 +17,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Protocol
 
+from trainer.clock import Now
 from trainer.config import Config
-from trainer.daemon.clock import Now
 from trainer.daemon.policy import MAX_RETRY_DELAY_S, first_sight_deadline, retry_delay
 from trainer.daemon.reporter import Activity
 from trainer.errors import InvalidData, ItemFailed, RestartRequested, Shutdown, TrainerError

@@ -21,9 +21,9 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+from trainer.clock import Now, SystemClock
 from trainer.config import Config, load_config
 from trainer.daemon import items
-from trainer.daemon.clock import Now, SystemClock
 from trainer.daemon.housekeeping import Housekeeping
 from trainer.daemon.notify import Notifier
 from trainer.daemon.policy import error_backoff, memory_creeping
