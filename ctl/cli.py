@@ -407,7 +407,7 @@ def history(session: Session, since: str | None, item_id: str | None, last: int 
         for event in shown:
             click.echo(render.event_line(event))
     if log.unreadable_lines:
-        note(f"skipped {log.unreadable_lines} unreadable line(s) in {session.layout.events}")
+        note(f"skipped {log.unreadable_lines} unreadable line(s) in the event log ({session.layout.events_dir})")
 
 
 @cli.command()

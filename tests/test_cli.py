@@ -227,7 +227,7 @@ def test_history_since_filters_and_rejects_nonsense(layout, chat_file):
 
 def test_history_tolerates_a_torn_last_line(layout, chat_file):
     trainctl(layout.root, "enqueue", str(chat_file()))
-    with open(layout.events, "ab") as fh:
+    with open(sorted(layout.events_dir.glob("*.jsonl"))[-1], "ab") as fh:
         fh.write(b'{"t": "2026-11-28T10:00:00+00:00", "event": "cla')
     result = trainctl(layout.root, "history", "--json")
     assert result.returncode == 0 and len(orjson.loads(result.stdout)["events"]) == 1

@@ -177,11 +177,18 @@ def test_a_fifo_or_a_link_to_a_device_in_place_of_a_control_file_neither_hangs_n
 def test_the_event_log_replaced_by_a_symlink_is_not_appended_through(layout, tmp_path):
     from trainer.spool import events
     from trainer.states import Event
+    from trainer.timefmt import utc_now
 
     victim = tmp_path / "victim"
     victim.write_bytes(b"")
-    layout.events.unlink()
-    layout.events.symlink_to(victim)
+    segment = layout.events_dir / events.segment_name(events.month_of(utc_now()))
+    segment.symlink_to(victim)
     with pytest.raises(OSError):
         events.append(layout, Event.CLAIMED, None)
     assert victim.read_bytes() == b""
+    segment.unlink()
+    layout.events_dir.rmdir()
+    layout.events_dir.symlink_to(tmp_path)  # the directory itself
+    with pytest.raises(OSError):
+        events.append(layout, Event.CLAIMED, None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base", "victim"]

@@ -69,8 +69,8 @@ def test_a_full_disk_during_ingest_loses_nothing(small_tmpfs, limits):
 
 
 def test_files_keep_the_group_modes_whatever_the_umask(layout, chat_file):
-    assert os.stat(layout.events).st_mode & 0o777 == 0o660
     assert os.stat(layout.spool_lock).st_mode & 0o777 == 0o660
+    assert os.stat(layout.events_dir).st_mode & 0o7777 == 0o2770
     src = chat_file()
     code = ("import os, sys\nos.umask(0o077)\nfrom ctl.cli import main\n"
             "main(['--base-dir', sys.argv[1], 'enqueue', sys.argv[2]])\n")
@@ -81,6 +81,8 @@ def test_files_keep_the_group_modes_whatever_the_umask(layout, chat_file):
     assert os.stat(item.data_path).st_mode & 0o777 == 0o640
     assert os.stat(item.meta_path).st_mode & 0o777 == 0o640
     assert os.stat(item.path).st_mode & 0o7777 == 0o2770
+    [segment] = layout.events_dir.glob("*.jsonl")  # made by that enqueue's event
+    assert os.stat(segment).st_mode & 0o777 == 0o660, "the next group member can append to it"
 
 
 def test_the_same_file_given_twice_is_refused_and_kept(layout, chat_file):

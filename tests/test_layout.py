@@ -46,7 +46,7 @@ def test_not_a_base_dir_says_how_to_make_one(tmp_path):
         open_base(tmp_path / "plain")
 
 
-@pytest.mark.parametrize("content", [b'{"format": "trainer-base", "version": 2}', b'{"format": "other", "version": 1}',
+@pytest.mark.parametrize("content", [b'{"format": "trainer-base", "version": 3}', b'{"format": "other", "version": 2}',
                                      b"\x00\x01garbage", b"[1, 2]"])
 def test_format_mismatch_is_refused_with_a_clear_error(tmp_path, content):
     layout, _ = init_base(tmp_path / "b", default_config_toml())

@@ -83,21 +83,21 @@ event_lines = st.one_of(
        item=st.sampled_from([None, "item-1"]), torn=st.booleans())
 def test_the_last_n_events_read_backwards_are_the_tail_of_a_forward_read(layout, lines, last, block, item, torn):
     data = b"\n".join(lines) + (b"" if torn else b"\n")
-    layout.events.write_bytes(data)
+    (layout.events_dir / "2026-11.jsonl").write_bytes(data)
     forward = events.read(layout, item_id=item).events
-    original = events._lines_backwards
-    events._lines_backwards = lambda path: original(path, block=block)  # block edges everywhere
+    original = events.BACKWARD_BLOCK
+    events.BACKWARD_BLOCK = block  # block edges everywhere
     try:
         backward = events.read(layout, item_id=item, last=last).events
     finally:
-        events._lines_backwards = original
+        events.BACKWARD_BLOCK = original
     assert backward == forward[-last:]
 
 
 @SETTINGS
 @given(lines=st.lists(garbage, max_size=10))
 def test_garbage_event_lines_are_skipped_and_counted(layout, lines):
-    layout.events.write_bytes(b"\n".join(lines))
+    (layout.events_dir / "2026-11.jsonl").write_bytes(b"\n".join(lines))
     log = events.read(layout)
     assert all(isinstance(e, dict) for e in log.events)
     assert len(log.events) + log.unreadable_lines <= len(lines) + sum(line.count(b"\n") for line in lines)

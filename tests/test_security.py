@@ -80,10 +80,15 @@ def test_a_user_outside_the_group_can_neither_steer_nor_read(shared):
         assert "Traceback" not in result.stderr and "confidential" not in result.stdout + result.stderr
     item_dir = layout.pending(Priority.NORMAL) / pending_id
     for reader in (["cat", str(item_dir / "data.jsonl")], ["ls", str(layout.inbox)],
-                   ["cp", str(src), str(layout.inbox / "dropped.jsonl")], ["cat", str(layout.events)]):
+                   ["cp", str(src), str(layout.inbox / "dropped.jsonl")], ["cat", str(_segment(layout))]):
         result = subprocess.run([*outsider, *reader], capture_output=True, text=True)
         assert result.returncode != 0 and "confidential" not in result.stdout, reader
     assert _tree(layout.root) == before, "nothing changed, nothing was added"
+
+
+def _segment(layout):
+    [segment] = layout.events_dir.glob("*.jsonl")  # the fixture's events made it
+    return segment
 
 
 @needs_root

@@ -174,6 +174,15 @@ class ConsolidateConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class EventsConfig:
+    """[events]: the event log (`trainctl history`), one segment per UTC month."""
+
+    keep_months: int = _setting(
+        0, "Whole months of events kept before the current one; older monthly segments are removed "
+           "by the daemon once a day (0 keeps everything).", minimum=0)
+
+
+@dataclass(frozen=True, kw_only=True)
 class Config:
     spool: SpoolConfig = field(default_factory=SpoolConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
@@ -182,6 +191,7 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     snapshot: SnapshotConfig = field(default_factory=SnapshotConfig)
     consolidate: ConsolidateConfig = field(default_factory=ConsolidateConfig)
+    events: EventsConfig = field(default_factory=EventsConfig)
 
 
 SECTIONS: dict[str, type] = {f.name: f.default_factory for f in dataclasses.fields(Config)}  # type: ignore[misc]

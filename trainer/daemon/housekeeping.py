@@ -1,4 +1,5 @@
-"""What the daemon does besides training: waiting for disk space, the daily snapshot, consolidation.
+"""What the daemon does besides training: waiting for disk space, the daily snapshot, consolidation,
+and the event log's retention.
 
 Space is checked before an item is claimed (blocked: nothing is claimed) and before every
 checkpoint save (the engine's ``space_guard``: training waits, still heartbeating). Both go
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import datetime
+from datetime import date, datetime
 
 import orjson
 
@@ -18,6 +19,7 @@ from trainer.config import Config
 from trainer.daemon.notify import Notifier
 from trainer.daemon.policy import snapshot_due, space_needed
 from trainer.errors import NotEnoughSpace, Shutdown
+from trainer.spool import events
 from trainer.spool.fsutil import free_bytes, write_atomic
 from trainer.spool.layout import Layout
 from trainer.states import DaemonState
@@ -37,6 +39,7 @@ class Housekeeping:
         self._publish = publish
         self._wait = wait
         self._stopping = stopping
+        self._events_expired_on: date | None = None
 
     # --- disk space ---------------------------------------------------------------------------
 
@@ -110,6 +113,19 @@ class Housekeeping:
         self._save(consolidated_items=done, last_version=version.name)
         log.info("consolidated into %s", version.name)
         return version.name
+
+    # --- the event log's retention ------------------------------------------------------------
+
+    def expire_events_if_due(self, utc_now: datetime) -> None:
+        """Once a (UTC) day, and at start: remove the monthly segments past ``events.keep_months``.
+        Not persisted: removing what is already gone does nothing."""
+        keep = self.config.events.keep_months
+        if keep == 0 or self._events_expired_on == utc_now.date():
+            return
+        for month in events.expired_months(events.months(self.layout), events.month_of(utc_now), keep):
+            events.remove_month(self.layout, month)
+            log.info("event log: removed the segments of %s (events.keep_months = %d)", month, keep)
+        self._events_expired_on = utc_now.date()
 
     def _record(self) -> dict:
         try:

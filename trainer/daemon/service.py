@@ -148,12 +148,12 @@ class Daemon:
             log.error("reload refused, keeping the running config: %s", exc)
             return
         self.config = replace(self.config, spool=fresh.spool, daemon=fresh.daemon, checkpoint=fresh.checkpoint,
-                              snapshot=fresh.snapshot, consolidate=fresh.consolidate)
+                              snapshot=fresh.snapshot, consolidate=fresh.consolidate, events=fresh.events)
         if self.engine is not None:
             self.engine.set_checkpoint_config(fresh.checkpoint)
             self.housekeeping.config = self.config
-        log.info("config reloaded (spool, daemon, checkpoint, snapshot, consolidate; model and train "
-                 "settings need a restart)")
+        log.info("config reloaded (spool, daemon, checkpoint, snapshot, consolidate, events; model and "
+                 "train settings need a restart)")
 
     # --- start-up -------------------------------------------------------------------------------
 
@@ -180,11 +180,38 @@ class Daemon:
         for name in sweep_tmp(self.layout).restored:
             log.warning("gave inbox file %s back after an interrupted intake", display_name(name))
 
+    def upgrade_base_dir(self) -> None:
+        """A format-1 base dir becomes format 2 (its event log split by month), here because
+        systemd restarts the daemon after every package upgrade and its lock makes it the only
+        upgrader. A failure (a full disk) is logged and the daemon goes on: every reader
+        works on a base dir in any state of the upgrade, and the next start tries again."""
+        from trainer.spool import upgrade
+
+        if not upgrade.needed(self.layout):
+            return
+        self.publish(DaemonState.STARTING, reason="upgrading the event log to monthly segments")
+        self.notifier.extend_timeout(max(30.0, upgrade.old_log_bytes(self.layout) / 10e6))  # >= 10 MB/s
+        try:
+            report = upgrade.upgrade(self.layout)
+        except OSError as exc:
+            log.warning("event log: the upgrade to monthly segments failed (%s); history still shows every "
+                        "event; tried again at the next start", exc)
+            return
+        if report.converted_bytes is not None:
+            log.info("event log: %s (%d bytes) split into events/v1/ by month (%s)", self.layout.old_events.name,
+                     report.converted_bytes, ", ".join(report.months) or "empty")
+        if report.left_over_bytes:
+            log.warning("event log: %s keeps %d bytes an older trainer appended after the upgrade; they are "
+                        "read where they are", self.layout.old_events.name, report.left_over_bytes)
+        if report.format_bumped:
+            log.info("base dir upgraded to format version 2")
+
     def start(self) -> None:
-        """Recover, load the model, watch the directories; READY=1 comes after this."""
+        """Upgrade, recover, load the model, watch the directories; READY=1 comes after this."""
         from trainer.daemon.watch import Watcher
         from trainer.intake.inbox import InboxScanner
 
+        self.upgrade_base_dir()
         self.publish(DaemonState.STARTING, reason="recovering")
         self.recover()
         self.notifier.extend_timeout(600)  # loading a large model can take minutes
@@ -265,6 +292,7 @@ class Daemon:
             control.clear_skip(self.layout)  # nothing is training: a skip names an item no longer active
         worked = self._take_inbox(now)
         self.housekeeping.snapshot_if_due(now.local)
+        self.housekeeping.expire_events_if_due(now.utc)
         if requests.pause is not None:
             return worked
         if not self.housekeeping.room_to_claim():

@@ -10,7 +10,8 @@
       tmp/                writers stage here, then rename into place
       control/            requests from trainctl (pause.json, skip.json, stop.json)
       run/                daemon.json (the daemon's state), daemon.lock, spool.lock
-      events.jsonl        append-only event log
+      events/YYYY-MM.jsonl  append-only event log, one segment per UTC month
+      events/v1/YYYY-MM.jsonl  format 1's single events.jsonl, split by month on upgrade
 
 Each item is a directory ``ID/`` holding ``data.jsonl`` (the queued copy) and
 ``meta.json``. The directory an item is in is its state; every state change is one rename.
@@ -31,7 +32,8 @@ from trainer.spool.fsutil import fsync_dir, make_group_dir, write_atomic
 from trainer.states import ItemState, Priority
 
 FORMAT_NAME = "trainer-base"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the event log is monthly segments (1: one events.jsonl; upgraded by the daemon)
+READABLE_VERSIONS = (1, 2)  # what this release opens; a version-1 dir is upgraded at the daemon's start
 BASE_DIR_ENV = "TRAINER_BASE_DIR"
 
 
@@ -72,7 +74,18 @@ class Layout:
         return self.root / "run"
 
     @property
-    def events(self) -> Path:
+    def events_dir(self) -> Path:
+        """The event log: one ``YYYY-MM.jsonl`` segment per UTC month."""
+        return self.root / "events"
+
+    @property
+    def converted_events(self) -> Path:
+        """Format 1's single log split by month (``events/v1/YYYY-MM.jsonl``), never appended to."""
+        return self.events_dir / "v1"
+
+    @property
+    def old_events(self) -> Path:
+        """Format 1's single event log; gone once the daemon has upgraded the base dir."""
         return self.root / "events.jsonl"
 
     @property
@@ -139,21 +152,35 @@ def check_format(layout: Layout) -> None:
             f"{layout.root}: not a trainer base dir (no FORMAT file): run trainctl init "
             f"--base-dir {layout.root}"
         ) from None
-    if data.get("format") != FORMAT_NAME or data.get("version") != FORMAT_VERSION:
+    if data.get("format") != FORMAT_NAME or data.get("version") not in READABLE_VERSIONS:
         raise FormatMismatch(
             f"{layout.root}: on-disk format {data.get('format')!r} version "
-            f"{data.get('version')!r}, but this trainer understands {FORMAT_NAME!r} version "
-            f"{FORMAT_VERSION}: use the trainer release that wrote it, or migrate the base dir"
+            f"{data.get('version')!r}, but this trainer understands {FORMAT_NAME!r} versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}: use the trainer release that wrote it, or "
+            f"migrate the base dir"
         )
+
+
+def format_version(layout: Layout) -> int:
+    """The version in FORMAT (checked by ``check_format`` on open)."""
+    return _read_format(layout.format_file).get("version")
+
+
+def write_format(layout: Layout) -> None:
+    """Mark the base dir as this release's format (init, and the upgrade from version 1)."""
+    marker = orjson.dumps({"format": FORMAT_NAME, "version": FORMAT_VERSION})
+    write_atomic(layout.tmp, layout.format_file, marker + b"\n", mode=0o644)
 
 
 def check_one_filesystem(layout: Layout) -> None:
     """Every spool dir must exist and share the base dir's filesystem (renames are atomic)."""
     root_dev = os.stat(layout.root).st_dev
-    for path in layout.spool_dirs():
+    for path in [*layout.spool_dirs(), layout.events_dir]:
         try:
             st = os.lstat(path)
         except FileNotFoundError:
+            if path == layout.events_dir:
+                continue  # a version-1 base dir has none yet: the first event or the upgrade makes it
             raise LayoutError(f"{path}: missing: run trainctl init to repair the layout") from None
         if not stat.S_ISDIR(st.st_mode):
             raise LayoutError(f"{path}: not a directory (a symlink or a file?): restore it as a directory")
@@ -193,24 +220,22 @@ def init_base(root: Path, config_text: str, *, config_link: Path | None = None) 
     if not layout.root.is_dir():
         layout.root.mkdir(parents=True)
         # mkdir honours the umask, and under umask 0 the base dir would be world-writable:
-        # anyone could then replace inbox/ or events.jsonl. Whatever else the umask allows
+        # anyone could then replace inbox/ or events/. Whatever else the umask allows
         # stays (readable by all, so that trainctl can name a refusal by its path).
         os.chmod(layout.root, stat.S_IMODE(os.stat(layout.root).st_mode) & ~0o002)
-    for path in (layout.root / "pending", *layout.spool_dirs()):
+    for path in (layout.root / "pending", *layout.spool_dirs(), layout.events_dir):
         _make_dir(path)
-    for shared_file in (layout.events, layout.spool_lock):
-        # Shared by every group member: made here with the group's mode, not by whoever comes
-        # first with whatever umask they have.
-        fd = os.open(shared_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o660)
-        os.fchmod(fd, 0o660)
-        os.close(fd)
+    # Shared by every group member: made here with the group's mode, not by whoever comes first
+    # with whatever umask they have. (Event segments get theirs from their first appender.)
+    fd = os.open(layout.spool_lock, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o660)
+    os.fchmod(fd, 0o660)
+    os.close(fd)
     if config_link is not None and not os.path.lexists(layout.config_file):
         os.symlink(Path(config_link).absolute(), layout.config_file)
     elif not layout.config_file.exists():
         write_atomic(layout.tmp, layout.config_file, config_text.encode())
     if not existed:
-        marker = orjson.dumps({"format": FORMAT_NAME, "version": FORMAT_VERSION})
-        write_atomic(layout.tmp, layout.format_file, marker + b"\n", mode=0o644)
+        write_format(layout)
     for directory in (layout.root, layout.root / "pending", layout.run):
         fsync_dir(directory)
     check_one_filesystem(layout)
