@@ -58,7 +58,10 @@ at = "23:59"
 
 
 def events(base: Path) -> list[dict]:
-    return [orjson.loads(line) for line in (base / "events.jsonl").read_bytes().splitlines() if line.strip()]
+    from trainer.spool import events as event_log
+    from trainer.spool.layout import Layout
+
+    return event_log.read(Layout(base)).events
 
 
 def t(event: dict) -> float:

@@ -21,7 +21,7 @@ aims at one kind of moment, chosen at random (seeded):
 No fault-injection code is in the daemon: the harness watches the base dir (or lets strace
 count syscalls) and kills from outside. What it checks, failing with exit 1 if any is wrong:
 
-- every item is done exactly once: one "done" event each in events.jsonl, none lost;
+- every item is done exactly once: one "done" event each in the event log, none lost;
 - no checkpoint that fails verification is ever loaded: after every kill each committed
   checkpoint is verified here, and the checkpoint the next daemon restores must be one that
   passed (and the newest on disk); no kill may leave a committed checkpoint corrupt;
@@ -124,7 +124,10 @@ def read_state(base: Path) -> dict:
 
 
 def events(base: Path) -> list[dict]:
-    return [orjson.loads(line) for line in (base / "events.jsonl").read_bytes().splitlines() if line.strip()]
+    from trainer.spool import events as event_log
+    from trainer.spool.layout import Layout
+
+    return event_log.read(Layout(base)).events
 
 
 def metric_lines(base: Path) -> dict[str, list[dict]]:
@@ -234,12 +237,10 @@ class Chaos:
                 time.sleep(rng.uniform(0, self.recovery_window))
             return
         if run.mode == "claim":
-            size = (self.base / "events.jsonl").stat().st_size
+            claims = sum(e["event"] == "claimed" for e in events(self.base))
 
             def claimed() -> bool:
-                with open(self.base / "events.jsonl", "rb") as fh:
-                    fh.seek(size)
-                    return b'"event":"claimed"' in fh.read()
+                return sum(e["event"] == "claimed" for e in events(self.base)) > claims
             if self._wait(proc, claimed):
                 time.sleep(rng.choice([0.0, rng.uniform(0, 0.3)]))
             return

@@ -6,8 +6,10 @@
 1. trainctl with --items pending items: status, list, enqueue of one more file, show, history
    (median wall time of real subprocesses, measured as bench/bench_ctl.py does);
 2. the event log after --days days at one file a minute (enqueued, claimed, done: the events a
-   trained file makes; per-step figures go to metrics/ID.jsonl, never to the event log): its
-   size, and status, history --since 1h, history --id and history -n 20 on it;
+   trained file makes; per-step figures go to metrics/ID.jsonl, never to the event log), kept
+   as format 1 did (one events.jsonl) and in monthly segments: its size, and status, history
+   --since 1h / 1d, history --id, show and history -n 20 on it; then the one-time upgrade of
+   the format-1 log (its duration, and every event read back once);
 3. --enqueuers processes each giving --files files (half with trainctl enqueue, half through
    the inbox) while the real daemon (tiny demo model) trains: every file trained exactly
    once according to the event log, ids unique, nothing lost; the daemon's peak RSS.
@@ -34,7 +36,7 @@ from chaos_base import PeakRss, clone_pending, small_base, synthetic_events  # n
 from test_chaos_load import ENQUEUER  # noqa: E402  (one enqueuer script for test and bench)
 
 from trainer.config import Config, default_config_toml  # noqa: E402
-from trainer.intake import enqueue
+from trainer.intake import enqueue  # noqa: E402
 from trainer.spool import events, queue  # noqa: E402
 from trainer.spool.layout import init_base  # noqa: E402
 from trainer.states import Event, ItemState  # noqa: E402
@@ -62,23 +64,67 @@ def big_queue(work: Path, items: int, runs: int) -> None:
 
 
 def long_log(work: Path, days: list[int], runs: int) -> None:
-    print("| event log | lines | size | `status` | `history --since 1h` | `history --id ID` | `history -n 20` |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    """The same log as format 1 kept it (one events.jsonl, read by this release as it is until
+    the daemon upgrades it) and in monthly segments; then the one-time upgrade of the first."""
+    columns = {"status": "`status`", "since 1h": "`history --since 1h`", "since 1d": "`history --since 1d`",
+               "id": "`history --id ID` (half-way)", "show new": "`show ID` (a day old)",
+               "show mid": "`show ID` (half-way)", "last": "`history -n 20`"}
+    print("| event log | kept as | lines | size | " + " | ".join(columns.values()) + " |")
+    print("|---|---|---:|---:|" + "---:|" * len(columns))
+    upgrades = []
     for day_count in days:
-        layout, _ = init_base(work / f"log{day_count}", default_config_toml())
-        ids = synthetic_events(layout.events, day_count * 1_440, time.time() - day_count * 86_400)
-        size = layout.events.stat().st_size
-        medians = walls({
-            "status": trainctl(layout.root, "status"),
-            "since": trainctl(layout.root, "history", "--since", "1h"),
-            "id": trainctl(layout.root, "history", "--id", ids[len(ids) // 2]),
-            "last": trainctl(layout.root, "history", "-n", "20"),
-        }, max(3, runs // (3 if day_count > 100 else 1)))
-        print(f"| {day_count} day{'s' if day_count > 1 else ''} at 1 file/min | {len(ids) * 3:,} | "
-              f"{size / 2**20:.1f} MiB | " + " | ".join(f"{medians[k] * 1000:,.0f} ms" for k in
-                                                       ("status", "since", "id", "last")) + " |")
-        shutil.rmtree(layout.root)
+        start = time.time() - day_count * 86_400
+        for as_format_1 in (True, False):
+            layout, _ = init_base(work / f"log{day_count}-{as_format_1}", default_config_toml())
+            if as_format_1:
+                layout.format_file.write_bytes(b'{"format":"trainer-base","version":1}\n')
+            ids = synthetic_events(layout, day_count * 1_440, start, as_format_1=as_format_1)
+            recent, middle = ids[max(0, len(ids) - 1_440)], ids[len(ids) // 2]
+            items_for(layout, [recent, middle])  # show needs the items themselves
+            size = sum(p.stat().st_size for p in [layout.old_events, *layout.events_dir.glob("*.jsonl")] if p.exists())
+            commands = {
+                "status": trainctl(layout.root, "status"),
+                "since 1h": trainctl(layout.root, "history", "--since", "1h"),
+                "since 1d": trainctl(layout.root, "history", "--since", "1d"),
+                "id": trainctl(layout.root, "history", "--id", middle),
+                "show new": trainctl(layout.root, "show", recent),
+                "show mid": trainctl(layout.root, "show", middle),
+                "last": trainctl(layout.root, "history", "-n", "20"),
+            }
+            for label, argv in commands.items():  # walls() does not look at exit codes
+                assert subprocess.run(argv, capture_output=True).returncode in (0, 3), label
+            medians = walls(commands, max(3, runs // (3 if day_count > 100 else 1)))
+            kept = "format 1: one `events.jsonl`" if as_format_1 else "monthly segments"
+            print(f"| {day_count} day{'s' if day_count > 1 else ''} at 1 file/min | {kept} | {len(ids) * 3:,} | "
+                  f"{size / 2**20:.1f} MiB | " + " | ".join(f"{medians[k] * 1000:,.0f} ms" for k in columns) + " |")
+            if as_format_1:
+                upgrades.append((day_count, size, *timed_upgrade(layout)))
+            shutil.rmtree(layout.root)
+    print("\n| format-1 log upgraded (`trainer run`, once) | size | upgrade | every event read back, once |")
+    print("|---|---:|---:|---|")
+    for day_count, size, seconds, same in upgrades:
+        print(f"| {day_count} day{'s' if day_count > 1 else ''} | {size / 2**20:.1f} MiB | {seconds:.1f} s | "
+              f"{'yes' if same else 'NO'} |")
     print()
+
+
+def items_for(layout, ids: list[str]) -> None:
+    """Pending items with these ids (the synthetic log's), for show to find."""
+    sample = layout.root.parent / "one.jsonl"
+    sample.write_text('{"text": "hello"}\n')
+    first = enqueue.enqueue(layout, sample, limits=Config().spool).id
+    clone_pending(layout, first, len(ids), ids=ids)
+
+
+def timed_upgrade(layout) -> tuple[float, bool]:
+    from trainer.spool import upgrade
+
+    before = events.read(layout)
+    started = time.perf_counter()
+    upgrade.upgrade(layout)
+    seconds = time.perf_counter() - started
+    after = events.read(layout)
+    return seconds, (after.events, after.unreadable_lines) == (before.events, before.unreadable_lines)
 
 
 def race_the_daemon(work: Path, enqueuers: int, files: int) -> None:
@@ -124,7 +170,8 @@ def race_the_daemon(work: Path, enqueuers: int, files: int) -> None:
     print(f"| {enqueuers} x {files} | {total} | {len(done)} | {queue.counts(layout)['failed']} | "
           f"{'yes' if len(set(ids)) == len(ids) else 'NO'} | {'yes' if exactly_once else 'NO'} | "
           f"{'SOME' if lost else 0} | {enqueued_s:.0f} s | {trained_s:.0f} s | {code} | {peak / 2**20:.0f} MiB |")
-    print(f"\n(unreadable event lines: {log.unreadable_lines}; event log {layout.events.stat().st_size:,} bytes)")
+    size = sum(p.stat().st_size for p in layout.events_dir.glob("*.jsonl"))
+    print(f"\n(unreadable event lines: {log.unreadable_lines}; event log {size:,} bytes)")
 
 
 def main() -> None:

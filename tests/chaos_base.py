@@ -51,9 +51,10 @@ class PeakRss:
         return self.peak
 
 
-def clone_pending(layout: Layout, item_id: str, count: int) -> list[str]:
-    """``count`` more pending items like ``item_id`` (same data, hard-linked; fresh ids and
-    metadata), made without fsyncs: filling a queue of 10,000 through enqueue takes minutes."""
+def clone_pending(layout: Layout, item_id: str, count: int, ids: list[str] | None = None) -> list[str]:
+    """``count`` more pending items like ``item_id`` (same data, hard-linked; fresh ids, or
+    ``ids``, and metadata), made without fsyncs: filling a queue of 10,000 through enqueue
+    takes minutes."""
     import dataclasses
 
     from trainer.ids import new_id
@@ -64,7 +65,7 @@ def clone_pending(layout: Layout, item_id: str, count: int) -> list[str]:
     priorities = list(Priority)
     made = []
     for n in range(count):
-        new = new_id()
+        new = ids[n] if ids else new_id()
         priority = priorities[n % 3]
         path = layout.pending(priority) / new
         path.mkdir(mode=0o2770)
@@ -75,18 +76,26 @@ def clone_pending(layout: Layout, item_id: str, count: int) -> list[str]:
     return made
 
 
-def synthetic_events(path, items: int, start: float) -> list[str]:
-    """Append the events ``items`` files make (enqueued, claimed, done), one a minute."""
+def synthetic_events(layout: Layout, items: int, start: float, *, as_format_1: bool = False) -> list[str]:
+    """Append the events ``items`` files make (enqueued, claimed, done), one a minute, to the
+    monthly segments (``as_format_1``: to one events.jsonl, as format 1 kept it)."""
     ids = []
-    with open(path, "ab") as log:
+    logs: dict[str, object] = {}
+    try:
         for n in range(items):
             at = start + n * 60
             item_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime(at)) + f".000000Z-{n:08x}"
             ids.append(item_id)
             stamp = time.strftime("%Y-%m-%dT%H:%M:%S.000000+00:00", time.gmtime(at))
+            path = layout.old_events if as_format_1 else layout.events_dir / f"{stamp[:7]}.jsonl"
+            if path not in logs:
+                logs[path] = open(path, "ab")
             for event, details in (("enqueued", {"name": f"f{n}.jsonl", "priority": "normal", "records": 100,
                                                  "size": 40_000, "sha256": "ab" * 32}),
                                    ("claimed", {"priority": "normal", "attempts": 0}),
                                    ("done", {"steps": 25, "global_step": n * 25})):
-                log.write(orjson.dumps({"t": stamp, "event": event, "id": item_id, **details}) + b"\n")
+                logs[path].write(orjson.dumps({"t": stamp, "event": event, "id": item_id, **details}) + b"\n")
+    finally:
+        for log in logs.values():
+            log.close()
     return ids

@@ -87,7 +87,9 @@ def _staging(layout) -> list[str]:
 
 
 def _events(layout, item_id) -> list[str]:
-    return [e["event"] for e in map(orjson.loads, layout.events.read_bytes().splitlines()) if e.get("id") == item_id]
+    from trainer.spool import events
+
+    return [e["event"] for e in events.read(layout, item_id=item_id).events]
 
 
 # --- disk full ---------------------------------------------------------------------------

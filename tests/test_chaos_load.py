@@ -96,7 +96,7 @@ def test_history_stays_correct_over_weeks_of_events(layout):
     start = time.time() - 14 * 86_400
     from chaos_base import synthetic_events
 
-    ids = synthetic_events(layout.events, 14 * 1_440, start)  # two weeks at one file a minute
+    ids = synthetic_events(layout, 14 * 1_440, start)  # two weeks at one file a minute
     recent = trainctl(layout.root, "history", "--since", "1d", "--json")
     assert recent.returncode == 0
     shown = orjson.loads(recent.stdout)["events"]

@@ -224,3 +224,32 @@ def test_a_retry_time_left_by_an_earlier_run_waits_at_most_the_longest_delay(lay
     clock.monotonic = 3600.0
     again.tick(clock.now())
     assert queue.find(layout, item_id).meta.attempts == 2, "released after the longest delay, not a day"
+
+
+def test_event_segments_past_keep_months_are_removed_once_a_utc_day(layout):
+    from trainer.spool import events
+
+    layout.config_file.write_text(small_config(events={"keep_months": 1}))
+    for month in ("2031-02", "2031-03", "2031-04", "2031-05"):
+        (layout.events_dir / f"{month}.jsonl").write_bytes(b"{}\n")
+    daemon = daemon_on(layout)
+    daemon.start()
+    noon = datetime(2031, 5, 14, 12, 0, tzinfo=timezone.utc)
+    daemon.tick(Now(utc=noon, local=noon, monotonic=0.0))
+    assert events.months(layout) == ["2031-04", "2031-05"], "May, and one whole month before it"
+    (layout.events_dir / "2031-03.jsonl").write_bytes(b"{}\n")
+    daemon.tick(Now(utc=noon + timedelta(hours=11), local=noon, monotonic=1.0))
+    assert "2031-03" in events.months(layout), "looked at once a day"
+    daemon.tick(Now(utc=noon + timedelta(hours=12), local=noon, monotonic=2.0))
+    assert events.months(layout) == ["2031-04", "2031-05"]
+
+
+def test_event_segments_are_kept_forever_by_default(layout):
+    from trainer.spool import events
+
+    (layout.events_dir / "2001-01.jsonl").write_bytes(b"{}\n")
+    daemon = daemon_on(layout)
+    daemon.start()
+    noon = datetime(2031, 5, 14, 12, 0, tzinfo=timezone.utc)
+    daemon.tick(Now(utc=noon, local=noon, monotonic=0.0))
+    assert "2001-01" in events.months(layout)

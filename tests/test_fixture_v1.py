@@ -13,10 +13,13 @@ import orjson
 import pytest
 from conftest import trainctl
 
+from fake_engine import FakeEngine
+
 from trainer import clock
-from trainer.config import Config
+from trainer.config import Config, load_config
+from trainer.daemon.service import Daemon
 from trainer.spool import control, queue
-from trainer.spool.layout import open_base
+from trainer.spool.layout import format_version, open_base
 from trainer.spool.status import collect
 from trainer.states import ItemState, Priority
 
@@ -61,3 +64,17 @@ def test_the_v1_fixture_still_works_through_trainctl(old_base):
     assert trainctl(old_base.root, "release", HELD).returncode == 0
     queue.requeue(old_base, ACTIVE, reason="recovered", count_attempt=True)
     assert queue.find(old_base, ACTIVE).priority is Priority.HIGH
+
+
+def test_the_daemon_upgrades_the_v1_event_log_at_start_and_it_reads_the_same(old_base):
+    queries = [("history", "--json"), ("show", FAILED, "--json"), ("history", "--id", HELD, "--json"),
+               ("history", "-n", "3", "--json"), ("history", "--since", "2026-11-28T20:00:14.29", "--json")]
+    before = [trainctl(old_base.root, *args).stdout for args in queries]
+    daemon = Daemon(old_base, load_config(old_base.config_file), engine_factory=FakeEngine)
+    daemon.start()  # upgrades, then recovers: the active item is requeued (one more event)
+    assert format_version(old_base) == 2 and not old_base.old_events.exists()
+    assert [p.name for p in old_base.converted_events.glob("*.jsonl")] == ["2026-11.jsonl"]
+    after = [trainctl(old_base.root, *args).stdout for args in queries]
+    assert after[1:3] == before[1:3], "show and history --id: the same"
+    old, new = (orjson.loads(text)["events"] for text in (before[0], after[0]))
+    assert new[:len(old)] == old and [e["event"] for e in new[len(old):]] == ["requeued"]

@@ -64,7 +64,8 @@ def old_log_bytes(layout: Layout) -> int:
 def upgrade(layout: Layout, *, step: Callable[[str], None] = lambda name: None) -> UpgradeReport:
     """Bring a format-1 base dir to format 2; does what is left of an interrupted upgrade, and
     nothing on a base dir already upgraded. ``step`` is called after each durable step
-    ("format", "staged", "published", "removed"): the kill tests stop the process there."""
+    ("format", "split" as each month after the first begins, "staged", "published", "removed"):
+    the kill tests stop the process there."""
     report = UpgradeReport()
     if format_version(layout) != FORMAT_VERSION:
         write_format(layout)
@@ -89,7 +90,8 @@ def _convert(layout: Layout, report: UpgradeReport, step: Callable[[str], None])
         with contextlib.suppress(FileExistsError):
             make_group_dir(layout.events_dir)
         with StagingDir(layout.tmp, STAGING_NAME) as parts:
-            size, report.months = split_by_month(old, parts.path, fallback=events.month_of(utc_now()))
+            size, report.months = split_by_month(old, parts.path, fallback=events.month_of(utc_now()),
+                                                 next_month=lambda: step("split"))
             record = {**events.converted_record(old, size), "from": layout.old_events.name, "at": iso(utc_now())}
             _write_durably(parts.path / events.CONVERTED_RECORD, orjson.dumps(record) + b"\n")
             fsync_dir(parts.path)
@@ -120,15 +122,17 @@ def _remove_old_log(layout: Layout, report: UpgradeReport, step: Callable[[str],
         report.left_over_bytes = size - converted
 
 
-def split_by_month(old: BinaryIO, directory: Path, *, fallback: str) -> tuple[int, list[str]]:
+def split_by_month(old: BinaryIO, directory: Path, *, fallback: str,
+                   next_month: Callable[[], None] = lambda: None) -> tuple[int, list[str]]:
     """Write each line of ``old`` to ``directory/YYYY-MM.jsonl`` for its event's UTC month,
     bytes unchanged; returns the bytes read and the months written.
 
     A line that is no event (torn, garbage, blank) goes with the line before it, and at the
     start with the first event (``fallback``: the month when there is none), so that every
-    byte lands somewhere and the readers count the same unreadable lines.
+    byte lands somewhere and the readers count the same unreadable lines. ``next_month`` is
+    called as each month after the first begins.
     """
-    writer = _PartWriter(directory)
+    writer = _PartWriter(directory, next_month)
     size = 0
     month = None
     try:
@@ -150,8 +154,9 @@ class _PartWriter:
 
     HEAD = ".head"
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, next_month: Callable[[], None]) -> None:
         self.directory = directory
+        self.next_month = next_month
         self.open: dict[str | None, BinaryIO] = {}  # in least recently used order
         self.months: set[str] = set()
 
@@ -166,6 +171,8 @@ class _PartWriter:
         if len(self.open) >= MAX_OPEN_PARTS:
             self.open.pop(next(iter(self.open))).close()
         if month is not None and month not in self.months:
+            if self.months:
+                self.next_month()
             self.months.add(month)
             self._adopt_head(month)
         path = self.directory / (self.HEAD if month is None else events.segment_name(month))
