@@ -354,3 +354,30 @@ def test_a_full_disk_during_the_upgrade_leaves_the_old_log_in_charge(small_tmpfs
         upgrade.upgrade(layout)
     assert layout.old_events.read_bytes() == data and not (layout.tmp / upgrade.STAGING_NAME).exists()
     assert events.read(layout).events == expected.events
+
+
+APPENDER = """
+import sys
+from trainer.spool import events
+from trainer.spool.layout import Layout
+from trainer.states import Event
+
+layout = Layout(__import__("pathlib").Path(sys.argv[1]))
+print("go", flush=True)
+for n in range(int(sys.argv[2])):
+    events.append(layout, Event.HELD, f"live-{n}")
+"""
+
+
+def test_trainctl_appending_while_the_daemon_upgrades_loses_and_repeats_nothing(tmp_path):
+    layout = v1_base(tmp_path / "b", year_of_events(3000))
+    expected = single_file_read(layout.old_events).events
+    appender = subprocess.Popen([sys.executable, "-c", APPENDER, str(layout.root), "3000"], cwd=REPO,
+                                stdout=subprocess.PIPE, text=True)
+    assert appender.stdout.readline() == "go\n"
+    upgrade.upgrade(layout)  # the events/ dir is made by whichever of the two comes first
+    assert appender.wait(120) == 0
+    appender.stdout.close()
+    found = events.read(layout).events
+    assert [e for e in found if not e["id"].startswith("live-")] == expected
+    assert [e["id"] for e in found if e["id"].startswith("live-")] == [f"live-{n}" for n in range(3000)]
