@@ -73,7 +73,8 @@ def upgrade(layout: Layout, *, step: Callable[[str], None] = lambda name: None) 
         step("format")
     if not os.path.isdir(layout.converted_events):
         _convert(layout, report, step)
-    _remove_old_log(layout, report, step)
+    if os.path.isdir(layout.converted_events):
+        _remove_old_log(layout, report, step)
     return report
 
 
@@ -202,9 +203,11 @@ class _PartWriter:
         return sorted(self.months)
 
     def close(self) -> None:
-        for fh in self.open.values():
-            fh.close()
-        self.open.clear()
+        """Close every part (a full disk can fail the last flush: raised once all are closed)."""
+        parts, self.open = list(self.open.values()), {}
+        with contextlib.ExitStack() as closing:
+            for fh in parts:
+                closing.callback(fh.close)
 
 
 def _write_durably(path: Path, data: bytes) -> None:
