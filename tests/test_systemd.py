@@ -163,7 +163,9 @@ def metric_steps(box, item_id: str) -> list[int]:
     return [orjson.loads(line)["step"] for line in path.read_bytes().splitlines()] if path.exists() else []
 
 
-def start_and_wait_training(box, records=160) -> str:
+def start_and_wait_training(box, records=800) -> str:
+    # 800 records, about 130 steps: still training when the test acts, on a quiet machine too
+    # (160 records were all trained in the second a poll of the state file took).
     box.systemctl("start", "trainer")
     item_id = enqueue(box, "long", records)
     box.wait_for(lambda: training_step(box) >= 5, what="training past step 5")
