@@ -28,8 +28,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
-from chaos_base import PeakRss, small_base  # noqa: E402
-from hostile import Input, fingerprint, make_regular, make_special, special_kinds_possible  # noqa: E402
+from helpers.chaos_base import PeakRss, small_base  # noqa: E402
+from helpers.hostile import Input, fingerprint, make_regular, make_special, special_kinds_possible  # noqa: E402
 
 from trainer.config import default_config_toml  # noqa: E402
 from trainer.spool import queue  # noqa: E402
@@ -63,7 +63,7 @@ def main() -> None:
     parser.add_argument("--huge-line-mb", type=int, default=200)
     parser.add_argument("--seed", type=int, default=20261128)
     args = parser.parse_args()
-    from daemon_proc import DaemonProcess
+    from helpers.daemon_proc import DaemonProcess
 
     from trainer.train.demo_model import build_demo_model
 

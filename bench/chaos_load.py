@@ -32,8 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "tests"), str(REPO / "bench")]
 
 from bench_ctl import trainctl, walls  # noqa: E402
-from chaos_base import PeakRss, clone_pending, small_base, synthetic_events  # noqa: E402
-from test_chaos_load import ENQUEUER  # noqa: E402  (one enqueuer script for test and bench)
+from helpers.chaos_base import ENQUEUER, PeakRss, clone_pending, small_base, synthetic_events  # noqa: E402
 
 from trainer.config import Config, default_config_toml  # noqa: E402
 from trainer.intake import enqueue  # noqa: E402
@@ -128,7 +127,7 @@ def timed_upgrade(layout) -> tuple[float, bool]:
 
 
 def race_the_daemon(work: Path, enqueuers: int, files: int) -> None:
-    from daemon_proc import DaemonProcess
+    from helpers.daemon_proc import DaemonProcess
 
     from trainer.train.demo_model import build_demo_model
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ast
 
-from conftest import REPO
+from helpers.common import REPO
 
 LEAVES = {"trainer", "trainer.errors", "trainer.states", "trainer.exitcodes", "trainer.ids", "trainer.timefmt",
           "trainer.clock", "trainer.config"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from conftest import REPO
+from helpers.common import REPO
 
 HEAVY = ("torch", "transformers", "safetensors.torch", "peft")
 

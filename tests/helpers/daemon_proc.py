@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 
 import orjson
-from conftest import REPO
 
+from helpers.common import REPO
 from trainer.config import load_config
 from trainer.demo.sample_data import write_sample_chat
 from trainer.intake import enqueue

@@ -12,34 +12,18 @@ import time
 
 import orjson
 import pytest
-from conftest import REPO, trainctl, write_jsonl
+from helpers.common import REPO, trainctl, write_jsonl
 
 from trainer.config import Config
 from trainer.intake import enqueue
 from trainer.spool import events, queue
 from trainer.states import Event, ItemState, Priority
 
-ENQUEUER = """
-import os, subprocess, sys
-from pathlib import Path
-base, drop, me, count = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-for n in range(count):
-    src = drop / f"e{me}-{n}.jsonl"
-    src.write_bytes(b'{"text": "enqueuer %d file %d"}\\n' % (me, n))
-    if n % 2:  # half through the inbox, as cp + mv would
-        os.rename(src, base / "inbox" / src.name)
-        print("inbox", src.name, flush=True)
-    else:
-        out = subprocess.run([sys.executable, "-m", "ctl", "--base-dir", str(base), "enqueue", str(src)],
-                             capture_output=True, text=True, check=True).stdout.strip()
-        print(out, src.name, flush=True)
-"""
-
 
 def test_eight_enqueuers_while_the_real_daemon_trains_lose_and_duplicate_nothing(tmp_path, request):
     pytest.importorskip("torch")
-    from chaos_base import small_base
-    from daemon_proc import DaemonProcess
+    from helpers.chaos_base import ENQUEUER, small_base
+    from helpers.daemon_proc import DaemonProcess
 
     layout = small_base(tmp_path / "base", request.getfixturevalue("demo_model"))
     drop = tmp_path / "drop"
@@ -76,7 +60,7 @@ def test_eight_enqueuers_while_the_real_daemon_trains_lose_and_duplicate_nothing
 
 
 def test_status_list_enqueue_and_show_work_with_thousands_pending(layout, tmp_path):
-    from chaos_base import clone_pending
+    from helpers.chaos_base import clone_pending
 
     sample = write_jsonl(tmp_path / "one.jsonl", [{"text": "hello"}])
     clone_pending(layout, enqueue.enqueue(layout, sample, limits=Config().spool).id, 1_999)
@@ -94,7 +78,7 @@ def test_status_list_enqueue_and_show_work_with_thousands_pending(layout, tmp_pa
 
 def test_history_stays_correct_over_weeks_of_events(layout):
     start = time.time() - 14 * 86_400
-    from chaos_base import synthetic_events
+    from helpers.chaos_base import synthetic_events
 
     ids = synthetic_events(layout, 14 * 1_440, start)  # two weeks at one file a minute
     recent = trainctl(layout.root, "history", "--since", "1d", "--json")

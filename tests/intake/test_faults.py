@@ -11,7 +11,7 @@ import time
 
 import orjson
 import pytest
-from conftest import REPO, trainctl, write_jsonl
+from helpers.common import REPO, trainctl, write_jsonl
 
 from trainer.errors import InvalidData
 from trainer.exitcodes import ExitCode

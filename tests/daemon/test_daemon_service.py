@@ -10,8 +10,8 @@ from datetime import datetime, timedelta, timezone
 
 import orjson
 import pytest
-from daemon_proc import enqueue_sample, small_config
-from fake_engine import FakeEngine
+from helpers.daemon_proc import enqueue_sample, small_config
+from helpers.fake_engine import FakeEngine
 
 from trainer.clock import Now
 from trainer.config import default_config_toml, load_config

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import orjson
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path[:0] = [str(Path(__file__).resolve().parents[2]), str(Path(__file__).resolve().parents[1])]
 
 from trainer.config import parse_config  # noqa: E402
 from trainer.train.engine import Engine  # noqa: E402

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, as_user, trainctl, write_jsonl
+from helpers.common import REPO, as_user, trainctl, write_jsonl
 
 from trainer.config import Config
 from trainer.errors import WrongState
@@ -173,8 +173,8 @@ def daemon_run(tmp_path_factory, request):
     """One real daemon run under umask 0 (the harshest) with secrets in its environment:
     two good files, one bad one, then trainctl's views of it all."""
     pytest.importorskip("torch")
-    from chaos_base import small_base
-    from daemon_proc import DaemonProcess
+    from helpers.chaos_base import small_base
+    from helpers.daemon_proc import DaemonProcess
 
     demo_model = request.getfixturevalue("demo_model")
     root = tmp_path_factory.mktemp("secure")

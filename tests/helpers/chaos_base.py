@@ -10,8 +10,8 @@ from pathlib import Path
 
 import orjson
 import psutil
-from daemon_proc import small_config
 
+from helpers.daemon_proc import small_config
 from trainer.config import default_config_toml
 from trainer.spool.layout import Layout, init_base
 
@@ -99,3 +99,22 @@ def synthetic_events(layout: Layout, items: int, start: float, *, as_format_1: b
         for log in logs.values():
             log.close()
     return ids
+
+
+# One enqueuer script for the load test and bench/chaos_load.py: half its files through
+# trainctl enqueue, half dropped into the inbox.
+ENQUEUER = """
+import os, subprocess, sys
+from pathlib import Path
+base, drop, me, count = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+for n in range(count):
+    src = drop / f"e{me}-{n}.jsonl"
+    src.write_bytes(b'{"text": "enqueuer %d file %d"}\\n' % (me, n))
+    if n % 2:  # half through the inbox, as cp + mv would
+        os.rename(src, base / "inbox" / src.name)
+        print("inbox", src.name, flush=True)
+    else:
+        out = subprocess.run([sys.executable, "-m", "ctl", "--base-dir", str(base), "enqueue", str(src)],
+                             capture_output=True, text=True, check=True).stdout.strip()
+        print(out, src.name, flush=True)
+"""

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import orjson
 import pytest
-from conftest import REPO
-from daemon_proc import small_config
-from systemd_box import SystemdBox, unavailable
+from helpers.common import REPO
+from helpers.daemon_proc import small_config
+from helpers.systemd_box import SystemdBox, unavailable
 
 from trainer.demo.sample_data import write_sample_chat
 

@@ -6,7 +6,7 @@ import os
 import shutil
 
 import pytest
-from conftest import write_jsonl
+from helpers.common import write_jsonl
 
 from trainer.config import default_config_toml
 from trainer.errors import FormatMismatch, LayoutError, NotABaseDir

@@ -17,8 +17,8 @@ pytest.importorskip("torch")
 
 from trainer.demo.sample_data import write_sample_chat  # noqa: E402
 
-RUNNER = Path(__file__).resolve().parent / "engine_runner.py"
-REPO = Path(__file__).resolve().parent.parent
+RUNNER = Path(__file__).resolve().parents[1] / "helpers" / "engine_runner.py"
+REPO = Path(__file__).resolve().parents[2]
 CONFIG = {
     "train": {"max_length": 128, "micro_batch_size": 2, "grad_accum_steps": 2, "learning_rate": 1e-3,
               "warmup_steps": 3, "deterministic": True, "schedule": "cosine-per-item"},

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import orjson
 import pytest
-from conftest import trainctl
-
-from fake_engine import FakeEngine
+from helpers.common import trainctl
+from helpers.fake_engine import FakeEngine
 
 from trainer import clock
 from trainer.config import Config, load_config
@@ -23,7 +22,7 @@ from trainer.spool.layout import format_version, open_base
 from trainer.spool.status import collect
 from trainer.states import ItemState, Priority
 
-FIXTURE = Path(__file__).resolve().parent / "fixtures" / "base-v1"
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "base-v1"
 ACTIVE = "20261128T200014.292981Z-1e26cc0e"
 FAILED = "20261128T200014.287069Z-2b531fb3"
 HELD = "20261128T200014.290990Z-0932be69"

@@ -11,7 +11,7 @@ import time
 
 import orjson
 import pytest
-from conftest import REPO, as_user, trainctl
+from helpers.common import REPO, as_user, trainctl
 
 from trainer.exitcodes import ExitCode
 from trainer.intake import enqueue

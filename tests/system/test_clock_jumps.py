@@ -33,8 +33,8 @@ import pytest
 
 pytest.importorskip("torch")
 
-from conftest import REPO  # noqa: E402
-from daemon_proc import DaemonProcess, enqueue_sample, small_config  # noqa: E402
+from helpers.common import REPO  # noqa: E402
+from helpers.daemon_proc import DaemonProcess, enqueue_sample, small_config  # noqa: E402
 
 from trainer.config import default_config_toml, load_config  # noqa: E402
 from trainer.intake import enqueue  # noqa: E402
@@ -49,7 +49,7 @@ RETRY_S = 4.0  # the first retry delay; the second is twice that
 CONFIG = small_config(spool={"inbox_settle_seconds": SETTLE_S, "max_attempts": 3},
                       daemon={"retry_delay_seconds": RETRY_S, "stale_after_seconds": 5},
                       snapshot={"at": "00:00"})
-IO_ERROR_DAEMON = (sys.executable, str(Path(__file__).resolve().parent / "io_error_daemon.py"))
+IO_ERROR_DAEMON = (sys.executable, str(Path(__file__).resolve().parents[1] / "helpers" / "io_error_daemon.py"))
 
 
 def _library(name: str) -> Path | None:

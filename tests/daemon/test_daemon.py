@@ -14,8 +14,8 @@ import pytest
 
 pytest.importorskip("torch")
 
-from conftest import REPO, as_user, trainctl, unprivileged_ids  # noqa: E402
-from daemon_proc import DaemonProcess, enqueue_sample, metric_steps, small_config  # noqa: E402
+from helpers.common import REPO, as_user, trainctl, unprivileged_ids  # noqa: E402
+from helpers.daemon_proc import DaemonProcess, enqueue_sample, metric_steps, small_config  # noqa: E402
 
 from trainer.config import default_config_toml, load_config  # noqa: E402
 from trainer.demo.sample_data import write_sample_chat  # noqa: E402

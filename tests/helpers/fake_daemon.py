@@ -17,10 +17,9 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path[:0] = [str(Path(__file__).resolve().parents[2]), str(Path(__file__).resolve().parents[1])]
 
-from fake_engine import FakeEngine  # noqa: E402
-
+from helpers.fake_engine import FakeEngine  # noqa: E402
 from trainer.config import load_config  # noqa: E402
 from trainer.daemon.notify import Notifier  # noqa: E402
 from trainer.daemon.reporter import Activity, Reporter  # noqa: E402

@@ -5,7 +5,6 @@ format-1 ``events.jsonl``, killed at each of its steps."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from conftest import REPO, trainctl
+from helpers.common import REPO, trainctl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

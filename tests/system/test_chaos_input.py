@@ -15,9 +15,9 @@ import sys
 import time
 
 import pytest
-from chaos_base import PeakRss, small_base
-from conftest import REPO, trainctl
-from hostile import CONTENTS, NAMES, fingerprint, make_regular, make_special, special_kinds_possible
+from helpers.chaos_base import PeakRss, small_base
+from helpers.common import REPO, trainctl
+from helpers.hostile import CONTENTS, NAMES, fingerprint, make_regular, make_special, special_kinds_possible
 
 from trainer.config import Config
 from trainer.exitcodes import ExitCode
@@ -176,7 +176,7 @@ def test_a_file_still_appended_to_after_its_rename_ends_pending_or_failed_with_t
 
 def test_the_real_daemon_survives_a_hostile_inbox_with_bounded_memory(tmp_path, request):
     pytest.importorskip("torch")
-    from daemon_proc import DaemonProcess
+    from helpers.daemon_proc import DaemonProcess
 
     demo_model = request.getfixturevalue("demo_model")
 

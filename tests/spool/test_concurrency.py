@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from conftest import REPO, write_jsonl
+from helpers.common import REPO, write_jsonl
 
 from trainer.spool import events, queue
 from trainer.states import ItemState

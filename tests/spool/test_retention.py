@@ -9,7 +9,7 @@ import subprocess
 import sys
 import textwrap
 
-from conftest import REPO
+from helpers.common import REPO
 
 from trainer.spool.fsutil import remove_dirs, sweep_deleting
 

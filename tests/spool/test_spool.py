@@ -7,7 +7,7 @@ import os
 from datetime import timedelta
 
 import pytest
-from conftest import write_jsonl
+from helpers.common import write_jsonl
 
 from trainer.errors import InvalidData, NoSuchItem, WrongState
 from trainer.intake import enqueue

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from helpers.common import REPO
 
 from trainer.config import load_config
 from trainer.daemon import units

@@ -1,0 +1,1 @@
+"""What the tests share: helpers, fakes and the scripts they run as processes."""
