@@ -40,15 +40,18 @@ def duration(seconds: float | None) -> str:
 
 def _daemon_line(daemon: dict) -> str:
     live = daemon["liveness"]
+    pid = daemon["pid"] or "unknown"  # 0: the lock is held but its pid could not be read
     if live == "running":
-        line = f"running (pid {daemon['pid']}), {daemon['state']}"
+        line = f"running (pid {pid}), {daemon['state']}"
         if daemon.get("reason"):
             line += f": {daemon['reason']}"
         return line
+    if live == "unknown":
+        return f"running (pid {pid} holds the lock), state unknown: {daemon['state_problem']}"
     if live == "unresponsive":
-        age = duration(daemon["heartbeat_age_s"]) if daemon["heartbeat_age_s"] is not None else "never"
-        return (f"UNRESPONSIVE (pid {daemon['pid']} holds the lock, last heartbeat {age} ago, "
-                f"last state {daemon['last_state']})")
+        last = f"last state {daemon['last_state']}" if daemon.get("last_state") else "no state known"
+        return (f"UNRESPONSIVE (pid {pid} holds the lock, last heartbeat {duration(daemon['heartbeat_age_s'])} "
+                f"ago, {last})")
     line = "not running"
     if daemon.get("last_state") and daemon["last_state"] not in ("stopped",):
         line += (f" (its state file last said {daemon['last_state']!r}, pid {daemon['last_pid']}: "
@@ -97,14 +100,22 @@ def status_lines(status: dict) -> list[str]:
         if isinstance(memory.get("gpu"), dict):
             line += f"; GPU allocated {size(memory['gpu'].get('allocated'))}, reserved {size(memory['gpu'].get('reserved'))}"
         lines.append(line)
-    disk = status["disk"]
-    lines.append(f"disk        {size(disk['free_bytes'])} free of {size(disk['total_bytes'])}")
+    lines.append(f"disk        {_disk_line(status['disk'])}")
     error = status.get("last_error")
     if error:
         lines.append(f"last error  {_kv(error)}")
-    if status["daemon"].get("state_problem"):
+    if status["daemon"].get("state_problem") and status["daemon"]["liveness"] != "unknown":
         lines.append(f"warning     {status['daemon']['state_problem']}")
     return lines
+
+
+def _disk_line(disk: dict) -> str:
+    line = f"{size(disk['free_bytes'])} free of {size(disk['total_bytes'])}"
+    if disk.get("free_inodes") == 0:
+        line += ", no inodes free"
+    if disk.get("read_only"):
+        line += ", read-only"
+    return line
 
 
 def _kv(data: object) -> str:

@@ -84,6 +84,19 @@ class NotEnoughSpace(OSError):
         self.need, self.have = need, have
 
 
+class DiskUnwritable(TrainerError):
+    """The filesystem refused a write: full (ENOSPC), over quota (EDQUOT) or read-only (EROFS).
+
+    The disk's fault, never the item's: the daemon blocks until writes succeed again.
+    ``errno`` says which, ``path`` where it was seen; the message is one line for a person.
+    """
+
+    def __init__(self, message: str, *, errno: int, path: str | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
+        self.path = path
+
+
 # Control flow inside the daemon, raised on purpose and caught by its main loop.
 
 

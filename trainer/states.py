@@ -42,6 +42,7 @@ class Liveness(str, Enum):
 
     RUNNING = "running"  # lock held, heartbeat fresh
     UNRESPONSIVE = "unresponsive"  # lock held, heartbeat stale: hung or stuck in a long call
+    UNKNOWN = "unknown"  # lock held, no heartbeat to judge: the state file is damaged, missing or unwritable
     NOT_RUNNING = "not-running"  # lock free: no daemon (a crash leaves a stale state file)
 
 

@@ -19,6 +19,7 @@ neither makes a healthy daemon look hung nor a hung one look alive.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
@@ -28,7 +29,7 @@ from typing import Any
 import orjson
 
 from trainer import clock
-from trainer.spool.fsutil import read_regular, unlink_durably, write_atomic
+from trainer.spool.fsutil import DISK_ERRNOS, overwrite_in_place, read_regular, unlink_durably, write_atomic
 from trainer.spool.layout import Layout
 from trainer.states import Liveness
 from trainer.timefmt import iso, parse_iso, utc_now
@@ -161,9 +162,20 @@ def write_state(layout: Layout, state: dict) -> None:
     Not fsynced: it is rewritten every second while training and is for display only (the
     daemon replaces it at start, liveness comes from the lock, and readers cope with a damaged
     one), and two fsyncs a second were most of the daemon's own cost.
+
+    On a disk with no room for a new copy (full, out of inodes, over quota) the record is
+    written over the old one in place, in the blocks that file already has, so that a blocked
+    daemon still says why and still heartbeats; a reader may then catch it half-written, which
+    ``read_state`` reads again. Raises the disk's error when even that is impossible (a
+    read-only filesystem): the caller logs it and goes on, since nothing depends on this file.
     """
     record = {"schema": STATE_SCHEMA, **state, "heartbeat_clock": clock.stamp(clock.read())}
-    write_atomic(layout.tmp, layout.daemon_state, orjson.dumps(record) + b"\n", durable=False)
+    data = orjson.dumps(record) + b"\n"
+    try:
+        write_atomic(layout.tmp, layout.daemon_state, data, durable=False)
+    except OSError as exc:
+        if exc.errno not in DISK_ERRNOS or not overwrite_in_place(layout.daemon_state, data):
+            raise
 
 
 def daemon_state(state: str, *, pid: int, started_at: datetime, now: datetime, **fields: Any) -> dict:
@@ -173,17 +185,32 @@ def daemon_state(state: str, *, pid: int, started_at: datetime, now: datetime, *
 
 
 def read_state(layout: Layout) -> tuple[dict | None, str | None]:
-    """The daemon's last published state, or why it cannot be read (never raises on garbage)."""
+    """The daemon's last published state, or why it cannot be read (never raises on garbage).
+
+    Read up to three times before it is called damaged: on a full disk the daemon writes it in
+    place, and a read can catch that half-done."""
+    for attempt in range(3):
+        data, problem = _read_state_once(layout)
+        if data is not None or problem is None or attempt == 2:
+            return data, problem
+        time.sleep(0.01)
+    return data, problem
+
+
+def _read_state_once(layout: Layout) -> tuple[dict | None, str | None]:
+    path = layout.daemon_state
     try:
-        data = orjson.loads(read_regular(layout.daemon_state, STATE_LIMIT))
+        data = orjson.loads(read_regular(path, STATE_LIMIT))
     except FileNotFoundError:
         return None, None
     except PermissionError:
-        return None, f"{layout.daemon_state}: permission denied"
-    except (OSError, orjson.JSONDecodeError) as exc:
-        return None, f"{layout.daemon_state}: unreadable ({exc})"
+        return None, f"{path}: permission denied"
+    except orjson.JSONDecodeError as exc:
+        return None, f"{path}: damaged: " + ("empty" if exc.pos == 0 and not exc.doc else f"not JSON ({exc})")
+    except OSError as exc:
+        return None, f"{path}: unreadable ({exc.strerror})"
     if not isinstance(data, dict) or data.get("schema") != STATE_SCHEMA:
-        return None, f"{layout.daemon_state}: not a daemon state record"
+        return None, f"{path}: not a daemon state record"
     return data, None
 
 
@@ -209,7 +236,8 @@ def heartbeat_age(state: dict | None, now: clock.Reading) -> float | None:
 
 
 def liveness(lock_holder: int | None, state: dict | None, now: clock.Reading, stale_after_s: float) -> Liveness:
-    """Running only if the lock is held *and* the heartbeat is fresh.
+    """Running only if the lock is held *and* the heartbeat is fresh; unknown if the lock is held
+    but there is no heartbeat to judge.
 
     On the wall-clock fallback of ``heartbeat_age``, a heartbeat from the future (the clock
     jumped back) counts as fresh: the lock already proves a live process.
@@ -217,6 +245,8 @@ def liveness(lock_holder: int | None, state: dict | None, now: clock.Reading, st
     if lock_holder is None:
         return Liveness.NOT_RUNNING
     age = heartbeat_age(state, now)
-    if age is None or age > stale_after_s:
+    if age is None:  # no heartbeat to judge (the state file is damaged or gone): not a hang
+        return Liveness.UNKNOWN
+    if age > stale_after_s:
         return Liveness.UNRESPONSIVE
     return Liveness.RUNNING

@@ -5,8 +5,13 @@
 
 Each event is one ``write()`` on an ``O_APPEND`` descriptor of its month's segment, so
 concurrent writers never interleave within a line (Linux serialises appends to a regular
-file). A crash can leave a torn last line; readers skip any line that does not parse and
-count it.
+file). A line is whole or absent (``fsutil.append_to``): one that only partly fits on a full
+disk is cut back off, and one a crash left torn is ended before the next is written;
+readers skip any line that does not parse and count it.
+
+The log records changes already made: a disk that refuses a line (full, over quota,
+read-only) must not make the change look failed, so the line waits in this process and goes
+out, in order and with its own time, before the next one or at ``flush``.
 
 Log order is segment order, then line order: the converted parts (by month), what is left of
 a format-1 ``events.jsonl`` (only until the daemon has upgraded the base dir), then the live
@@ -29,7 +34,7 @@ from typing import BinaryIO
 import orjson
 
 from trainer.ids import id_time, is_id
-from trainer.spool.fsutil import make_group_dir, read_regular, unlink_durably
+from trainer.spool.fsutil import DISK_ERRNOS, append_to, make_group_dir, read_regular, unlink_durably
 from trainer.spool.layout import Layout
 from trainer.states import Event
 from trainer.timefmt import iso, parse_iso, utc_now
@@ -80,13 +85,65 @@ def first_month(since: datetime | None, item_id: str | None) -> str | None:
 # --- appending -------------------------------------------------------------------------------
 
 def append(layout: Layout, event: Event, item_id: str | None, **details: object) -> None:
+    """Append an event line; if the disk refuses it, it waits (see the module's docstring)."""
+    _waiting.setdefault(layout.events_dir, []).append(_line(event, item_id, details))
+    flush(layout)
+
+
+def append_first(layout: Layout, entries: list[tuple[Event, str | None, dict]]) -> None:
+    """Append these event lines now, in one write, or raise the disk's error with none written.
+
+    For a change made only once its record is on disk: ``trainctl enqueue`` writes its
+    ``enqueued`` lines before the renames that queue the items, so a full disk refuses the
+    whole batch, and no line is lost with a process that exits before the disk has room.
+    """
+    flush(layout)
+    lines = [_line(event, item_id, details) for event, item_id, details in entries]
+    if lines:
+        _append_line(layout, lines[0][0], b"".join(text for _, text in lines))
+
+
+# Event lines the disk refused, per log, oldest first, each with its segment's name. A
+# process that ends with some here says so (trainctl on stderr, the daemon in its journal):
+# the changes they record are on disk.
+_waiting: dict[Path, list[tuple[str, bytes]]] = {}
+
+
+def flush(layout: Layout) -> int:
+    """Write the event lines the disk refused so far; how many still wait."""
+    lines = _waiting.get(layout.events_dir, [])
+    while lines:
+        name, text = lines[0]
+        try:
+            _append_line(layout, name, text)
+        except OSError as exc:
+            if exc.errno not in DISK_ERRNOS:
+                lines.pop(0)  # not the disk (a symlink in its place...): the caller hears of it
+                raise
+            return len(lines)
+        lines.pop(0)
+    return 0
+
+
+def waiting(layout: Layout) -> list[bytes]:
+    """The event lines still waiting for the disk (see ``append``)."""
+    return [text for _, text in _waiting.get(layout.events_dir, [])]
+
+
+def unrecorded() -> list[bytes]:
+    """Every event line this process could not write, whatever its base dir."""
+    return [text for lines in _waiting.values() for _, text in lines]
+
+
+def _line(event: Event, item_id: str | None, details: dict) -> tuple[str, bytes]:
+    """An event line stamped now, and the segment it belongs to."""
     at = utc_now()
     record = {"t": iso(at), "event": event.value, "id": item_id, **details}
-    _append_line(layout, segment_name(month_of(at)), orjson.dumps(record) + b"\n")
+    return segment_name(month_of(at)), orjson.dumps(record) + b"\n"
 
 
 def _append_line(layout: Layout, name: str, line: bytes) -> None:
-    """The one place a line is written: one ``write()`` at the end of segment ``name``.
+    """The one place lines are written: at the end of segment ``name``, whole or not at all.
 
     Neither ``events/`` nor the segment is ever followed if a symlink was put in its place:
     we must not append to another file.
@@ -95,7 +152,7 @@ def _append_line(layout: Layout, name: str, line: bytes) -> None:
     try:
         fd = _open_segment(name, dir_fd)
         try:
-            os.write(fd, line)
+            append_to(fd, line, layout.events_dir / name)
         finally:
             os.close(fd)
     finally:
@@ -114,7 +171,7 @@ def _open_events_dir(layout: Layout) -> int:
 
 
 def _open_segment(name: str, dir_fd: int) -> int:
-    flags = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW
+    flags = os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW  # read: append_to looks at the last byte
     try:
         return os.open(name, flags, dir_fd=dir_fd)
     except FileNotFoundError:

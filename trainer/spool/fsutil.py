@@ -16,6 +16,8 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
+from trainer.errors import DiskUnwritable
+
 FILE_MODE = 0o640  # group-readable: trainctl users share the daemon's group
 DIR_MODE = 0o2770  # group-writable and setgid, so new entries keep the daemon's group
 DELETING_PREFIX = ".deleting-"  # a directory being removed by retention (swept after a crash)
@@ -64,14 +66,10 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(staging: Path, dest: Path, data: bytes, *, mode: int = FILE_MODE, durable: bool = True) -> None:
-    """Publish ``data`` as ``dest``: write in ``staging``, fsync, rename, fsync(dest's dir).
-
-    ``durable=False`` skips both fsyncs: readers still see the old or the new file whole
-    (the rename is atomic), but a power loss may bring back an older one or an empty one. Only
-    for files that are rewritten all the time and whose loss costs nothing.
-    """
-    tmp = staging / f"{dest.name}.{os.urandom(6).hex()}.tmp"
+def stage_file(staging: Path, name: str, data: bytes, *, mode: int = FILE_MODE, durable: bool = True) -> Path:
+    """Write ``data`` to a new, uniquely named file in ``staging`` (fsynced when ``durable``)
+    and return its path, for a rename to publish; on any error nothing is left behind."""
+    tmp = staging / f"{name}.{os.urandom(6).hex()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # marks the file as live for sweep_staging
@@ -81,15 +79,154 @@ def write_atomic(staging: Path, dest: Path, data: bytes, *, mode: int = FILE_MOD
             view = view[os.write(fd, view) :]
         if durable:
             os.fsync(fd)
-        os.rename(tmp, dest)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
     finally:
         os.close(fd)
+    return tmp
+
+
+def write_atomic(staging: Path, dest: Path, data: bytes, *, mode: int = FILE_MODE, durable: bool = True) -> None:
+    """Publish ``data`` as ``dest``: write in ``staging``, fsync, rename, fsync(dest's dir).
+
+    ``durable=False`` skips both fsyncs: readers still see the old or the new file whole
+    (the rename is atomic), but a power loss may bring back an older one or an empty one. Only
+    for files that are rewritten all the time and whose loss costs nothing.
+    """
+    tmp = stage_file(staging, dest.name, data, mode=mode, durable=durable)
+    try:
+        os.rename(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     if durable:
         fsync_dir(dest.parent)
+
+
+def overwrite_in_place(path: Path, data: bytes) -> bool:
+    """Write ``data`` over the start of an existing regular file, without allocating: only if it
+    fits in the blocks the file already has (padded with spaces to its old length, so a JSON
+    reader sees the same record). False when it does not fit or the file is not there.
+
+    Not atomic (a reader may catch it half-written): only for a display-only file, when the
+    disk has no room for a new copy to rename into place.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or len(data) > st.st_blocks * 512:
+            return False
+        padded = data.rstrip(b"\n").ljust(max(st.st_size, len(data)) - 1) + b"\n"
+        return os.pwrite(fd, padded, 0) == len(padded)
+    finally:
+        os.close(fd)
+
+
+def append_line(path: Path, line: bytes, mode: int = 0o640) -> None:
+    """Append one whole line to a file read line by line (``append_to``), creating it if need
+    be. O_NOFOLLOW: a symlink put in the file's place must not make us append to another."""
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, mode)
+    try:
+        append_to(fd, line, path)
+    finally:
+        os.close(fd)
+
+
+def append_to(fd: int, lines: bytes, path: Path) -> None:
+    """Append whole lines to the file open as ``fd`` (O_RDWR | O_APPEND), or nothing at all.
+
+    One write() on an O_APPEND descriptor, so concurrent writers never interleave within a
+    line. A disk that fills mid-line makes write() store only part of it: the file is then cut
+    back to where the lines began (an flock keeps the other appenders out meanwhile; it is
+    dropped when ``fd`` is closed) and the disk's error raised, naming ``path``. A line a
+    crash left without its newline is ended first, so only that one is unreadable, never the
+    next one too.
+    """
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    start = os.fstat(fd).st_size
+    if start and os.pread(fd, 1, start - 1) != b"\n":
+        lines = b"\n" + lines
+    try:
+        with naming(path):
+            written = os.write(fd, lines)
+            if written < len(lines):
+                os.write(fd, lines[written:])  # a second try says why (ENOSPC, EDQUOT), or finishes it
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, start)  # frees what the torn line took: needs no room
+        raise
+
+
+# The ways a filesystem refuses a write that are the disk's doing: neither the data's nor the
+# code's, and gone once someone makes room (or remounts it read-write).
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+
+
+def disk_refusal(exc: BaseException, path: Path | None = None, *, room_needed: int = 0) -> DiskUnwritable | None:
+    """``exc`` as a DiskUnwritable if the disk refused the write; None if something else failed.
+
+    An OSError with ENOSPC, EDQUOT or EROFS anywhere in the exception's chain decides. torch's
+    and safetensors' writers wrap the OS error without its errno, so then the filesystem of
+    ``path`` is asked: read-only, out of inodes, or with less free space than ``room_needed``
+    (a failed save has freed what it took, so "no space at all" is too strict a test).
+    """
+    for error in _chain(exc):
+        if isinstance(error, DiskUnwritable):
+            return error
+        if isinstance(error, OSError) and error.errno in DISK_ERRNOS:
+            where = error.filename if error.filename is not None else path
+            return _unwritable(error.errno, Path(os.fsdecode(where)) if where is not None else None)
+    if path is None:
+        return None
+    try:
+        fs = os.statvfs(_existing(path))
+    except OSError:
+        return None
+    if fs.f_flag & os.ST_RDONLY:
+        return _unwritable(errno.EROFS, path)
+    if _out_of_inodes(fs) or fs.f_bavail * fs.f_frsize < max(room_needed, 1):
+        return _unwritable(errno.ENOSPC, path)
+    return None
+
+
+def _chain(exc: BaseException):
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def _out_of_inodes(fs: os.statvfs_result) -> bool:
+    return fs.f_files > 0 and fs.f_favail == 0  # f_files 0: the filesystem does not count inodes
+
+
+def _unwritable(code: int, path: Path | None) -> DiskUnwritable:
+    where = str(path) if path is not None else "the base dir"
+    if code == errno.EROFS:
+        message = f"read-only filesystem: cannot write {where}"
+    elif code == errno.EDQUOT:
+        message = f"disk quota exceeded writing {where}"
+    else:
+        try:
+            inodes = path is not None and _out_of_inodes(os.statvfs(_existing(path)))
+        except OSError:
+            inodes = False
+        message = f"no free inodes left writing {where}" if inodes else f"disk full writing {where}"
+    return DiskUnwritable(message, errno=code, path=str(path) if path is not None else None)
+
+
+def _existing(path: Path) -> Path:
+    """``path`` or its nearest existing parent (statvfs needs something that exists)."""
+    while not os.path.lexists(path) and path != path.parent:
+        path = path.parent
+    return path
 
 
 def unlink_durably(path: Path) -> bool:

@@ -7,6 +7,7 @@ is running by probing the lock, never by trusting a pid or a state file.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -14,7 +15,7 @@ import time
 from pathlib import Path
 
 from trainer.errors import AlreadyRunning
-from trainer.spool.fsutil import is_locked_by_someone
+from trainer.spool.fsutil import DISK_ERRNOS, is_locked_by_someone
 from trainer.spool.layout import Layout
 
 
@@ -29,7 +30,7 @@ class DaemonLock:
     def acquire(self, attempts: int = 20, pause_s: float = 0.05) -> None:
         # trainctl probes the lock with a shared lock held for microseconds; retrying
         # briefly keeps such a probe from being mistaken for a second daemon.
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o640)
+        fd, writable = _open_lock_file(self.path)
         for attempt in range(attempts):
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -46,14 +47,41 @@ class DaemonLock:
                         f"runs on {self.path.parent.parent}: stop it first, or use another base dir"
                     ) from None
                 time.sleep(pause_s)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
+        if writable:
+            _write_pid(fd)
 
     def release(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def _open_lock_file(path: Path) -> tuple[int, bool]:
+    """The lock file's descriptor, and whether it could be opened for writing the pid."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o640), True
+    except OSError as exc:
+        if exc.errno != errno.EROFS:
+            raise
+        # A read-only filesystem: flock() needs no write access, so the daemon can still hold
+        # its base dir (and wait, blocked, until it is writable again); the pid stays unwritten.
+        return os.open(path, os.O_RDONLY | os.O_NOFOLLOW), False
+
+
+def _write_pid(fd: int) -> None:
+    """Write our pid into the lock file, for display. Over the old one, then cut to length: a
+    rewrite in the block the file already has needs no room, so a daemon restarted on a full
+    disk still says who it is. If even that fails the pid shows as unknown; the lock holds."""
+    text = f"{os.getpid()}\n".encode()
+    try:
+        os.pwrite(fd, text, 0)
+        os.ftruncate(fd, len(text))
+    except OSError as exc:
+        if exc.errno not in DISK_ERRNOS:
+            raise
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)  # never leave a predecessor's pid behind
 
 
 def read_lock_pid(path: Path) -> int | None:

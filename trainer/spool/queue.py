@@ -9,6 +9,7 @@ concurrent trainctl processes and the daemon never lose an update or an item. Re
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from collections.abc import Callable, Iterable
@@ -149,6 +150,46 @@ def _move(layout: Layout, item: Item, state: ItemState, priority: Priority | Non
     return dataclasses.replace(item, state=state, path=dest, priority=priority or item.priority)
 
 
+PREVIOUS_META = ".meta.json.previous"  # the metadata a change replaced, until the change is whole
+
+
+def _move_with_meta(layout: Layout, item: Item, meta: ItemMeta | None, state: ItemState,
+                    priority: Priority | None = None) -> Item:
+    """Replace the item's metadata (unless ``meta`` is None or the same) and move it: one change.
+
+    The metadata is written first, so a disk that cannot take it (full, read-only) fails the
+    change with nothing changed. If the move then fails, the previous meta.json, kept under a
+    second name (a hard link: it takes no room), is put back: the item stays where it was with
+    the metadata it had, and the same change can simply be made again later.
+    """
+    if meta is None or meta == item.meta:
+        return _move(layout, item, state, priority)
+    if item.meta is None:  # the old metadata was unreadable: nothing worth keeping
+        _write_meta(layout, item, meta)
+        return dataclasses.replace(_move(layout, item, state, priority), meta=meta)
+    previous: Path | None = item.path / PREVIOUS_META
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(previous)  # left by a crash mid-change
+        os.link(item.meta_path, previous)
+    except OSError:
+        # protected_hardlinks refuses a link to another user's file we may not write (an
+        # item someone enqueued): the change is made without the way back, as it always was.
+        previous = None
+    try:
+        _write_meta(layout, item, meta)
+        moved = _move(layout, item, state, priority)
+    except BaseException:
+        if previous is not None:
+            with contextlib.suppress(OSError):
+                os.rename(previous, item.meta_path)
+        raise
+    if previous is not None:
+        with contextlib.suppress(OSError):
+            os.unlink(moved.path / PREVIOUS_META)
+    return dataclasses.replace(moved, meta=meta)
+
+
 def _change(
     layout: Layout,
     item_id: str,
@@ -184,11 +225,12 @@ def move(layout: Layout, item_id: str, priority: Priority) -> Item:
     """Change an item's priority; a pending item moves to that queue (keeping its age)."""
     def change(item: Item):
         before = item.priority
-        if item.meta is not None and item.meta.priority is not priority:
-            _write_meta(layout, item, dataclasses.replace(item.meta, priority=priority))
+        meta = dataclasses.replace(item.meta, priority=priority) if item.meta is not None else None
         if item.state is ItemState.PENDING:
-            moved = _move(layout, item, ItemState.PENDING, priority)
+            moved = _move_with_meta(layout, item, meta, ItemState.PENDING, priority)
         else:
+            if meta is not None and meta != item.meta:
+                _write_meta(layout, item, meta)
             moved = dataclasses.replace(item, priority=priority)
         details = {"from": before.value if before else None, "to": priority.value}
         return moved, Event.MOVED, details
@@ -204,8 +246,7 @@ def retry(layout: Layout, item_id: str, facts: dict) -> Item:
             meta = ItemMeta(id=item.id, name="data.jsonl", source="recovered", enqueued_at=iso(utc_now()),
                             priority=item.priority or Priority.NORMAL, **facts)
         meta = dataclasses.replace(meta, attempts=0, not_before=None, **facts)
-        _write_meta(layout, item, meta)
-        return _move(layout, item, ItemState.PENDING, meta.priority), Event.RETRIED, {}
+        return _move_with_meta(layout, item, meta, ItemState.PENDING, meta.priority), Event.RETRIED, {}
     return _change(layout, item_id, {ItemState.FAILED}, "retry", change)
 
 
@@ -285,10 +326,11 @@ def fail(layout: Layout, item_id: str, message: str, *, kind: str = "permanent",
          event: Event = Event.FAILED) -> Item:
     """Active item to failed/, recording why (``kind`` 'skipped' for a skip request)."""
     def change(item: Item):
+        meta = None
         if item.meta is not None:
             error = ItemError(at=iso(utc_now()), message=message, kind=kind, attempt=item.meta.attempts)
-            _write_meta(layout, item, item.meta.with_error(error))
-        return _move(layout, item, ItemState.FAILED), event, {"reason": message, "kind": kind}
+            meta = item.meta.with_error(error)
+        return _move_with_meta(layout, item, meta, ItemState.FAILED), event, {"reason": message, "kind": kind}
     return _change(layout, item_id, {ItemState.ACTIVE}, "fail", change)
 
 
@@ -296,21 +338,23 @@ def requeue(layout: Layout, item_id: str, *, reason: str, not_before: datetime |
             count_attempt: bool = True) -> Item:
     """Active item back to its pending queue, keeping its cursor (it resumes mid-file).
 
-    ``count_attempt``: an interrupted run costs an attempt; a graceful stop does not.
+    ``count_attempt``: an interrupted run costs an attempt; a graceful stop does not. A
+    graceful stop with no delay leaves the metadata alone (a past ``not_before`` is harmless),
+    so it needs no room on the disk: a daemon stopped while the disk is full still puts its
+    item back without counting an attempt.
     """
     def change(item: Item):
         priority = item.priority or Priority.NORMAL
-        if item.meta is not None:
-            meta = item.meta
+        meta = item.meta
+        if meta is not None and (count_attempt or not_before is not None):
             if count_attempt:
                 meta = meta.with_error(ItemError(at=iso(utc_now()), message=reason,
                                                  kind="transient", attempt=meta.attempts))
                 meta = dataclasses.replace(meta, attempts=meta.attempts + 1)
             meta = dataclasses.replace(meta, not_before=iso(not_before) if not_before else None)
-            _write_meta(layout, item, meta)
         details = {"reason": reason, "counted": count_attempt,
                    "not_before": iso(not_before) if not_before else None}
-        return _move(layout, item, ItemState.PENDING, priority), Event.REQUEUED, details
+        return _move_with_meta(layout, item, meta, ItemState.PENDING, priority), Event.REQUEUED, details
     return _change(layout, item_id, {ItemState.ACTIVE}, "requeue", change)
 
 

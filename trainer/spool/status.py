@@ -40,12 +40,39 @@ def _progress(state: dict | None, active: dict | None) -> dict | None:
     return active
 
 
+def explain_heartbeat(live: Liveness, state: dict | None, state_problem: str | None, disk: dict,
+                      now: clock.Reading) -> tuple[Liveness, str | None]:
+    """A daemon that holds the lock but has no heartbeat to show is not called hung when
+    something else explains it: its state file is damaged or missing, or the base dir's
+    filesystem cannot take a write (read-only, or full where the file cannot even be written
+    over in place). Returns the verdict and, for ``unknown``, what is wrong."""
+    unwritable = _unwritable(disk)
+    if live is Liveness.UNKNOWN:
+        problem = state_problem or ("the daemon's state file has no readable heartbeat" if state
+                                    else "the daemon's state file is missing")
+        return live, problem + (f" ({unwritable}, so the daemon cannot write it)" if unwritable else "")
+    if live is Liveness.UNRESPONSIVE and unwritable:
+        age = control.heartbeat_age(state, now)
+        return Liveness.UNKNOWN, (f"its last heartbeat is {age:.0f} s old, and {unwritable}, so the daemon "
+                                  f"cannot write one")
+    return live, state_problem
+
+
+def _unwritable(disk: dict) -> str | None:
+    if disk.get("read_only"):
+        return "the base dir's filesystem is read-only"
+    if disk.get("free_bytes") == 0 or disk.get("free_inodes") == 0:
+        return "the base dir's filesystem is full"
+    return None
+
+
 def summarize(
     *, holder: int | None, state: dict | None, state_problem: str | None,
     requests: control.Requests, queues: dict, active: dict | None, disk: dict,
     now: clock.Reading, stale_after_s: float, base_dir: str,
 ) -> dict:
     live = control.liveness(holder, state, now, stale_after_s)
+    live, state_problem = explain_heartbeat(live, state, state_problem, disk, now)
     alive = live is not Liveness.NOT_RUNNING
     last_state = state.get("state") if state else None
     daemon = {
@@ -76,6 +103,14 @@ def summarize(
     }
 
 
+def disk_usage(layout: Layout) -> dict:
+    """Free and total bytes of the base dir's filesystem, free inodes (None where it does not
+    count them) and whether it is mounted read-only."""
+    fs = os.statvfs(layout.root)
+    return {"free_bytes": fs.f_bavail * fs.f_frsize, "total_bytes": fs.f_blocks * fs.f_frsize,
+            "free_inodes": fs.f_favail if fs.f_files else None, "read_only": bool(fs.f_flag & os.ST_RDONLY)}
+
+
 def collect(layout: Layout, config: Config, now: clock.Reading) -> dict:
     state, problem = control.read_state(layout)
     current = queue.active_item(layout)
@@ -83,10 +118,9 @@ def collect(layout: Layout, config: Config, now: clock.Reading) -> dict:
     if current is not None:
         active = {"id": current.id, "name": current.meta.name if current.meta else None,
                   "records": current.meta.records if current.meta else None}
-    fs = os.statvfs(layout.root)
     return summarize(
         holder=lock_holder(layout), state=state, state_problem=problem,
         requests=control.read_requests(layout), queues=queue.counts(layout), active=active,
-        disk={"free_bytes": fs.f_bavail * fs.f_frsize, "total_bytes": fs.f_blocks * fs.f_frsize},
+        disk=disk_usage(layout),
         now=now, stale_after_s=config.daemon.stale_after_seconds, base_dir=str(layout.root),
     )
