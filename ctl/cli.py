@@ -32,6 +32,7 @@ from trainer.errors import (
 from trainer.exitcodes import ExitCode
 from trainer.ids import check_id
 from trainer.spool import control, events, queue
+from trainer.spool.fsutil import disk_refusal
 from trainer.spool.layout import BASE_DIR_ENV, Layout, init_base, open_base
 from trainer.spool.lock import lock_holder
 from trainer.spool.status import collect
@@ -482,6 +483,20 @@ def _group_of(path: str | None) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     try:
+        _run(argv)
+    finally:
+        _report_unrecorded_events()
+
+
+def _report_unrecorded_events() -> None:
+    """Event lines the disk refused (the changes they record are done): said, not lost silently."""
+    for line in events.unrecorded():
+        note(f"warning: the disk refused this event log line, it is not recorded: "
+             f"{line.decode(errors='replace').rstrip()}")
+
+
+def _run(argv: list[str] | None) -> None:
+    try:
         cli.main(args=argv, prog_name="trainctl", standalone_mode=False)
     except click.ClickException as exc:
         exc.show()
@@ -504,7 +519,11 @@ def main(argv: list[str] | None = None) -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(ExitCode.OK)
     except OSError as exc:
-        # A full disk, an I/O error, a name too long...: one line naming the path.
+        refused = disk_refusal(exc)
+        if refused is not None:  # full, over quota or read-only: what to do about it
+            note(f"{render.display(str(refused))}: free some space on it (or make it writable) and try again")
+            sys.exit(ExitCode.FAILED)
+        # An I/O error, a name too long...: one line naming the path.
         where = f"{render.display(exc.filename)}: " if exc.filename else ""
         note(f"{where}{exc.strerror or exc}")
         sys.exit(ExitCode.FAILED)

@@ -14,6 +14,7 @@ from helpers.common import REPO
 from trainer.config import load_config
 from trainer.demo.sample_data import write_sample_chat
 from trainer.intake import enqueue
+from trainer.spool import metrics
 
 # Small and quick on a CPU: short rows and batches, a checkpoint every two steps, a fast
 # heartbeat and inbox, quick retries, and nothing at idle (no consolidation, the snapshot
@@ -35,11 +36,13 @@ def enqueue_sample(layout, directory: Path, records: int = 200, seed: int = 1, n
 
 
 def metric_steps(layout, item_id: str) -> list[int]:
-    """The steps in an item's metrics file, in the order they were trained."""
-    path = layout.root / "metrics" / f"{item_id}.jsonl"
-    if not path.exists():
-        return []
-    return [orjson.loads(line)["step"] for line in path.read_bytes().splitlines()]
+    """The steps in an item's metrics file, in the order they were trained (a torn line is
+    skipped: ``torn_metric_lines`` counts them)."""
+    return [record["step"] for record in metrics.read(layout, item_id).steps]
+
+
+def torn_metric_lines(layout, item_id: str) -> int:
+    return metrics.read(layout, item_id).unreadable_lines
 
 
 def small_config(**overrides: dict) -> str:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trainer.config import CheckpointConfig, Config
+from trainer.errors import DiskUnwritable
 from trainer.train.protocol import ItemPlan, Progress, TrainState
 
 
@@ -35,6 +36,7 @@ class FakeEngine:
         self.last_checkpoint: FakeCheckpoint | None = None
         self.load_seconds = 0.0
         self.space_guard: Callable[[int], None] = lambda estimate: None
+        self.disk_wait: Callable[[DiskUnwritable], None] = _raise
         self.snapshots: list[str] = []
         self.versions: list[str] = []
 
@@ -91,3 +93,7 @@ class FakeEngine:
 
     def memory(self) -> dict:
         return {"rss": next(self.rss) if self.rss is not None else 1 << 30, "gpu": None}
+
+
+def _raise(refused: DiskUnwritable) -> None:
+    raise refused

@@ -10,6 +10,7 @@ import subprocess
 import orjson
 import pytest
 
+from trainer.errors import DiskUnwritable
 from trainer.train.checkpoint import LATEST, QUARANTINE, CheckpointStore, verify
 
 
@@ -84,7 +85,7 @@ def test_a_failed_save_removes_its_staging_and_keeps_the_previous(tmp_path):
         (directory / "weights.bin").write_bytes(b"partial")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    with pytest.raises(OSError):
+    with pytest.raises(DiskUnwritable, match="no space left"):  # the disk's fault, said as such
         store.save(2, failing, {})
     names = os.listdir(tmp_path / "ck")
     assert not any(n.startswith(".staging-") for n in names)
@@ -101,9 +102,9 @@ def test_a_real_full_disk_during_a_save_loses_nothing(tmp_path):
     try:
         store = CheckpointStore(mount / "ck")
         good = store.save(1, _writer(b"a" * 8192), {})
-        with pytest.raises(OSError) as caught:
+        with pytest.raises(DiskUnwritable) as caught:
             store.save(2, _writer(b"b" * 200_000), {})
-        assert caught.value.errno == errno.ENOSPC
+        assert caught.value.errno == errno.ENOSPC and "no space left" in str(caught.value)
         assert not any(n.startswith(".staging-") for n in os.listdir(mount / "ck"))
         assert store.latest_valid().path == good.path
     finally:

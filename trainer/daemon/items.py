@@ -11,19 +11,21 @@ from __future__ import annotations
 import logging
 import os
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from trainer.clock import Now
 from trainer.config import Config
 from trainer.daemon.policy import MAX_RETRY_DELAY_S, first_sight_deadline, retry_delay
 from trainer.daemon.reporter import Activity
-from trainer.errors import InvalidData, ItemFailed, RestartRequested, Shutdown, TrainerError
+from trainer.errors import DiskUnwritable, InvalidData, ItemFailed, RestartRequested, Shutdown, TrainerError
 from trainer.intake.enqueue import validate_item_data
 from trainer.spool import control, queue
+from trainer.spool.fsutil import disk_refusal
 from trainer.spool.item import Item, display_name
 from trainer.spool.layout import Layout
 from trainer.states import DaemonState, Event, ItemState
@@ -31,6 +33,7 @@ from trainer.timefmt import iso, parse_iso, utc_now
 from trainer.train.protocol import ItemPlan, Progress, TrainingEngine
 
 log = logging.getLogger("trainer.daemon")
+T = TypeVar("T")
 
 
 class Outcome(Enum):
@@ -70,6 +73,10 @@ class Host(Protocol):
     def stop_wanted(self, requests: control.Requests | None = None) -> bool: ...
 
     def after_step(self, progress: Progress) -> None: ...
+
+    def wait_for_disk(self, refused: DiskUnwritable) -> None: ...
+
+    def until_written(self, action: Callable[[], T]) -> T: ...
 
 
 class Clock(Protocol):
@@ -136,8 +143,19 @@ class ItemTrainer:
         self.activity.start_item(item.id, item.meta.name if item.meta else None)
         self.host.publish(DaemonState.TRAINING)
         try:
-            check_data(self.layout, item, self.host.config)
-            return self._train(item, self.engine.prepare(item.id, item.meta.sha256, item.data_path))
+            while True:
+                try:
+                    check_data(self.layout, item, self.host.config)
+                    return self._train(item, self.engine.prepare(item.id, item.meta.sha256, item.data_path))
+                except Exception as exc:
+                    refused = disk_refusal(exc)
+                    if refused is None:
+                        raise
+                # A write the disk refused: never the item's fault. Wait, then go on with the
+                # same item from the engine's state in memory (its cursor is that of the last
+                # step taken), so no step is lost or trained twice.
+                log.warning("%s: the disk refused a write: %s", item.id, refused)
+                self.host.wait_for_disk(refused)
         except ItemFailed as failed:
             return self._failed(item, failed.reason, transient=failed.transient)
         except Shutdown:
@@ -152,15 +170,15 @@ class ItemTrainer:
 
     def _train(self, item: Item, plan: ItemPlan) -> Outcome:
         if plan.stats:  # empty when resuming: recorded the first time
-            queue.set_tokens(self.layout, item.id, plan.stats)
+            self.host.until_written(lambda: queue.set_tokens(self.layout, item.id, plan.stats))
         resuming = not plan.stats and self.engine.state.cursor
         log.info("training %s (%s): %d steps%s", item.id, display_name(item.meta.name), plan.total_steps,
                  f", resuming at step {self.engine.state.cursor['item_step']}" if resuming else "")
         while True:
             self._action = control.Action.NONE
             if self.engine.train(plan, self._after_step):
-                queue.complete(self.layout, item.id, steps=plan.total_steps,
-                               global_step=self.engine.state.global_step)
+                self.host.until_written(lambda: queue.complete(self.layout, item.id, steps=plan.total_steps,
+                                                               global_step=self.engine.state.global_step))
                 log.info("done %s", item.id)
                 return Outcome.DONE
             if self._action is control.Action.PAUSE:
@@ -201,15 +219,24 @@ class ItemTrainer:
         request = control.read_requests(self.layout).skip or {}
         reason = request.get("reason") or "no reason given"
         step = self.activity.progress.step if self.activity.progress else 0
-        queue.fail(self.layout, item.id, f"skipped by request at step {step}: {reason}", kind="skipped",
-                   event=Event.SKIPPED)
-        control.clear_skip(self.layout)
+        self.host.until_written(lambda: queue.fail(self.layout, item.id, f"skipped by request at step {step}: {reason}",
+                                                   kind="skipped", event=Event.SKIPPED))
+        self.host.until_written(lambda: control.clear_skip(self.layout))
         log.info("skipped %s at step %d", item.id, step)
         return Outcome.SKIPPED
 
     def _stopped(self, item: Item) -> Outcome:
-        """The checkpoint holds the cursor; the item waits at the head of its queue."""
-        queue.requeue(self.layout, item.id, reason="daemon stopping", count_attempt=False)
+        """The checkpoint holds the cursor; the item waits at the head of its queue.
+
+        Putting it back needs no room on the disk (``queue.requeue`` leaves its metadata
+        alone); only a read-only disk refuses it, and then the next start puts it back."""
+        try:
+            queue.requeue(self.layout, item.id, reason="daemon stopping", count_attempt=False)
+        except Exception as exc:
+            if disk_refusal(exc) is None:
+                raise
+            log.warning("%s stays in active/ (the disk refused the move: %s): the next start puts it back",
+                        item.id, exc)
         return Outcome.STOPPED
 
     def _failed(self, item: Item, reason: str, *, transient: bool) -> Outcome:
@@ -221,12 +248,14 @@ class ItemTrainer:
         decision = after_failure(current.meta.attempts if current.meta else 0, transient=transient,
                                  max_attempts=spool.max_attempts, retry_base_s=daemon.retry_delay_seconds)
         if not decision.give_up:
-            queue.requeue(self.layout, item.id, reason=reason, not_before=self.retries.defer(item.id, decision.delay_s))
+            when = self.retries.defer(item.id, decision.delay_s)
+            self.host.until_written(lambda: queue.requeue(self.layout, item.id, reason=reason, not_before=when))
             log.warning("%s failed (%s); retrying in %.0f s (attempt %d of %d)", item.id, reason, decision.delay_s,
                         decision.attempts + 1, spool.max_attempts)
             return Outcome.RETRY
         why = reason if not transient else f"{reason} (attempt {decision.attempts} of {spool.max_attempts})"
-        queue.fail(self.layout, item.id, why, kind="transient" if transient else "permanent")
+        self.host.until_written(lambda: queue.fail(self.layout, item.id, why,
+                                                   kind="transient" if transient else "permanent"))
         log.error("%s failed: %s", item.id, why)
         return Outcome.FAILED
 

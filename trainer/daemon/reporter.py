@@ -1,12 +1,13 @@
 """What everyone sees of the daemon: the state file, systemd's STATUS, the watchdog, metrics.
 
 The state file (``run/daemon.json``) is for display only: ``trainctl status`` reads it, the
-daemon never does. The watchdog is fed only from ``publish``, i.e. only while the loop makes
+daemon never does, and a write of it that fails decides nothing (it is logged once). The watchdog is fed only from ``publish``, i.e. only while the loop makes
 progress: a hung step or a hung save stops the pings, and systemd restarts the daemon.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -18,6 +19,8 @@ from trainer.spool.layout import Layout
 from trainer.states import DaemonState
 from trainer.timefmt import utc_now
 from trainer.train.protocol import CheckpointRef, Progress
+
+log = logging.getLogger("trainer.daemon")
 
 STATE_WRITE_INTERVAL_S = 1.0  # the state file is rewritten at most this often while training
 
@@ -66,6 +69,7 @@ class Reporter:
         self.memory_growth_limit = memory_growth_limit
         self.started_at = utc_now()
         self._written_at = float("-inf")
+        self._state_unwritable = False  # said once in the journal, not at every heartbeat
 
     def step(self, progress: Progress) -> None:
         self.metrics.step(progress)
@@ -83,10 +87,26 @@ class Reporter:
             last_error=activity.last_error, reason=reason, model_load_s=activity.model_load_s,
             memory={"rss_after_items": activity.rss_after_items[-5:], "gpu": activity.gpu,
                     "growth_limit": self.memory_growth_limit})
-        control.write_state(self.layout, record)
+        self._write_state(record)
         self.metrics.state(state, reason)
         self.notifier.status(_summary(state, reason, item))
         self.notifier.watchdog()
+
+
+    def _write_state(self, record: dict) -> None:
+        """Display only: a state file the disk refuses (read-only, or full where even a rewrite
+        in place is impossible) is said once in the journal, and again once it works again."""
+        try:
+            control.write_state(self.layout, record)
+        except OSError as exc:
+            if not self._state_unwritable:
+                self._state_unwritable = True
+                log.warning("cannot write the state file %s (%s): trainctl status shows the last one written "
+                            "until it can be written again", self.layout.daemon_state, exc.strerror or exc)
+            return
+        if self._state_unwritable:
+            self._state_unwritable = False
+            log.info("the state file %s is written again", self.layout.daemon_state)
 
 
 def _item_view(activity: Activity) -> dict | None:

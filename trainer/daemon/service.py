@@ -18,6 +18,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
+from typing import TypeVar
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,9 +29,10 @@ from trainer.daemon.housekeeping import Housekeeping
 from trainer.daemon.notify import Notifier
 from trainer.daemon.policy import error_backoff, memory_creeping
 from trainer.daemon.reporter import Activity, MetricsSink, Reporter
-from trainer.errors import AlreadyRunning, ConfigError, RestartRequested, Shutdown
+from trainer.errors import AlreadyRunning, ConfigError, DiskUnwritable, RestartRequested, Shutdown
 from trainer.exitcodes import ExitCode
-from trainer.spool import control, queue
+from trainer.spool import control, events, queue
+from trainer.spool.fsutil import disk_refusal
 from trainer.spool.item import display_name
 from trainer.spool.layout import Layout
 from trainer.spool.lock import DaemonLock
@@ -42,6 +44,7 @@ from trainer.train.protocol import Progress, TrainingEngine
 log = logging.getLogger("trainer.daemon")
 
 EngineFactory = Callable[[Path, Config], TrainingEngine]
+T = TypeVar("T")
 
 
 def torch_engine(root: Path, config: Config) -> TrainingEngine:
@@ -98,6 +101,7 @@ class Daemon:
         self._scanner = None
         self._renamed: set[str] = set()
         self._inbox_refused: set[str] = set()  # inbox names it could not take, logged once
+        self._disk_refused: str | None = None  # the disk's refusal being waited out, logged once
 
     @property
     def last_error(self) -> str | None:
@@ -121,7 +125,11 @@ class Daemon:
         """A signal or a stop request: the one place a stop is noticed (and its request consumed)."""
         requests = requests if requests is not None else control.read_requests(self.layout)
         if requests.stop is not None:
-            control.clear_stop(self.layout)
+            try:
+                control.clear_stop(self.layout)
+            except OSError as exc:  # a read-only disk: stop all the same; the next start clears it
+                if disk_refusal(exc) is None:
+                    raise
             reason = requests.stop.get("reason")
             log.info("stop requested%s", f": {reason}" if reason else "")
             self.signals.stop = True
@@ -133,11 +141,55 @@ class Daemon:
                      progress.loss if progress.loss is not None else float("nan"), progress.lr,
                      progress.tokens_per_s)
         self.reporter.step(progress)
+        self._disk_works()
         self.publish(DaemonState.TRAINING, force=False)
         if self.signals.reload:
             self.reload()
         if progress.checkpointed:
-            self.housekeeping.snapshot_if_due(self.clock.now().local)
+            self.until_written(lambda: self.housekeeping.snapshot_if_due(self.clock.now().local))
+
+    # --- a disk that refuses writes (full, over quota, read-only) -------------------------------
+
+    def wait_for_disk(self, refused: DiskUnwritable) -> None:
+        """The disk refused a write: blocked, with the reason, for ``disk_check_seconds``, still
+        heartbeating (and feeding the watchdog) every ``heartbeat_seconds``; then the caller
+        tries the same write again. Nothing is failed and no attempt is counted: it is the
+        disk's fault, not the item's. Raises Shutdown when a stop is wanted."""
+        daemon = self.config.daemon
+        reason = f"disk: {refused}: waiting until it takes writes again (looked at every {daemon.disk_check_seconds:g} s)"
+        if reason != self._disk_refused:
+            log.warning("blocked: %s", reason)
+            self._disk_refused = reason
+        deadline = time.monotonic() + daemon.disk_check_seconds
+        while True:
+            self.publish(DaemonState.BLOCKED, reason=reason)
+            if self.stop_wanted():
+                raise Shutdown
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self.wait(min(left, daemon.heartbeat_seconds))
+            events.flush(self.layout)
+
+    def until_written(self, action: Callable[[], T]) -> T:
+        """Run ``action`` until the disk lets it write: each refusal blocks (``wait_for_disk``),
+        then it runs again. For actions that change nothing when a write of theirs fails."""
+        while True:
+            try:
+                result = action()
+            except Exception as exc:
+                refused = disk_refusal(exc)
+                if refused is None:
+                    raise
+                self.wait_for_disk(refused)
+                continue
+            self._disk_works()
+            return result
+
+    def _disk_works(self) -> None:
+        if self._disk_refused is not None:
+            log.info("the disk takes writes again: resuming")
+            self._disk_refused = None
 
     def reload(self) -> None:
         """SIGHUP: re-read the config; what can change without reloading the model changes."""
@@ -212,8 +264,10 @@ class Daemon:
         from trainer.intake.inbox import InboxScanner
 
         self.upgrade_base_dir()
+        dirs = [self.layout.inbox, self.layout.control, *[self.layout.pending(p) for p in Priority.in_service_order()]]
+        self._watcher = Watcher(dirs, self.signals.wake_r)
         self.publish(DaemonState.STARTING, reason="recovering")
-        self.recover()
+        self.until_written(self.recover)  # a full disk at start: blocked, not a crash loop
         self.notifier.extend_timeout(600)  # loading a large model can take minutes
         started = time.monotonic()
         self.engine = self.engine_factory(self.layout.root, self.config)  # imports torch
@@ -221,10 +275,9 @@ class Daemon:
         self.housekeeping = Housekeeping(self.layout, self.config, self.engine, self.notifier, publish=self.publish,
                                          wait=self.wait, stopping=lambda: self.signals.stop)
         self.engine.space_guard = self.housekeeping.space_guard
+        self.engine.disk_wait = self.wait_for_disk
         self.engine.start()
         self.activity.model_load_s = round(imports_s + self.engine.load_seconds, 3)
-        dirs = [self.layout.inbox, self.layout.control, *[self.layout.pending(p) for p in Priority.in_service_order()]]
-        self._watcher = Watcher(dirs, self.signals.wake_r)
         self._scanner = InboxScanner(self.layout.inbox, self.config.spool.inbox_settle_seconds)
         self._trainer = items.ItemTrainer(self, self.layout, self.engine, self.activity, self.retries)
 
@@ -238,7 +291,10 @@ class Daemon:
             print(f"trainer: {exc}", file=sys.stderr)
             return ExitCode.LOCKED
         try:
-            self.start()
+            try:
+                self.start()
+            except Shutdown:  # asked to stop while recovery waited for the disk
+                return self._stopped()
             self.publish(DaemonState.IDLE)
             self.notifier.ready("idle")
             log.info("ready (pid %d, base dir %s, %s)", os.getpid(), self.layout.root,
@@ -263,6 +319,13 @@ class Daemon:
             except RestartRequested:
                 raise
             except Exception as exc:  # the loop never dies of one exception
+                refused = disk_refusal(exc)
+                if refused is not None:  # the disk's doing (the inbox intake, a request to clear...)
+                    try:
+                        self.wait_for_disk(refused)
+                    except Shutdown:
+                        break
+                    continue
                 errors += 1
                 self.activity.last_error = f"{iso(utc_now())} {type(exc).__name__}: {exc}"
                 log.error("error in the main loop (%d in a row):\n%s", errors, traceback.format_exc())
@@ -278,21 +341,34 @@ class Daemon:
                 pause = control.read_requests(self.layout).pause
                 self.publish(DaemonState.PAUSED if pause else DaemonState.IDLE, reason=(pause or {}).get("reason"))
                 self.wait(self.config.daemon.heartbeat_seconds)
+        return self._stopped()
+
+    def _stopped(self) -> int:
         self.notifier.stopping()
         self.publish(DaemonState.STOPPED, reason="stopped")
+        self._report_unrecorded_events()
         log.info("stopped")
         return ExitCode.OK
+
+    def _report_unrecorded_events(self) -> None:
+        """Event lines the disk never took are written to the journal instead (the changes
+        they record are on disk)."""
+        if events.flush(self.layout):
+            for line in events.waiting(self.layout):
+                log.error("event log: not recorded (the disk refused it): %s", line.decode(errors="replace").rstrip())
 
     def tick(self, now: Now) -> bool:
         """One iteration; True if it did some work (then the loop goes on without waiting)."""
         requests = control.read_requests(self.layout)
         if self.stop_wanted(requests):
             raise Shutdown
+        events.flush(self.layout)
         if requests.skip is not None:
             control.clear_skip(self.layout)  # nothing is training: a skip names an item no longer active
         worked = self._take_inbox(now)
         self.housekeeping.snapshot_if_due(now.local)
         self.housekeeping.expire_events_if_due(now.utc)
+        self._disk_works()
         if requests.pause is not None:
             return worked
         if not self.housekeeping.room_to_claim():

@@ -144,15 +144,19 @@ def enqueue_batch(
         if problems:
             noun = "file" if len(sources) == 1 else f"of the {len(sources)} files"
             raise InvalidData(f"nothing was queued: fix the {noun} below", problems)
+        # Every item's metadata first: a disk that fills up now fails the batch with nothing
+        # queued; the renames that follow need no room.
         queued = []
-        dest_dir = layout.state_dir(ItemState.HELD) if hold else layout.pending(priority)
         for item_id, src, st, report in staged:
             meta = new_meta(item_id, src.name, "enqueue", report, priority)
             write_atomic(stage.path / item_id, stage.path / item_id / META_NAME, meta.to_json())
-            rename_durably(stage.path / item_id, dest_dir / item_id)
-            events.append(layout, Event.ENQUEUED, item_id, name=meta.name, priority=priority.value,
-                          records=meta.records, size=meta.size, sha256=meta.sha256, held=hold)
             queued.append(Queued(meta, src, st))
+        dest_dir = layout.state_dir(ItemState.HELD) if hold else layout.pending(priority)
+        for entry in queued:
+            meta = entry.meta
+            rename_durably(stage.path / meta.id, dest_dir / meta.id)
+            events.append(layout, Event.ENQUEUED, meta.id, name=meta.name, priority=priority.value,
+                          records=meta.records, size=meta.size, sha256=meta.sha256, held=hold)
     return queued
 
 

@@ -209,11 +209,13 @@ def ingest(layout: Layout, name: str, limits: SpoolConfig, priority: Priority = 
                 except OSError:
                     stage.keep()  # cannot put it back now: the recovery sweep will
             raise
-    unlink_durably(dest / ORIGIN_NAME)
     if report.ok:
         events.append(layout, Event.ENQUEUED, item_id, name=meta.name, source="inbox",
                       priority=priority.value, records=meta.records, size=meta.size, sha256=meta.sha256)
     else:
         events.append(layout, Event.REJECTED, item_id, name=meta.name, source="inbox",
                       reason=meta.errors[-1].message, problems=report.problem_count)
+    # After the event: the item is queued whatever happens to this leftover (a read-only disk
+    # refusing its removal leaves a harmless origin.json in the item).
+    unlink_durably(dest / ORIGIN_NAME)
     return Ingested(item_id, state, meta.name, problems)

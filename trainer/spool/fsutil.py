@@ -66,44 +66,45 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def stage_file(staging: Path, name: str, data: bytes, *, mode: int = FILE_MODE, durable: bool = True) -> Path:
-    """Write ``data`` to a new, uniquely named file in ``staging`` (fsynced when ``durable``)
-    and return its path, for a rename to publish; on any error nothing is left behind."""
-    tmp = staging / f"{name}.{os.urandom(6).hex()}.tmp"
+def write_atomic(staging: Path, dest: Path, data: bytes, *, mode: int = FILE_MODE, durable: bool = True) -> None:
+    """Publish ``data`` as ``dest``: write in ``staging``, fsync, rename, fsync(dest's dir).
+
+    ``durable=False`` skips both fsyncs: readers still see the old or the new file whole
+    (the rename is atomic), but a power loss may bring back an older one or an empty one. Only
+    for files that are rewritten all the time and whose loss costs nothing. A failed write
+    (a full disk) leaves nothing behind and names ``dest``.
+    """
+    tmp = staging / f"{dest.name}.{os.urandom(6).hex()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # marks the file as live for sweep_staging
         os.fchmod(fd, mode)  # the mode the group needs, whatever the writer's umask
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        if durable:
-            os.fsync(fd)
+        with naming(dest):
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            if durable:
+                os.fsync(fd)
+        os.rename(tmp, dest)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
     finally:
         os.close(fd)
-    return tmp
-
-
-def write_atomic(staging: Path, dest: Path, data: bytes, *, mode: int = FILE_MODE, durable: bool = True) -> None:
-    """Publish ``data`` as ``dest``: write in ``staging``, fsync, rename, fsync(dest's dir).
-
-    ``durable=False`` skips both fsyncs: readers still see the old or the new file whole
-    (the rename is atomic), but a power loss may bring back an older one or an empty one. Only
-    for files that are rewritten all the time and whose loss costs nothing.
-    """
-    tmp = stage_file(staging, dest.name, data, mode=mode, durable=durable)
-    try:
-        os.rename(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
     if durable:
         fsync_dir(dest.parent)
+
+
+@contextlib.contextmanager
+def naming(path: Path) -> Iterator[None]:
+    """os.write and os.fsync raise without a file name: add it, so the error says where."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is not None or exc.errno is None:
+            raise
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
 
 
 def overwrite_in_place(path: Path, data: bytes) -> bool:
@@ -218,7 +219,7 @@ def _unwritable(code: int, path: Path | None) -> DiskUnwritable:
             inodes = path is not None and _out_of_inodes(os.statvfs(_existing(path)))
         except OSError:
             inodes = False
-        message = f"no free inodes left writing {where}" if inodes else f"disk full writing {where}"
+        message = f"no free inodes left writing {where}" if inodes else f"no space left writing {where}"
     return DiskUnwritable(message, errno=code, path=str(path) if path is not None else None)
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import orjson
 
 from trainer.errors import CorruptCheckpoint
-from trainer.spool.fsutil import DELETING_PREFIX, fsync_dir, remove_dirs, write_atomic
+from trainer.spool.fsutil import DELETING_PREFIX, disk_refusal, fsync_dir, remove_dirs, write_atomic
 from trainer.timefmt import iso, utc_now
 
 log = logging.getLogger("trainer.checkpoint")
@@ -148,18 +148,30 @@ class CheckpointStore:
             n += 1
             dest = qdir / f"{path.name}.{n}"
         os.rename(path, dest)
-        (qdir / f"{dest.name}.reason").write_text(f"{iso(utc_now())} {reason}\n")
+        try:
+            (qdir / f"{dest.name}.reason").write_text(f"{iso(utc_now())} {reason}\n")
+        except OSError as exc:  # a full disk: the reason is in the log below all the same
+            if disk_refusal(exc) is None:
+                raise
         fsync_dir(self.root)
         log.warning("checkpoint %s is unusable (%s): moved to %s", path.name, reason, dest)
         return dest
 
     # --- saving --------------------------------------------------------------------------
 
-    def save(self, step: int, write: Callable[[Path], None], info: dict) -> Checkpoint:
+    def save(self, step: int, write: Callable[[Path], None], info: dict, *, room_needed: int = 0) -> Checkpoint:
         """Write a checkpoint: ``write(dir)`` puts the files in a staging dir; then every file
         is fsynced and hashed into the manifest, the dir is renamed into place, the parent is
         fsynced and LATEST is replaced. On any error the staging dir is removed and the
-        previous checkpoints are untouched."""
+        previous checkpoints are untouched.
+
+        A disk that refuses the save (full, over quota, read-only) raises ``DiskUnwritable``,
+        whatever library wrapped the OS error: ``room_needed`` (the expected size) lets the
+        free space left decide when the errno was lost on the way. Once the checkpoint is
+        committed, replacing LATEST and pruning old checkpoints are tidying: a disk that
+        refuses those does not undo the save (LATEST is only a pointer for people; the newest
+        checkpoint is found by its manifest).
+        """
         previous = self.committed()
         serial = (max(c.serial for c in previous) + 1) if previous else 1
         name = f"step-{step:012d}-{os.urandom(3).hex()}"
@@ -177,12 +189,21 @@ class CheckpointStore:
             final = self.root / name
             os.rename(staging, final)
             fsync_dir(self.root)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
+        except BaseException as exc:
+            shutil.rmtree(staging, ignore_errors=True)  # first: what it took may be what the check below needs
+            refused = disk_refusal(exc, self.root, room_needed=room_needed) if isinstance(exc, Exception) else None
+            if refused is not None:
+                raise refused from exc
             raise
-        write_atomic(self.root, self.root / LATEST, (name + "\n").encode())
         checkpoint = Checkpoint(final, step, serial, manifest)
-        self.retain()
+        try:
+            write_atomic(self.root, self.root / LATEST, (name + "\n").encode())
+            self.retain()
+        except OSError as exc:
+            if disk_refusal(exc) is None:
+                raise
+            log.warning("checkpoint %s is saved, but the disk refused tidying after it (%s): LATEST and "
+                        "pruning are done at the next save", name, exc)
         return checkpoint
 
     def retain(self, keep: int | None = None) -> list[Path]:

@@ -9,7 +9,6 @@ and starting again continues from the last checkpoint as if nothing had happened
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import logging
 import math
@@ -26,8 +25,8 @@ import psutil
 import torch
 
 from trainer.config import CheckpointConfig, Config
-from trainer.errors import ItemFailed
-from trainer.spool.fsutil import free_bytes
+from trainer.errors import DiskUnwritable, ItemFailed
+from trainer.spool.fsutil import append_line, disk_refusal
 from trainer.train import model as model_io
 from trainer.train.checkpoint import Checkpoint, CheckpointStore
 from trainer.train.data import Cursor, RowStream, survey
@@ -44,7 +43,6 @@ STATE_FILE = "train_state.json"
 WEIGHTS_FILE = "trainable.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
 RNG_FILE = "rng.pt"
-DISK_FULL_SAVE_ATTEMPTS = 3  # saves tried, each after waiting for room, before the disk is the item's error
 
 
 def config_hash(config: Config) -> str:
@@ -74,6 +72,10 @@ class Engine:
         # Called with the estimated size before every save; the daemon blocks there until the
         # disk has room (or raises to give up). The default does nothing.
         self.space_guard: Callable[[int], None] = lambda estimate: None
+        # Called when the disk refused a write (full, over quota, read-only); the daemon blocks
+        # there for a while (or raises to give up), then the write is tried again. Without a
+        # daemon the refusal is raised.
+        self.disk_wait: Callable[[DiskUnwritable], None] = _raise
 
     # --- start-up ------------------------------------------------------------------------
 
@@ -180,37 +182,44 @@ class Engine:
         (directory / STATE_FILE).write_bytes(orjson.dumps(asdict(self.state), option=orjson.OPT_INDENT_2))
 
     def checkpoint(self) -> Checkpoint:
-        """Save the whole training state (never weights that are not finite)."""
+        """Save the whole training state (never weights that are not finite).
+
+        A save the disk refuses (filled meanwhile by someone else's files, out of inodes,
+        remounted read-only) is never the item's fault: the store has removed what it had
+        written, the daemon waits (``disk_wait``: blocked, heartbeating), and the same state is
+        saved again, through the space guard, once the disk takes writes.
+        """
         for name, p in self.params.items():
             if not torch.isfinite(p).all():
                 raise ItemFailed(f"refusing to checkpoint non-finite weights ({name})", transient=True)
         estimate = self.checkpoint_estimate()
         info = {"config_hash": config_hash(self.config), "versions": _versions(),
                 "item": (self.state.cursor or {}).get("item_id"), "tokens_seen": self.state.tokens_seen}
-        for attempt in range(1, DISK_FULL_SAVE_ATTEMPTS + 1):
+        while True:
             self.space_guard(estimate)
             try:
-                self.last_checkpoint = self.store.save(self.state.global_step, self._write_checkpoint, info)
+                self.last_checkpoint = self.store.save(self.state.global_step, self._write_checkpoint, info,
+                                                       room_needed=estimate)
                 break
-            except Exception as exc:
-                # The disk filled up during the save (someone else's files grew after the space
-                # guard looked): the store has removed the partial save, so wait for room as
-                # before any save (the daemon blocks, heartbeating) and save again. Otherwise
-                # the item would fail as if its data were to blame, and burn an attempt.
-                if attempt == DISK_FULL_SAVE_ATTEMPTS or not self._disk_full(exc, estimate):
-                    raise
-                log.warning("checkpoint save at step %d failed for lack of space (%s): waiting for room, "
-                            "then saving again", self.state.global_step, exc)
+            except DiskUnwritable as refused:
+                log.warning("checkpoint save at step %d refused by the disk (%s): saving again once it takes "
+                            "writes", self.state.global_step, refused)
+                self.disk_wait(refused)
         self._since_checkpoint = (0, time.monotonic())
         log.info("checkpoint %s saved at step %d", self.last_checkpoint.path.name, self.state.global_step)
         return self.last_checkpoint
 
-    def _disk_full(self, exc: Exception, estimate: int) -> bool:
-        """Did this save fail because the disk is full? torch and safetensors wrap the OS error
-        in their own, so the free space left decides when the errno is not there to say."""
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        return free_bytes(self.store.root) < estimate
+    def _until_written(self, write: Callable[[], None]) -> None:
+        """Run a write the training loop cannot go on without; each time the disk refuses it,
+        wait (``disk_wait``) and try again: nothing is skipped, nothing written twice."""
+        while True:
+            try:
+                return write()
+            except OSError as exc:
+                refused = disk_refusal(exc)
+                if refused is None:
+                    raise
+                self.disk_wait(refused)
 
     def _restore(self, checkpoint: Checkpoint) -> None:
         from safetensors.torch import load_file
@@ -308,7 +317,7 @@ class Engine:
                 # The step's line first: killed between a save and its line, the step was in the
                 # checkpoint, never redone, and missing from the metrics for good. Killed mid-save
                 # instead, the step is redone and its line appears twice, as after any crash.
-                metrics.append(progress)
+                self._until_written(lambda: metrics.append(progress))
                 if saved:
                     self.checkpoint()
                 if not after_step(progress):
@@ -405,8 +414,9 @@ class Engine:
 
 
 class _MetricsFile:
-    """Per-item metrics, one JSON line per optimizer step, for people to plot. Appended; a
-    step redone after a crash appears again (its global_step says so)."""
+    """Per-item metrics, one JSON line per optimizer step, for people to plot. Appended whole
+    or not at all (``fsutil.append_line``); a step redone after a crash appears again (its
+    global_step says so)."""
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -415,12 +425,11 @@ class _MetricsFile:
     def append(self, progress: Progress) -> None:
         from trainer.timefmt import iso, utc_now
 
-        line = orjson.dumps({"t": iso(utc_now()), **progress.record()}) + b"\n"
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-        try:
-            os.write(fd, line)
-        finally:
-            os.close(fd)
+        append_line(self.path, orjson.dumps({"t": iso(utc_now()), **progress.record()}) + b"\n")
+
+
+def _raise(refused: DiskUnwritable) -> None:
+    raise refused
 
 
 def _with(progress: Progress, **changes) -> Progress:

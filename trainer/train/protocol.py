@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Protocol
 
 from trainer.config import CheckpointConfig
+from trainer.errors import DiskUnwritable
 
 
 @dataclass
@@ -79,13 +80,16 @@ class TrainingEngine(Protocol):
 
     ``train`` calls ``after_step`` after every optimizer step and stops (checkpointed) when
     it returns False; ``space_guard`` is called with the estimated size before every save
-    and may block until the disk has room.
+    and may block until the disk has room; ``disk_wait`` is called when the disk refused a
+    write the engine cannot go on without (a metrics line, a checkpoint): it blocks a while,
+    or raises to give up, and the engine then tries the same write again.
     """
 
     state: TrainState
     last_checkpoint: CheckpointRef | None
     load_seconds: float
     space_guard: Callable[[int], None]
+    disk_wait: Callable[[DiskUnwritable], None]
 
     def start(self) -> CheckpointRef | None: ...
 

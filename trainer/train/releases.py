@@ -19,13 +19,14 @@ import logging
 import os
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
 import torch
 
 from trainer.errors import NotEnoughSpace
-from trainer.spool.fsutil import free_bytes, fsync_dir, remove_dirs, write_atomic
+from trainer.spool.fsutil import disk_refusal, free_bytes, fsync_dir, remove_dirs, write_atomic
 from trainer.timefmt import iso, utc_now
 from trainer.train.engine import WEIGHTS_FILE, Engine
 
@@ -119,25 +120,40 @@ def _publish(staging: Path, final: Path) -> None:
     fsync_dir(final.parent)
 
 
+def _build_and_publish(staging: Path, final: Path, build: Callable[[Path], None], *, room_needed: int) -> None:
+    """Build a publication in ``staging``, then rename it to ``final``. On any failure the
+    staging dir is removed; a disk that refused a write (full, over quota, read-only) raises
+    ``DiskUnwritable``, whatever library wrapped the OS error (``room_needed``: what the
+    publication was expected to take, for when only the free space left can tell)."""
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        staging.mkdir()
+        build(staging)
+        _publish(staging, final)
+    except BaseException as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        refused = disk_refusal(exc, staging.parent, room_needed=room_needed) if isinstance(exc, Exception) else None
+        if refused is not None:
+            raise refused from exc
+        raise
+
+
 def snapshot(engine: Engine, root: Path, day: str, *, keep_days: int) -> Path | None:
     """Take the snapshot for ``day`` (YYYY-MM-DD) unless it exists; returns it (None: existed)."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / day
     if final.exists():
         return None
-    _check_space(root, 0 if not engine.is_lora else _weights_size(engine) // 50)
-    staging = root / f"{STAGING}{day}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    try:
+    need = 0 if not engine.is_lora else _weights_size(engine) // 50
+    _check_space(root, need)
+
+    def build(staging: Path) -> None:
         _export(engine, staging)
         (staging / VERSION_FILE).write_bytes(orjson.dumps(_provenance(engine, kind="snapshot"),
                                                           option=orjson.OPT_INDENT_2))
         _verify(engine, staging, adapter_base=engine.model_path if engine.is_lora else None)
-        _publish(staging, final)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+
+    _build_and_publish(root / f"{STAGING}{day}", final, build, room_needed=need)
     days = sorted(n for n in os.listdir(root) if re.fullmatch(r"\d{4}-\d{2}-\d{2}", n))  # ISO dates sort by time
     _retain(root, keep_days, days)
     log.info("snapshot %s taken at step %d", day, engine.state.global_step)
@@ -171,12 +187,11 @@ def consolidate(engine: Engine, models: Path, *, keep_versions: int) -> Path:
     existing = versions(models)
     name = f"v{(int(existing[-1][1:]) + 1) if existing else 1:03d}"
     # A merge writes the whole model; a full fine-tune's publication is a hard link.
-    _check_space(models, _weights_size(engine) + (64 << 20) if engine.is_lora else 16 << 20)
-    staging = models / f"{STAGING}{name}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
+    need = _weights_size(engine) + (64 << 20) if engine.is_lora else 16 << 20
+    _check_space(models, need)
     parent = Path(engine.state.base).name if engine.state.base else Path(engine.config.model.path).name
-    try:
+
+    def build(staging: Path) -> None:
         if engine.is_lora:
             merged = _merged_copy(engine)
             merged.save_pretrained(staging)
@@ -187,11 +202,14 @@ def consolidate(engine: Engine, models: Path, *, keep_versions: int) -> Path:
         (staging / VERSION_FILE).write_bytes(orjson.dumps(
             _provenance(engine, kind="consolidated", version=name, parent=parent), option=orjson.OPT_INDENT_2))
         _verify(engine, staging)
-        _publish(staging, models / name)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    write_atomic(models, models / "LATEST", (name + "\n").encode())
+
+    _build_and_publish(models / f"{STAGING}{name}", models / name, build, room_needed=need)
+    try:
+        write_atomic(models, models / "LATEST", (name + "\n").encode())
+    except OSError as exc:  # the version is published; LATEST is a pointer for people
+        if disk_refusal(exc) is None:
+            raise
+        log.warning("%s is published, but the disk refused updating models/LATEST (%s)", name, exc)
     if engine.is_lora:
         published = models / name
         engine.rebase(str(published.relative_to(engine.base)) if published.is_relative_to(engine.base)
