@@ -3,7 +3,8 @@ and the event log's retention.
 
 Space is checked before an item is claimed (blocked: nothing is claimed) and before every
 checkpoint save (the engine's ``space_guard``: training waits, still heartbeating). Both go
-through ``_wait_for_room``. The daemon's own record (``run/housekeeping.json``) remembers the
+through ``_wait_for_room``; every wait is the daemon's ``block`` (state blocked with the
+reason, heartbeat and watchdog every ``heartbeat_seconds``, a stop honoured at once). The daemon's own record (``run/housekeeping.json``) remembers the
 last snapshot's day and how many items the last consolidation covered, across restarts.
 """
 
@@ -18,11 +19,10 @@ import orjson
 from trainer.config import Config
 from trainer.daemon.notify import Notifier
 from trainer.daemon.policy import snapshot_due, space_needed
-from trainer.errors import NotEnoughSpace, Shutdown
+from trainer.errors import NotEnoughSpace
 from trainer.spool import events
 from trainer.spool.fsutil import free_bytes, write_atomic
 from trainer.spool.layout import Layout
-from trainer.states import DaemonState
 from trainer.train.protocol import TrainingEngine
 
 log = logging.getLogger("trainer.daemon")
@@ -30,15 +30,15 @@ log = logging.getLogger("trainer.daemon")
 
 class Housekeeping:
     def __init__(self, layout: Layout, config: Config, engine: TrainingEngine, notifier: Notifier, *,
-                 publish: Callable[..., None], wait: Callable[[float], None],
-                 stopping: Callable[[], bool]) -> None:
+                 block: Callable[[str, float], None], until_written: Callable[[Callable[[], object]], object]) -> None:
         self.layout = layout
         self.config = config  # replaced by the daemon on reload
         self.engine = engine
         self.notifier = notifier
-        self._publish = publish
-        self._wait = wait
-        self._stopping = stopping
+        self._block = block
+        self._until_written = until_written
+        self._short_of_room = False  # said once per shortage, not at every look
+        self._postponements: dict[str, str] = {}  # what waits for room, logged once
         self._events_expired_on: date | None = None
 
     # --- disk space ---------------------------------------------------------------------------
@@ -63,18 +63,19 @@ class Housekeeping:
         need = space_needed(estimate, daemon.free_space_margin, daemon.min_free_bytes)
         while True:
             have = self.free_bytes()
+            if have < need:
+                self.engine.make_room()
+                have = self.free_bytes()
             if have >= need:
-                return True
-            self.engine.make_room()
-            have = self.free_bytes()
-            if have >= need:
+                if self._short_of_room:
+                    log.info("disk: room again (%s bytes free)", f"{have:,}")
+                    self._short_of_room = False
                 return True
             reason = f"disk: need {need:,} bytes free, have {have:,}{waiting}"
-            log.warning("blocked: %s", reason)
-            self._publish(DaemonState.BLOCKED, reason=reason)
-            if not once and self._stopping():
-                raise Shutdown
-            self._wait(daemon.disk_check_seconds)
+            if not self._short_of_room:
+                log.warning("blocked: %s", reason)
+                self._short_of_room = True
+            self._block(reason, daemon.disk_check_seconds)
             if once:
                 return False
 
@@ -90,8 +91,9 @@ class Housekeeping:
         try:
             self.engine.snapshot(self.layout.root / "snapshots", day, keep_days=self.config.snapshot.keep_days)
         except NotEnoughSpace as exc:
-            log.warning("snapshot postponed: %s", exc.strerror)
+            self._postponed("snapshot", exc)  # training goes on; tried again at the next checkpoint
             return
+        self._postponements.pop("snapshot", None)
         self._save(last_snapshot=day)
 
     def consolidation_due(self, asked: bool) -> bool:
@@ -108,11 +110,20 @@ class Housekeeping:
             version = self.engine.consolidate(self.layout.root / "models",
                                               keep_versions=self.config.consolidate.keep_versions)
         except NotEnoughSpace as exc:
-            log.warning("consolidation postponed: %s", exc.strerror)
+            # Nothing else to do (the queue is idle): blocked, with the reason, until the next look.
+            self._postponed("consolidation", exc)
+            self._block(f"{exc.strerror} (consolidation waiting)", self.config.daemon.disk_check_seconds)
             return None
+        self._postponements.pop("consolidation", None)
         self._save(consolidated_items=done, last_version=version.name)
         log.info("consolidated into %s", version.name)
         return version.name
+
+    def _postponed(self, what: str, exc: NotEnoughSpace) -> None:
+        """Said once per shortage, not at every checkpoint or heartbeat that tries again."""
+        if self._postponements.get(what) is None:
+            log.warning("%s postponed: %s", what, exc.strerror)
+        self._postponements[what] = exc.strerror
 
     # --- the event log's retention ------------------------------------------------------------
 
@@ -135,4 +146,6 @@ class Housekeeping:
             return {}
 
     def _save(self, **changes) -> None:
-        write_atomic(self.layout.tmp, self.layout.housekeeping, orjson.dumps({**self._record(), **changes}))
+        """Waits for a disk that refuses it: a consolidation not recorded would be made again."""
+        self._until_written(lambda: write_atomic(self.layout.tmp, self.layout.housekeeping,
+                                                 orjson.dumps({**self._record(), **changes})))

@@ -101,7 +101,7 @@ class Daemon:
         self._scanner = None
         self._renamed: set[str] = set()
         self._inbox_refused: set[str] = set()  # inbox names it could not take, logged once
-        self._disk_refused: str | None = None  # the disk's refusal being waited out, logged once
+        self._disk_refused: DiskUnwritable | None = None  # the refusal being waited out, logged once
 
     @property
     def last_error(self) -> str | None:
@@ -150,17 +150,10 @@ class Daemon:
 
     # --- a disk that refuses writes (full, over quota, read-only) -------------------------------
 
-    def wait_for_disk(self, refused: DiskUnwritable) -> None:
-        """The disk refused a write: blocked, with the reason, for ``disk_check_seconds``, still
-        heartbeating (and feeding the watchdog) every ``heartbeat_seconds``; then the caller
-        tries the same write again. Nothing is failed and no attempt is counted: it is the
-        disk's fault, not the item's. Raises Shutdown when a stop is wanted."""
-        daemon = self.config.daemon
-        reason = f"disk: {refused}: waiting until it takes writes again (looked at every {daemon.disk_check_seconds:g} s)"
-        if reason != self._disk_refused:
-            log.warning("blocked: %s", reason)
-            self._disk_refused = reason
-        deadline = time.monotonic() + daemon.disk_check_seconds
+    def block(self, reason: str, seconds: float) -> None:
+        """State blocked with ``reason`` for ``seconds``, heartbeating (and feeding the watchdog)
+        every ``heartbeat_seconds``; raises Shutdown as soon as a stop is wanted."""
+        deadline = time.monotonic() + seconds
         while True:
             self.publish(DaemonState.BLOCKED, reason=reason)
             if self.stop_wanted():
@@ -168,8 +161,19 @@ class Daemon:
             left = deadline - time.monotonic()
             if left <= 0:
                 return
-            self.wait(min(left, daemon.heartbeat_seconds))
+            self.wait(min(left, self.config.daemon.heartbeat_seconds))
             events.flush(self.layout)
+
+    def wait_for_disk(self, refused: DiskUnwritable) -> None:
+        """The disk refused a write: blocked, with the reason, for ``disk_check_seconds``; then
+        the caller tries the same write again. Nothing is failed and no attempt is counted: it
+        is the disk's fault, not the item's."""
+        daemon = self.config.daemon
+        reason = f"disk: {refused}: waiting until it takes writes again (looked at every {daemon.disk_check_seconds:g} s)"
+        if self._disk_refused is None or self._disk_refused.errno != refused.errno:
+            log.warning("blocked: %s", reason)  # once, not at every look
+        self._disk_refused = refused
+        self.block(reason, daemon.disk_check_seconds)
 
     def until_written(self, action: Callable[[], T]) -> T:
         """Run ``action`` until the disk lets it write: each refusal blocks (``wait_for_disk``),
@@ -272,8 +276,8 @@ class Daemon:
         started = time.monotonic()
         self.engine = self.engine_factory(self.layout.root, self.config)  # imports torch
         imports_s = time.monotonic() - started
-        self.housekeeping = Housekeeping(self.layout, self.config, self.engine, self.notifier, publish=self.publish,
-                                         wait=self.wait, stopping=lambda: self.signals.stop)
+        self.housekeeping = Housekeeping(self.layout, self.config, self.engine, self.notifier, block=self.block,
+                                         until_written=self.until_written)
         self.engine.space_guard = self.housekeeping.space_guard
         self.engine.disk_wait = self.wait_for_disk
         self.engine.start()
@@ -371,8 +375,8 @@ class Daemon:
         self._disk_works()
         if requests.pause is not None:
             return worked
-        if not self.housekeeping.room_to_claim():
-            return False
+        if queue.counts(self.layout)["pending"] and not self.housekeeping.room_to_claim():
+            return True  # blocked, and it has waited: look again at once, never "idle" in between
         item = items.claim(self.layout, self.engine, self.retries)
         if item is None:
             self._consolidate_if_due(requests)
@@ -392,8 +396,8 @@ class Daemon:
             self.publish(DaemonState.CONSOLIDATING)
             if self.housekeeping.consolidate() is None:
                 return  # postponed for lack of space: the request stays
-        if asked:
-            control.clear_consolidate(self.layout)
+        if asked:  # waits for a read-only disk: a request left behind would consolidate again
+            self.until_written(lambda: control.clear_consolidate(self.layout))
 
     def _check_memory(self) -> None:
         memory = self.engine.memory()

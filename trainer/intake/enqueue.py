@@ -145,18 +145,21 @@ def enqueue_batch(
             noun = "file" if len(sources) == 1 else f"of the {len(sources)} files"
             raise InvalidData(f"nothing was queued: fix the {noun} below", problems)
         # Every item's metadata first: a disk that fills up now fails the batch with nothing
-        # queued; the renames that follow need no room.
+        # queued.
         queued = []
         for item_id, src, st, report in staged:
             meta = new_meta(item_id, src.name, "enqueue", report, priority)
             write_atomic(stage.path / item_id, stage.path / item_id / META_NAME, meta.to_json())
             queued.append(Queued(meta, src, st))
+        # Then their event lines, in one write: refused, nothing is queued. Then the renames,
+        # which need no room (a read-only remount in between is the one way to a line for an
+        # item that did not arrive).
+        events.append_first(layout, [(Event.ENQUEUED, e.meta.id, {
+            "name": e.meta.name, "priority": priority.value, "records": e.meta.records, "size": e.meta.size,
+            "sha256": e.meta.sha256, "held": hold}) for e in queued])
         dest_dir = layout.state_dir(ItemState.HELD) if hold else layout.pending(priority)
         for entry in queued:
-            meta = entry.meta
-            rename_durably(stage.path / meta.id, dest_dir / meta.id)
-            events.append(layout, Event.ENQUEUED, meta.id, name=meta.name, priority=priority.value,
-                          records=meta.records, size=meta.size, sha256=meta.sha256, held=hold)
+            rename_durably(stage.path / entry.meta.id, dest_dir / entry.meta.id)
     return queued
 
 

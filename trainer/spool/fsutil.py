@@ -173,7 +173,9 @@ def disk_refusal(exc: BaseException, path: Path | None = None, *, room_needed: i
     """``exc`` as a DiskUnwritable if the disk refused the write; None if something else failed.
 
     An OSError with ENOSPC, EDQUOT or EROFS anywhere in the exception's chain decides. torch's
-    and safetensors' writers wrap the OS error without its errno, so then the filesystem of
+    and safetensors' writers wrap the OS error in their own without its errno, but keep its
+    text ("open file failed with strerror: No space left on device"): the C library's message
+    for one of those errnos in the error's text decides next. Failing that, the filesystem of
     ``path`` is asked: read-only, out of inodes, or with less free space than ``room_needed``
     (a failed save has freed what it took, so "no space at all" is too strict a test).
     """
@@ -183,6 +185,10 @@ def disk_refusal(exc: BaseException, path: Path | None = None, *, room_needed: i
         if isinstance(error, OSError) and error.errno in DISK_ERRNOS:
             where = error.filename if error.filename is not None else path
             return _unwritable(error.errno, Path(os.fsdecode(where)) if where is not None else None)
+        text = str(error)
+        for code, message in _DISK_MESSAGES.items():
+            if message in text:
+                return _unwritable(code, path)
     if path is None:
         return None
     try:
@@ -194,6 +200,9 @@ def disk_refusal(exc: BaseException, path: Path | None = None, *, room_needed: i
     if _out_of_inodes(fs) or fs.f_bavail * fs.f_frsize < max(room_needed, 1):
         return _unwritable(errno.ENOSPC, path)
     return None
+
+
+_DISK_MESSAGES = {code: os.strerror(code) for code in DISK_ERRNOS}  # "No space left on device", ...
 
 
 def _chain(exc: BaseException):

@@ -30,7 +30,7 @@ class DaemonLock:
     def acquire(self, attempts: int = 20, pause_s: float = 0.05) -> None:
         # trainctl probes the lock with a shared lock held for microseconds; retrying
         # briefly keeps such a probe from being mistaken for a second daemon.
-        fd, writable = _open_lock_file(self.path)
+        fd = _open_lock_file(self.path)
         for attempt in range(attempts):
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -48,8 +48,7 @@ class DaemonLock:
                     ) from None
                 time.sleep(pause_s)
         self._fd = fd
-        if writable:
-            _write_pid(fd)
+        _write_pid(self.path)
 
     def release(self) -> None:
         if self._fd is not None:
@@ -57,23 +56,32 @@ class DaemonLock:
             self._fd = None
 
 
-def _open_lock_file(path: Path) -> tuple[int, bool]:
-    """The lock file's descriptor, and whether it could be opened for writing the pid."""
+def _open_lock_file(path: Path) -> int:
+    """The lock file, opened read-only: flock() needs no write access, and a descriptor open for
+    writing, held for the daemon's life, would make ``mount -o remount,ro`` of the base dir's
+    filesystem fail (EBUSY) while the daemon runs."""
     try:
-        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o640), True
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW, 0o640)
     except OSError as exc:
         if exc.errno != errno.EROFS:
             raise
-        # A read-only filesystem: flock() needs no write access, so the daemon can still hold
-        # its base dir (and wait, blocked, until it is writable again); the pid stays unwritten.
-        return os.open(path, os.O_RDONLY | os.O_NOFOLLOW), False
+        return os.open(path, os.O_RDONLY | os.O_NOFOLLOW)  # read-only: it exists, or nothing can run
+    return fd
 
 
-def _write_pid(fd: int) -> None:
-    """Write our pid into the lock file, for display. Over the old one, then cut to length: a
-    rewrite in the block the file already has needs no room, so a daemon restarted on a full
-    disk still says who it is. If even that fails the pid shows as unknown; the lock holds."""
+def _write_pid(path: Path) -> None:
+    """Write our pid into the lock file, for display, through a descriptor closed at once
+    (closing it does not drop the flock, which belongs to the other one). Over the old pid,
+    then cut to length: a rewrite in the block the file already has needs no room, so a daemon
+    restarted on a full disk still says who it is. If the disk refuses even that (read-only)
+    the pid shows as unknown, or as the last one written; the lock holds all the same."""
     text = f"{os.getpid()}\n".encode()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
+    except OSError as exc:
+        if exc.errno not in DISK_ERRNOS:
+            raise
+        return
     try:
         os.pwrite(fd, text, 0)
         os.ftruncate(fd, len(text))
@@ -82,6 +90,8 @@ def _write_pid(fd: int) -> None:
             raise
         with contextlib.suppress(OSError):
             os.ftruncate(fd, 0)  # never leave a predecessor's pid behind
+    finally:
+        os.close(fd)
 
 
 def read_lock_pid(path: Path) -> int | None:

@@ -195,6 +195,7 @@ class Engine:
         estimate = self.checkpoint_estimate()
         info = {"config_hash": config_hash(self.config), "versions": _versions(),
                 "item": (self.state.cursor or {}).get("item_id"), "tokens_seen": self.state.tokens_seen}
+        refusals = 0
         while True:
             self.space_guard(estimate)
             try:
@@ -202,16 +203,19 @@ class Engine:
                                                        room_needed=estimate)
                 break
             except DiskUnwritable as refused:
-                log.warning("checkpoint save at step %d refused by the disk (%s): saving again once it takes "
-                            "writes", self.state.global_step, refused)
+                if not refusals:
+                    log.warning("checkpoint save at step %d refused by the disk (%s): saving again once it "
+                                "takes writes", self.state.global_step, refused)
+                refusals += 1
                 self.disk_wait(refused)
         self._since_checkpoint = (0, time.monotonic())
         log.info("checkpoint %s saved at step %d", self.last_checkpoint.path.name, self.state.global_step)
         return self.last_checkpoint
 
-    def _until_written(self, write: Callable[[], None]) -> None:
-        """Run a write the training loop cannot go on without; each time the disk refuses it,
-        wait (``disk_wait``) and try again: nothing is skipped, nothing written twice."""
+    def until_written(self, write: Callable[[], None]) -> None:
+        """Run a write the engine cannot go on without (a metrics line, models/LATEST); each
+        time the disk refuses it, wait (``disk_wait``) and try again: nothing is skipped,
+        nothing written twice."""
         while True:
             try:
                 return write()
@@ -317,7 +321,7 @@ class Engine:
                 # The step's line first: killed between a save and its line, the step was in the
                 # checkpoint, never redone, and missing from the metrics for good. Killed mid-save
                 # instead, the step is redone and its line appears twice, as after any crash.
-                self._until_written(lambda: metrics.append(progress))
+                self.until_written(lambda: metrics.append(progress))
                 if saved:
                     self.checkpoint()
                 if not after_step(progress):

@@ -204,12 +204,9 @@ def consolidate(engine: Engine, models: Path, *, keep_versions: int) -> Path:
         _verify(engine, staging)
 
     _build_and_publish(models / f"{STAGING}{name}", models / name, build, room_needed=need)
-    try:
-        write_atomic(models, models / "LATEST", (name + "\n").encode())
-    except OSError as exc:  # the version is published; LATEST is a pointer for people
-        if disk_refusal(exc) is None:
-            raise
-        log.warning("%s is published, but the disk refused updating models/LATEST (%s)", name, exc)
+    # The version is published: LATEST must follow it, waiting for the disk if need be (making
+    # the version again would publish it twice).
+    engine.until_written(lambda: write_atomic(models, models / "LATEST", (name + "\n").encode()))
     if engine.is_lora:
         published = models / name
         engine.rebase(str(published.relative_to(engine.base)) if published.is_relative_to(engine.base)
