@@ -8,7 +8,8 @@ through, on an ordinary disk, and once by one daemon whose base dir is on a smal
 (``size=128m,nr_inodes=4000``) that the harness takes away ``--fills`` times, each at a
 moment chosen at random (seeded), in one of three ways:
 
-  bytes     dd if=/dev/zero until ENOSPC, then kept at 0 bytes free (topped up every 20 ms,
+  bytes     dd if=/dev/zero until ENOSPC (all but the last MiB taken by fallocate first, so
+            the fill lands within ~40 ms), then kept at 0 bytes free (topped up every 20 ms,
             as a runaway writer would) until released
   inodes    empty files created until ENOSPC, kept at 0 free inodes the same way
   readonly  mount -o remount,ro under the running daemon; released by remount,rw
@@ -16,14 +17,16 @@ moment chosen at random (seeded), in one of three ways:
 and at one of these moments:
 
   step           a random instant while an item trains
-  checkpoint     as soon as a checkpoint's staging dir appears: mid-write
+  checkpoint     as soon as a checkpoint's staging dir appears: mid-write (bytes and inodes
+                 with the daemon stopped by SIGSTOP while the disk is taken, so the rest of
+                 the write meets it; the same for snapshot and consolidation)
   snapshot       as soon as the daily snapshot's staging dir appears (the harness makes one
                  due by dating the last one yesterday in run/housekeeping.json)
   consolidation  as soon as a version's staging dir appears (the queue drained, the daemon
                  consolidates when idle)
   intake         a file dropped into the inbox of an idle daemon meets the full disk (copied
                  in as inbox/.name first, renamed once the disk is full: a rename needs no room)
-  enqueue        trainctl enqueue started while dd fills the last MiB
+  enqueue        as soon as trainctl enqueue has made its staging dir (stopped meanwhile)
 
 The files are fed one at a time, in order (trainctl enqueue or the inbox), so both runs train
 them in the same order. The daemon runs with NOTIFY_SOCKET pointing at the harness and
@@ -32,7 +35,8 @@ even on a read-only disk. For each fill it measures the time from the disk refus
 STATUS=blocked, the longest gap between watchdog pings while blocked, and the time from the
 release to the first STATUS that is not blocked. It checks, failing with exit 1 if any is wrong:
 
-- the daemon was blocked after every fill, trained no step while blocked, and resumed by itself;
+- the daemon was blocked after every fill that left it something to write (STATUS=blocked,
+  watchdog pings on), trained no step while blocked, and resumed by itself;
 - trainctl status never called it unresponsive; trainctl enqueue either queued the file or
   said in one line what to do, with nothing left behind;
 - no main-loop error, no traceback, no event line left unwritten; the daemon exits 0 at the end;
@@ -194,10 +198,6 @@ class Fill:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def arm(self) -> None:
-        """Take most of it already, so that ``start`` lands within milliseconds of a moment
-        that lasts a fraction of a second (a checkpoint write, a version's staging)."""
-
     def start(self) -> None:
         raise NotImplementedError
 
@@ -218,24 +218,22 @@ class Fill:
 
 
 class BytesFill(Fill):
-    """dd if=/dev/zero until ENOSPC; all but the last MiB (or, armed, the last 40 MiB) taken
-    first with fallocate, so that a moment aimed at is not missed while 100 MB are written."""
+    """dd if=/dev/zero until ENOSPC, all but the last MiB taken first with fallocate: about
+    40 ms in all, so a moment that lasts a fraction of a second (a checkpoint write, a
+    version's staging) is not missed while 100 MB are written."""
 
-    def arm(self, leave: int = 40 << 20) -> None:
+    def start(self) -> None:
         self.dir.mkdir(exist_ok=True)
         self.path = self.dir / "bytes"
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600)
         try:
             stats = os.statvfs(self.mount)
-            os.posix_fallocate(fd, os.fstat(fd).st_size, max(1, stats.f_bavail * stats.f_frsize - leave))
+            os.posix_fallocate(fd, 0, max(1, stats.f_bavail * stats.f_frsize - (1 << 20)))
         except OSError as exc:
             if exc.errno != errno.ENOSPC:  # the daemon wrote meanwhile: dd takes the rest
                 raise
         finally:
             os.close(fd)
-
-    def start(self) -> None:
-        self.arm(leave=1 << 20)
         dd = subprocess.run(["dd", "if=/dev/zero", f"of={self.path}", "bs=64k", "oflag=append", "conv=notrunc"],
                             capture_output=True, text=True)
         if "No space left" not in dd.stderr:
@@ -254,28 +252,16 @@ class BytesFill(Fill):
 
     def release(self) -> None:
         self._stop_topping_up()
-        if hasattr(self, "_fd"):
-            os.close(self._fd)
-        if hasattr(self, "path"):
-            self.path.unlink()
+        os.close(self._fd)
+        self.path.unlink()
 
 
 class InodesFill(Fill):
-    """Empty files created until ENOSPC (armed: all but the last 100 inodes first)."""
-
-    def arm(self, leave: int = 100) -> None:
-        self.dir.mkdir(exist_ok=True)
-        self.count = getattr(self, "count", 0)
-        while os.statvfs(self.mount).f_favail > leave:
-            try:
-                self._create_one()
-            except OSError as exc:  # the daemon took the last ones meanwhile
-                if exc.errno != errno.ENOSPC:
-                    raise
-                return
+    """Empty files created until ENOSPC."""
 
     def start(self) -> None:
-        self.arm(leave=0)
+        self.dir.mkdir(exist_ok=True)
+        self.count = 0
         self._top_up()
         if os.statvfs(self.mount).f_favail != 0:
             raise Problem("inodes left after the fill")
@@ -418,12 +404,15 @@ class Chaos:
         return True
 
     def ensure_training(self) -> bool:
-        """An item is training (fed if need be) and has trained a step since now."""
-        if not self.queue_busy() and not self.feed():
-            return False
-        before = self.metric_lines()
-        self.wait(lambda: self.metric_lines() > before or not self.queue_busy(), "a step")
-        return self.queue_busy()
+        """An item is training (fed if need be) and has trained a step since now; False when
+        no file is left to feed."""
+        while True:
+            if not self.queue_busy() and not self.feed():
+                return False
+            before = self.metric_lines()
+            self.wait(lambda: self.metric_lines() > before or not self.queue_busy(), "a step")
+            if self.queue_busy():
+                return True
 
     def drain(self) -> None:
         self.wait(lambda: not self.queue_busy(), "the queue to drain")
@@ -436,10 +425,13 @@ class Chaos:
         if not self._arrange(moment, kind, fill, episode):
             return None
         refused_at = time.monotonic()
-        episode.landed = self._landed()
-        # An idle daemon with nothing to write has nothing refused: an enqueue refused whole,
-        # or a moment missed (the version was published just before the disk went).
-        expect_block = episode.landed != "idle" and not (moment == "enqueue" and episode.enqueue != "queued")
+        episode.landed = episode.landed or self._landed()
+        # A daemon with nothing to write has nothing refused: an enqueue refused whole, a fill
+        # that landed after the work it aimed at (then nothing is expected of the daemon).
+        if moment == "enqueue":
+            expect_block = episode.enqueue == "queued"  # then the new item meets the full disk
+        else:
+            expect_block = episode.landed != "idle"
         blocked_at = refused_at
         if expect_block:
             lines = self.metric_lines()
@@ -468,29 +460,27 @@ class Chaos:
     def _arrange(self, moment: str, kind: str, fill: Fill, episode: Episode) -> bool:
         """Bring the daemon to ``moment`` and take the disk away there; False if it cannot be
         reached any more (no file left to train)."""
-        if moment in ("step", "checkpoint", "snapshot"):
+        while moment in ("step", "checkpoint", "snapshot"):
             if not self.ensure_training():
                 return False
             if moment == "step":
                 time.sleep(self.rng.uniform(0, 0.3))
             else:
-                fill.arm()
                 if moment == "snapshot":
                     self._make_snapshot_due()
                 sub = "snapshots" if moment == "snapshot" else "checkpoints"
                 self.wait(lambda: self.staging(sub) or not self.queue_busy(), f"a {moment} being written")
-            if not self.queue_busy():
-                fill.release()
-                return False
-            fill.start()
-            return True
+            if self.queue_busy():  # else the item ended first: again, with the next one
+                self._take_away(fill, kind, frozen=moment != "step")
+                return True
         if moment == "consolidation":
-            if not self.queue_busy() and not self.feed():
-                return False
-            fill.arm()
-            self.wait(lambda: self.staging("models"), "a consolidation")
-            fill.start()
-            return True
+            while True:  # a consolidation starts once the queue drains after new items
+                if not self.queue_busy() and not self.feed():
+                    return False
+                self.wait(lambda: self.staging("models") or self.idle(), "a consolidation")
+                if self.staging("models"):
+                    self._take_away(fill, kind, frozen=True)
+                    return True
         if self.fed >= len(self.files):
             return False
         self.drain()
@@ -507,11 +497,22 @@ class Chaos:
                 os.rename(hidden, self.base / "inbox" / path.name)
             self.fed += 1
             return True
-        # enqueue: the disk is taken away at a random instant after trainctl enqueue starts
+        # enqueue: the disk is taken away as soon as trainctl enqueue has made its staging dir
+        # (trainctl stopped meanwhile, as the daemon is for a checkpoint)
         enqueuer = subprocess.Popen([sys.executable, "-m", "ctl", "--base-dir", str(self.base), "enqueue", str(path)],
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
-        time.sleep(self.rng.uniform(0, 0.4))
-        fill.start()
+        while enqueuer.poll() is None and not any(n.startswith("batch-") for n in os.listdir(self.base / "tmp")):
+            pass  # no sleep: the staging dir of a small file lives a few milliseconds
+        if enqueuer.poll() is None:
+            episode.landed = "enqueue"
+        if kind != "readonly" and enqueuer.poll() is None:
+            os.kill(enqueuer.pid, signal.SIGSTOP)
+            try:
+                fill.start()
+            finally:
+                os.kill(enqueuer.pid, signal.SIGCONT)
+        else:
+            fill.start()
         out, err = enqueuer.communicate(timeout=WAIT_S)
         self.fed += 1
         if enqueuer.returncode == 0:
@@ -526,6 +527,19 @@ class Chaos:
             if any(n.startswith("batch-") for n in os.listdir(self.base / "tmp")):
                 raise Problem("a refused enqueue left its staging behind")
         return True
+
+    def _take_away(self, fill: Fill, kind: str, *, frozen: bool) -> None:
+        """Take the disk away; ``frozen``: with the daemon stopped (SIGSTOP) meanwhile, so the
+        rest of a write that lasts a fraction of a second (a checkpoint, a snapshot, a version)
+        meets the full disk. Not for a remount, which waits for files open for writing to close."""
+        if not frozen or kind == "readonly":
+            fill.start()
+            return
+        os.kill(self.proc.pid, signal.SIGSTOP)
+        try:
+            fill.start()
+        finally:
+            os.kill(self.proc.pid, signal.SIGCONT)
 
     def _make_snapshot_due(self) -> None:
         """As a new day would: the last snapshot dated yesterday, today's not taken yet."""
@@ -546,6 +560,8 @@ class Chaos:
                 return what
         if queue.inbox_waiting(self.layout):
             return "intake"
+        if any(n.startswith("batch-") for n in os.listdir(self.base / "tmp")):
+            return "enqueue"
         counts = queue.counts(self.layout)
         if counts["active"]:
             return "training"
@@ -631,7 +647,8 @@ def check(chaos: Chaos, straight: Path, final_code: int) -> list[str]:
             problems.append(f"the daemon's log has {needle!r}")
     for episode in chaos.episodes:
         if episode.steps_while_blocked:
-            problems.append(f"{episode.kind}/{episode.moment}: {episode.steps_while_blocked} steps trained while blocked")
+            problems.append(f"{episode.kind}/{episode.moment}: {episode.steps_while_blocked} steps trained "
+                            f"while blocked")
         if episode.status_liveness not in ("running", "unknown"):
             problems.append(f"{episode.kind}/{episode.moment}: trainctl status said {episode.status_liveness}")
     layout = Layout(base)

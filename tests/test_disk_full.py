@@ -52,12 +52,13 @@ def test_a_disk_taken_away_at_each_kind_of_moment_blocks_the_daemon_which_loses_
     sys.path.insert(0, str(REPO / "bench"))
     import chaos_disk
 
-    report = chaos_disk.experiment(tmp_path, demo_model, items=7, records=80, fills=len(QUICK), seed=3, cycle=QUICK)
+    report = chaos_disk.experiment(tmp_path, demo_model, items=10, records=80, fills=len(QUICK), seed=3, cycle=QUICK)
     # Each fill blocked the daemon (STATUS=blocked, watchdog pings on), no step trained while
     # blocked, it resumed by itself; no error, attempt, failure or torn line; final weights,
     # optimizer and RNG state identical to the straight run: see chaos_disk.check.
     assert report["problems"] == [], report
     assert report["fills"] == len(QUICK), report
+    assert "idle" not in report["landed"], "each fill met the daemon (or trainctl) with something to write"
     assert set(report["fills_by_kind"]) == {"bytes", "inodes", "readonly"}
     assert report["status_while_blocked"].keys() <= {"running", "unknown"}
     assert report["longest_watchdog_gap_while_blocked_s"] < 5, "pinged every heartbeat while blocked"

@@ -4,8 +4,9 @@ and the event log's retention.
 Space is checked before an item is claimed (blocked: nothing is claimed) and before every
 checkpoint save (the engine's ``space_guard``: training waits, still heartbeating). Both go
 through ``_wait_for_room``; every wait is the daemon's ``block`` (state blocked with the
-reason, heartbeat and watchdog every ``heartbeat_seconds``, a stop honoured at once). The daemon's own record (``run/housekeeping.json``) remembers the
-last snapshot's day and how many items the last consolidation covered, across restarts.
+reason, heartbeat and watchdog every ``heartbeat_seconds``, a stop honoured at once). The
+daemon's own record (``run/housekeeping.json``) remembers the last snapshot's day and how
+many items the last consolidation covered, across restarts.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ log = logging.getLogger("trainer.daemon")
 
 class Housekeeping:
     def __init__(self, layout: Layout, config: Config, engine: TrainingEngine, notifier: Notifier, *,
-                 block: Callable[[str, float], None], until_written: Callable[[Callable[[], object]], object]) -> None:
+                 block: Callable[[str, float], None],
+                 until_written: Callable[[Callable[[], object]], object]) -> None:
         self.layout = layout
         self.config = config  # replaced by the daemon on reload
         self.engine = engine

@@ -219,8 +219,8 @@ class ItemTrainer:
         request = control.read_requests(self.layout).skip or {}
         reason = request.get("reason") or "no reason given"
         step = self.activity.progress.step if self.activity.progress else 0
-        self.host.until_written(lambda: queue.fail(self.layout, item.id, f"skipped by request at step {step}: {reason}",
-                                                   kind="skipped", event=Event.SKIPPED))
+        why = f"skipped by request at step {step}: {reason}"
+        self.host.until_written(lambda: queue.fail(self.layout, item.id, why, kind="skipped", event=Event.SKIPPED))
         self.host.until_written(lambda: control.clear_skip(self.layout))
         log.info("skipped %s at step %d", item.id, step)
         return Outcome.SKIPPED

@@ -1,8 +1,9 @@
 """What everyone sees of the daemon: the state file, systemd's STATUS, the watchdog, metrics.
 
 The state file (``run/daemon.json``) is for display only: ``trainctl status`` reads it, the
-daemon never does, and a write of it that fails decides nothing (it is logged once). The watchdog is fed only from ``publish``, i.e. only while the loop makes
-progress: a hung step or a hung save stops the pings, and systemd restarts the daemon.
+daemon never does, and a write of it that fails decides nothing (it is logged once). The
+watchdog is fed only from ``publish``, i.e. only while the loop makes progress: a hung step
+or a hung save stops the pings, and systemd restarts the daemon.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ class Reporter:
         self.memory_growth_limit = memory_growth_limit
         self.started_at = utc_now()
         self._written_at = float("-inf")
+        self._published: DaemonState | None = None
         self._state_unwritable = False  # said once in the journal, not at every heartbeat
 
     def step(self, progress: Progress) -> None:
@@ -77,9 +79,10 @@ class Reporter:
     def publish(self, state: DaemonState, activity: Activity, checkpoint: CheckpointRef | None, *,
                 reason: str | None = None, force: bool = True) -> None:
         now = time.monotonic()
-        if not force and now - self._written_at < STATE_WRITE_INTERVAL_S:
+        # A change of state is shown at once (blocked -> training when the disk has room again).
+        if not force and state is self._published and now - self._written_at < STATE_WRITE_INTERVAL_S:
             return
-        self._written_at = now
+        self._written_at, self._published = now, state
         item = _item_view(activity)
         record = control.daemon_state(
             state.value, pid=os.getpid(), started_at=self.started_at, now=utc_now(), item=item,
@@ -91,7 +94,6 @@ class Reporter:
         self.metrics.state(state, reason)
         self.notifier.status(_summary(state, reason, item))
         self.notifier.watchdog()
-
 
     def _write_state(self, record: dict) -> None:
         """Display only: a state file the disk refuses (read-only, or full where even a rewrite

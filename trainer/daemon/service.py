@@ -18,9 +18,9 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
-from typing import TypeVar
 from dataclasses import replace
 from pathlib import Path
+from typing import TypeVar
 
 from trainer.clock import Now, SystemClock
 from trainer.config import Config, load_config
@@ -169,7 +169,8 @@ class Daemon:
         the caller tries the same write again. Nothing is failed and no attempt is counted: it
         is the disk's fault, not the item's."""
         daemon = self.config.daemon
-        reason = f"disk: {refused}: waiting until it takes writes again (looked at every {daemon.disk_check_seconds:g} s)"
+        reason = (f"disk: {refused}: waiting until it takes writes again "
+                  f"(looked at every {daemon.disk_check_seconds:g} s)")
         if self._disk_refused is None or self._disk_refused.errno != refused.errno:
             log.warning("blocked: %s", reason)  # once, not at every look
         self._disk_refused = refused

@@ -19,7 +19,7 @@ from trainer.errors import InvalidData, WrongState
 from trainer.ids import new_id
 from trainer.intake.validate import Report, validate_stream
 from trainer.spool import events, queue
-from trainer.spool.fsutil import FILE_MODE, StagingDir, make_group_dir, rename_durably, unlink_durably, write_atomic
+from trainer.spool.fsutil import FILE_MODE, StagingDir, make_group_dir, naming, rename_durably, unlink_durably, write_atomic
 from trainer.spool.item import DATA_NAME, META_NAME, Item, ItemMeta, display_name
 from trainer.spool.layout import Layout
 from trainer.states import Event, ItemState, Priority
@@ -79,9 +79,10 @@ def copy_validated(src_fd: int, dest: Path, limits: SpoolConfig) -> Report:
             except OSError as exc:
                 raise InvalidData(f"{dest.name}: read error: {exc.strerror}") from None
 
-        report = validate_stream(read, max_line_bytes=limits.max_line_bytes,
-                                 max_file_bytes=limits.max_file_bytes, sink=sink, chunk_size=_COPY_CHUNK)
-        os.fsync(out)
+        with naming(dest):  # a full disk's error names the copy, not "the base dir"
+            report = validate_stream(read, max_line_bytes=limits.max_line_bytes,
+                                     max_file_bytes=limits.max_file_bytes, sink=sink, chunk_size=_COPY_CHUNK)
+            os.fsync(out)
     finally:
         os.close(out)
     return report

@@ -98,7 +98,7 @@ def write_atomic(staging: Path, dest: Path, data: bytes, *, mode: int = FILE_MOD
 
 @contextlib.contextmanager
 def naming(path: Path) -> Iterator[None]:
-    """os.write and os.fsync raise without a file name: add it, so the error says where."""
+    """os.write and os.fsync raise without a file name: add ``path``, so the error says where."""
     try:
         yield
     except OSError as exc:

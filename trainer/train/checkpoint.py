@@ -102,6 +102,7 @@ class CheckpointStore:
     def __init__(self, root: Path, *, keep_last: int = 3) -> None:
         self.root = root
         self.keep_last = max(2, keep_last)  # never fewer than the latest two
+        self._leftovers: list[Path] = []  # staging dirs a read-only disk would not let a failed save remove
         root.mkdir(parents=True, exist_ok=True)
 
     # --- listing -------------------------------------------------------------------------
@@ -172,6 +173,7 @@ class CheckpointStore:
         refuses those does not undo the save (LATEST is only a pointer for people; the newest
         checkpoint is found by its manifest).
         """
+        self._remove_leftovers()
         previous = self.committed()
         serial = (max(c.serial for c in previous) + 1) if previous else 1
         name = f"step-{step:012d}-{os.urandom(3).hex()}"
@@ -191,6 +193,8 @@ class CheckpointStore:
             fsync_dir(self.root)
         except BaseException as exc:
             shutil.rmtree(staging, ignore_errors=True)  # first: what it took may be what the check below needs
+            if staging.exists():  # a read-only disk refuses the removal too: done at the next save
+                self._leftovers.append(staging)
             refused = disk_refusal(exc, self.root, room_needed=room_needed) if isinstance(exc, Exception) else None
             if refused is not None:
                 raise refused from exc
@@ -205,6 +209,12 @@ class CheckpointStore:
             log.warning("checkpoint %s is saved, but the disk refused tidying after it (%s): LATEST and "
                         "pruning are done at the next save", name, exc)
         return checkpoint
+
+    def _remove_leftovers(self) -> None:
+        for staging in list(self._leftovers):
+            shutil.rmtree(staging, ignore_errors=True)
+            if not staging.exists():
+                self._leftovers.remove(staging)
 
     def retain(self, keep: int | None = None) -> list[Path]:
         """Delete all but the newest ``keep_last`` (or ``keep``, never below two) committed
