@@ -167,6 +167,7 @@ def append_to(fd: int, lines: bytes, path: Path) -> None:
 # The ways a filesystem refuses a write that are the disk's doing: neither the data's nor the
 # code's, and gone once someone makes room (or remounts it read-write).
 DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+_DISK_MESSAGES = {code: os.strerror(code) for code in DISK_ERRNOS}  # "No space left on device", ...
 
 
 def disk_refusal(exc: BaseException, path: Path | None = None, *, room_needed: int = 0) -> DiskUnwritable | None:
@@ -200,9 +201,6 @@ def disk_refusal(exc: BaseException, path: Path | None = None, *, room_needed: i
     if _out_of_inodes(fs) or fs.f_bavail * fs.f_frsize < max(room_needed, 1):
         return _unwritable(errno.ENOSPC, path)
     return None
-
-
-_DISK_MESSAGES = {code: os.strerror(code) for code in DISK_ERRNOS}  # "No space left on device", ...
 
 
 def _chain(exc: BaseException):
