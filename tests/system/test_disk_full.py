@@ -18,8 +18,8 @@ from pathlib import Path
 
 import orjson
 import pytest
-from conftest import REPO, trainctl
-from daemon_proc import DaemonProcess, enqueue_sample, small_config
+from helpers.common import REPO, trainctl
+from helpers.daemon_proc import DaemonProcess, enqueue_sample, small_config
 
 from trainer.config import default_config_toml
 from trainer.errors import DiskUnwritable
