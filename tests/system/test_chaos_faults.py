@@ -141,7 +141,7 @@ def test_a_disk_filled_mid_training_blocks_then_resumes_by_itself_without_burnin
     assert status["daemon"]["state"] == "blocked" and status["daemon"]["liveness"] == "running", \
         "blocked but heartbeating"
     filler.unlink()
-    assert trainctl(layout.root, "wait", item_id, "--timeout", "120", timeout=150).returncode == 0
+    assert trainctl(layout.root, "wait", item_id, "--timeout", "300", timeout=330).returncode == 0
     item = queue.find(layout, item_id)
     assert item.state is ItemState.DONE and item.meta.attempts == 0
     assert "requeued" not in _events(layout, item_id)
@@ -172,7 +172,7 @@ def test_a_disk_filled_during_a_checkpoint_write_leaves_no_partial_checkpoint_an
     for checkpoint in CheckpointStore(layout.root / "checkpoints").committed():
         assert (checkpoint.path / "manifest.json").exists()
     filler.unlink()
-    assert trainctl(layout.root, "wait", item_id, "--timeout", "120", timeout=150).returncode == 0
+    assert trainctl(layout.root, "wait", item_id, "--timeout", "300", timeout=330).returncode == 0
     item = queue.find(layout, item_id)
     assert item.state is ItemState.DONE
     assert item.meta.attempts == 0, f"a full disk is not the item's fault: {item.meta.errors}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -83,6 +84,34 @@ def test_the_model_on_another_disk_that_is_full_and_read_only_does_not_stop_trai
         daemon.kill()
     assert queue.find(layout, item_id).state is ItemState.DONE
     assert (layout.root / "models" / "v001" / "config.json").exists(), "a version, its files read from there"
+
+
+@needs_root
+def test_a_stop_while_blocked_on_a_full_disk_puts_the_item_back_without_an_attempt(tmp_path, demo_model,
+                                                                                   small_tmpfs):
+    mount = small_tmpfs("160m")
+    layout, _ = init_base(mount / "base", default_config_toml())
+    layout.config_file.write_text(small_config(daemon={"disk_check_seconds": 0.5}))
+    shutil.copytree(demo_model, layout.root / "models" / "base")
+    item_id = enqueue_sample(layout, tmp_path, records=600)
+    daemon = DaemonProcess(layout)
+    try:
+        daemon.wait_for(lambda: daemon.step() >= 3, what="training")
+        filler = _fill(mount)
+        daemon.wait_for(lambda: daemon.state().get("state") == "blocked", what="blocked on the full disk")
+        daemon.proc.send_signal(signal.SIGTERM)
+        assert daemon.finish(60) == 0, daemon.output()
+    finally:
+        daemon.kill()
+    item = queue.find(layout, item_id)
+    assert item.state is ItemState.PENDING and item.meta.attempts == 0 and not item.meta.errors
+    # Its "requeued" line is in the log (if the log's last page had room) or, never written,
+    # in the journal; no torn line either way.
+    log = events.read(layout)
+    requeued = [e for e in log.events if e["event"] == "requeued" and e["id"] == item_id]
+    assert [e["counted"] for e in requeued] == [False] or "event log: not recorded" in daemon.output()
+    assert log.unreadable_lines == 0
+    filler.unlink()
 
 
 # --- the spool's writes on a full disk -----------------------------------------------------
