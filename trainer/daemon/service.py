@@ -24,7 +24,7 @@ from typing import TypeVar
 
 from trainer.clock import Now, SystemClock
 from trainer.config import Config, load_config
-from trainer.daemon import items
+from trainer.daemon import items, startup
 from trainer.daemon.housekeeping import Housekeeping
 from trainer.daemon.notify import Notifier
 from trainer.daemon.policy import error_backoff, memory_creeping
@@ -36,8 +36,7 @@ from trainer.spool.fsutil import disk_refusal
 from trainer.spool.item import display_name
 from trainer.spool.layout import Layout
 from trainer.spool.lock import DaemonLock
-from trainer.spool.sweep import sweep_tmp
-from trainer.states import DaemonState, ItemState, Priority
+from trainer.states import DaemonState, Priority
 from trainer.timefmt import iso, utc_now
 from trainer.train.protocol import Progress, TrainingEngine
 
@@ -214,65 +213,16 @@ class Daemon:
 
     # --- start-up -------------------------------------------------------------------------------
 
-    def recover(self) -> None:
-        """Undo what a crash left, before anything else runs."""
-        reason = "interrupted: the daemon stopped without finishing it (crash, kill or power loss)"
-        max_attempts = self.config.spool.max_attempts
-        for item in queue.list_items(self.layout, [ItemState.ACTIVE]):
-            decision = items.after_failure(item.meta.attempts if item.meta else 0, transient=True,
-                                           max_attempts=max_attempts, retry_base_s=0, interrupted=True)
-            if decision.give_up:
-                queue.fail(self.layout, item.id, f"{reason}; gave up after {decision.attempts} interrupted attempts "
-                                                 f"(it may crash the daemon): trainctl retry {item.id} to try again",
-                           kind="transient")
-                log.error("%s failed %d times; moved to failed/", item.id, decision.attempts)
-            else:
-                queue.requeue(self.layout, item.id, reason=reason)
-                log.warning("%s was interrupted; back to the head of its queue (attempt %d of %d)",
-                            item.id, decision.attempts + 1, max_attempts)
-        if control.clear_skip(self.layout):
-            log.info("cleared a skip request left from before the restart")
-        if control.clear_stop(self.layout):
-            log.info("cleared a stop request left from before the restart")
-        for name in sweep_tmp(self.layout).restored:
-            log.warning("gave inbox file %s back after an interrupted intake", display_name(name))
-
-    def upgrade_base_dir(self) -> None:
-        """A format-1 base dir becomes format 2 (its event log split by month), here because
-        systemd restarts the daemon after every package upgrade and its lock makes it the only
-        upgrader. A failure (a full disk) is logged and the daemon goes on: every reader
-        works on a base dir in any state of the upgrade, and the next start tries again."""
-        from trainer.spool import upgrade
-
-        if not upgrade.needed(self.layout):
-            return
-        self.publish(DaemonState.STARTING, reason="upgrading the event log to monthly segments")
-        self.notifier.extend_timeout(max(30.0, upgrade.old_log_bytes(self.layout) / 10e6))  # >= 10 MB/s
-        try:
-            report = upgrade.upgrade(self.layout)
-        except OSError as exc:
-            log.warning("event log: the upgrade to monthly segments failed (%s); history still shows every "
-                        "event; tried again at the next start", exc)
-            return
-        if report.converted_bytes is not None:
-            log.info("event log: %s (%d bytes) split into events/v1/ by month (%s)", self.layout.old_events.name,
-                     report.converted_bytes, ", ".join(report.months) or "empty")
-        if report.left_over_bytes:
-            log.warning("event log: %s keeps %d bytes an older trainer appended after the upgrade; they are "
-                        "read where they are", self.layout.old_events.name, report.left_over_bytes)
-        if report.format_bumped:
-            log.info("base dir upgraded to format version 2")
-
     def start(self) -> None:
         """Upgrade, recover, load the model, watch the directories; READY=1 comes after this."""
         from trainer.daemon.watch import Watcher
         from trainer.intake.inbox import InboxScanner
 
-        self.upgrade_base_dir()
+        startup.upgrade_base_dir(self.layout, self.publish, self.notifier)
         dirs = [self.layout.inbox, self.layout.control, *[self.layout.pending(p) for p in Priority.in_service_order()]]
         self._watcher = Watcher(dirs, self.signals.wake_r)
         self.publish(DaemonState.STARTING, reason="recovering")
-        self.until_written(self.recover)  # a full disk at start: blocked, not a crash loop
+        self.until_written(lambda: startup.recover(self.layout, self.config))  # a full disk: blocked, not a crash loop
         self.notifier.extend_timeout(600)  # loading a large model can take minutes
         started = time.monotonic()
         self.engine = self.engine_factory(self.layout.root, self.config)  # imports torch

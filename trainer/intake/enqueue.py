@@ -19,7 +19,15 @@ from trainer.errors import InvalidData, WrongState
 from trainer.ids import new_id
 from trainer.intake.validate import Report, validate_stream
 from trainer.spool import events, queue
-from trainer.spool.fsutil import FILE_MODE, StagingDir, make_group_dir, naming, rename_durably, unlink_durably, write_atomic
+from trainer.spool.fsutil import (
+    FILE_MODE,
+    StagingDir,
+    make_group_dir,
+    naming,
+    rename_durably,
+    unlink_durably,
+    write_atomic,
+)
 from trainer.spool.item import DATA_NAME, META_NAME, Item, ItemMeta, display_name
 from trainer.spool.layout import Layout
 from trainer.states import Event, ItemState, Priority
