@@ -45,7 +45,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -599,18 +598,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--keep", type=Path, help="work in this dir and keep it (default: a temp dir, removed)")
     args = parser.parse_args()
-    from trainer.train.demo_model import build_demo_model
+    from chaos_common import run_on_demo_model
 
-    work = args.keep or Path(tempfile.mkdtemp(prefix="chaos-kill-"))
-    work.mkdir(parents=True, exist_ok=True)
-    try:
-        model = build_demo_model(work / "demo" / "base")
-        result = experiment(work, model, items=args.items, records=args.records, kills=args.kills, seed=args.seed)
-    finally:
-        if args.keep is None:
-            shutil.rmtree(work, ignore_errors=True)
-    print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
-    sys.exit(0 if result["ok"] else 1)
+    run_on_demo_model("chaos-kill-", args.keep, lambda work, model: experiment(
+        work, model, items=args.items, records=args.records, kills=args.kills, seed=args.seed))
 
 
 if __name__ == "__main__":
