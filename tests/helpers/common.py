@@ -67,5 +67,20 @@ def unprivileged_ids() -> tuple[int, int]:
 def as_user(uid: int, gid: int | None = None, groups: tuple[int, ...] = ()) -> list[str]:
     """argv prefix running a command as another user (needs root and setpriv): root ignores
     file modes, so this is how a test makes permissions really apply."""
+    closed = closed_to_other_users(REPO)
+    if closed is not None:
+        import pytest
+
+        pytest.skip(f"{closed} (mode {closed.stat().st_mode & 0o777:04o}) is closed to other users, so a command run "
+                    f"as another user cannot import the checkout: clone under a directory others can traverse "
+                    f"(or chmod o+x {closed}) to run this test")
     group_arg = f"--groups={','.join(map(str, groups))}" if groups else "--clear-groups"
     return ["setpriv", f"--reuid={uid}", f"--regid={uid if gid is None else gid}", group_arg]
+
+
+def closed_to_other_users(path: Path) -> Path | None:
+    """The first directory on the way to ``path`` that other users cannot traverse (None: all can)."""
+    for directory in [*reversed(path.resolve().parents), path.resolve()]:
+        if not directory.stat().st_mode & 0o001:
+            return directory
+    return None
