@@ -1,0 +1,191 @@
+"""The queue: ``enqueue``, ``list``, ``show``, ``hold``, ``release``, ``retry``, ``remove``, ``move``, ``wait``."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from ctl import render
+from ctl.session import (
+    PRIORITIES,
+    Session,
+    daemon_running,
+    emit_json,
+    finish,
+    item_id_arg,
+    note,
+)
+from trainer.exitcodes import ExitCode
+from trainer.spool import control, events, queue
+from trainer.states import ItemState, Priority
+
+
+@click.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=True))
+@click.option("--priority", "-p", type=PRIORITIES, default="normal", show_default=True)
+@click.option("--hold", is_flag=True, help="Queue it held: it waits until trainctl release.")
+@click.option("--move", is_flag=True, help="Delete each file once it is safely queued.")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+@click.pass_obj
+def enqueue(session: Session, files: tuple[Path, ...], priority: str, hold: bool, move: bool, quiet: bool) -> None:
+    """Validate FILES and queue copies of them; prints one id per file.
+
+    Either every file is queued or, if any is invalid, none is (exit 65, every problem listed).
+    """
+    from trainer.intake import (
+        enqueue,  # here, not at the top: only enqueue pays for the validator
+    )
+
+    layout = session.layout
+    queued = enqueue.enqueue_batch(layout, list(files), limits=session.config.spool,
+                                  priority=Priority(priority), hold=hold)
+    for item in queued:
+        meta = item.meta
+        if not quiet:
+            click.echo(meta.id)
+            note(f"queued {meta.name} as {meta.id} ({meta.records:,} records, {render.size(meta.size)}, "
+                 f"{'held' if hold else priority})")
+        if move:
+            kept = enqueue.delete_source(item)
+            if kept:
+                note(f"kept {item.source} although --move was given: {kept}")
+    if not quiet and control.read_requests(layout).pause is not None:
+        note("the queue is paused: nothing trains until trainctl resume")
+
+
+@click.command(name="list")
+@click.option("--all", "which", flag_value="all", help="Every item, done and failed included.")
+@click.option("--failed", "which", flag_value="failed")
+@click.option("--held", "which", flag_value="held")
+@click.option("--done", "which", flag_value="done")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def list_(session: Session, which: str | None, as_json: bool) -> None:
+    """The queue: active, then pending in service order (default), or another state."""
+    states = {
+        None: [ItemState.ACTIVE, ItemState.PENDING],
+        "all": list(ItemState),
+        "failed": [ItemState.FAILED],
+        "held": [ItemState.HELD],
+        "done": [ItemState.DONE],
+    }[which]
+    items = queue.list_items(session.layout, states)
+    if which is None:  # the active item first, then what comes next
+        items.sort(key=lambda item: item.state is not ItemState.ACTIVE)
+    if as_json:
+        emit_json({"items": [render.item_dict(item) for item in items]})
+    elif items:
+        click.echo("\n".join(render.item_table(items)))
+    else:
+        note(f"no {which or 'pending or active'} items")
+
+
+@click.command()
+@click.argument("item_id", callback=item_id_arg)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def show(session: Session, item_id: str, as_json: bool) -> None:
+    """Everything about one item: metadata, errors and its events."""
+    item = render.item_dict(queue.find(session.layout, item_id))
+    history = events.read(session.layout, item_id=item_id).events
+    if as_json:
+        emit_json({"item": item, "events": history})
+    else:
+        click.echo("\n".join(render.item_lines(item, history)))
+
+
+@click.command()
+@click.argument("item_id", callback=item_id_arg)
+@click.pass_obj
+def hold(session: Session, item_id: str) -> None:
+    """Keep a pending item out of training until release."""
+    queue.hold(session.layout, item_id)
+    note(f"{item_id} held")
+
+
+@click.command()
+@click.argument("item_id", callback=item_id_arg)
+@click.pass_obj
+def release(session: Session, item_id: str) -> None:
+    """Put a held item back in its queue."""
+    item = queue.release(session.layout, item_id)
+    note(f"{item_id} released to the {item.priority.value if item.priority else 'normal'} queue")
+
+
+@click.command()
+@click.argument("item_id", required=False, callback=item_id_arg)
+@click.option("--all-failed", is_flag=True, help="Retry every failed item.")
+@click.pass_obj
+def retry(session: Session, item_id: str | None, all_failed: bool) -> None:
+    """Send a failed item back to its queue with its attempts reset, once its data validates."""
+    if (item_id is None) == (not all_failed):
+        raise click.UsageError("give an ITEM_ID or --all-failed (not both)")
+    from trainer.intake import enqueue  # retry validates the data again
+
+    if all_failed:
+        retried, left = enqueue.retry_all_failed(session.layout, session.config.spool)
+        for rid in retried:
+            click.echo(rid)
+        note(f"{len(retried)} failed item{'s' if len(retried) != 1 else ''} queued again")
+        for line in left:
+            note(line)
+        if left:
+            finish(ExitCode.DATA_INVALID)
+        return
+    enqueue.retry(session.layout, item_id, session.config.spool)
+    note(f"{item_id} queued again (attempts reset)")
+
+
+@click.command()
+@click.argument("item_id", callback=item_id_arg)
+@click.pass_obj
+def remove(session: Session, item_id: str) -> None:
+    """Delete an item and its queued copy of the data (not the active item)."""
+    queue.remove(session.layout, item_id)
+    note(f"{item_id} removed")
+
+
+@click.command(name="move")
+@click.argument("item_id", callback=item_id_arg)
+@click.option("--priority", "-p", type=PRIORITIES, required=True)
+@click.pass_obj
+def move_(session: Session, item_id: str, priority: str) -> None:
+    """Change a pending or held item's priority (it keeps its place by age)."""
+    queue.move(session.layout, item_id, Priority(priority))
+    note(f"{item_id} moved to {priority}")
+
+
+@click.command()
+@click.argument("item_id", required=False, callback=item_id_arg)
+@click.option("--idle", is_flag=True, help="Wait until inbox, pending and active are all empty.")
+@click.option("--timeout", type=click.FloatRange(min=0), help="Give up after this many seconds (exit 75).")
+@click.option("--interval", type=click.FloatRange(min=0.01), default=0.2, show_default=True, hidden=True)
+@click.pass_obj
+def wait(session: Session, item_id: str | None, idle: bool, timeout: float | None, interval: float) -> None:
+    """Wait for an item to finish (0 done, 1 failed) or for the queue to drain.
+
+    Exits 3 at once if the daemon is not running, or as soon as it dies; 75 on timeout.
+    """
+    if (item_id is None) == (not idle):
+        raise click.UsageError("give an ITEM_ID or --idle (not both)")
+    layout = session.layout
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        if item_id is not None:
+            state = queue.find(layout, item_id).state
+            if state is ItemState.DONE:
+                finish(ExitCode.OK)
+            if state is ItemState.FAILED:
+                note(f"{item_id} failed: trainctl show {item_id}")
+                finish(ExitCode.FAILED)
+        elif queue.is_idle(layout):
+            finish(ExitCode.OK)
+        if not daemon_running(layout):
+            note("the daemon is not running: nothing would ever finish")
+            finish(ExitCode.NOT_RUNNING)
+        if deadline is not None and time.monotonic() >= deadline:
+            note("timed out")
+            finish(ExitCode.TIMEOUT)
+        time.sleep(interval)
