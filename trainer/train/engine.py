@@ -34,6 +34,7 @@ from trainer.train.loss import forward_packed, summed_loss
 from trainer.train.packing import Row
 from trainer.train.protocol import ItemPlan, Progress, TrainState
 from trainer.train.schedule import lr_at, should_checkpoint
+from trainer.train.world import World
 
 log = logging.getLogger("trainer.engine")
 
@@ -57,9 +58,11 @@ def _versions() -> dict:
 
 
 class Engine:
-    def __init__(self, base: Path, config: Config) -> None:
+    def __init__(self, base: Path, config: Config, world: World | None = None) -> None:
         self.base = base
         self.config = config
+        # The processes this trainer runs on (one by default); see world.py for the step protocol.
+        self.world = world or World()
         self.store = CheckpointStore(base / "checkpoints", keep_last=config.checkpoint.keep_last)
         self.state = TrainState()
         self.last_checkpoint: Checkpoint | None = None
@@ -382,38 +385,48 @@ class Engine:
                         host_rss_bytes=self._process.memory_info().rss, gpu_bytes=gpu)
 
     def _gradients(self, rows: list[Row], targets: int) -> tuple[float, float | None]:
-        """Accumulate the step's gradients; on out-of-memory halve the micro-batch and redo."""
+        """Accumulate the step's gradients over this rank's share of the rows, then sum them
+        over the ranks; on out-of-memory (on any rank) every rank halves the micro-batch and
+        redoes the step. ``targets`` is the step's global target count."""
+        mine = self.world.shard(rows)
         while True:
             micro = self.state.micro_batch_size
+            total, out_of_memory = 0.0, False
             try:
-                total = 0.0
-                for start in range(0, len(rows), micro):
-                    chunk = rows[start:start + micro]
-                    ids = torch.tensor([r.input_ids for r in chunk], device=self.device)
-                    positions = torch.tensor([r.position_ids for r in chunk], device=self.device)
-                    labels = torch.tensor([r.labels for r in chunk], device=self.device)
-                    logits = forward_packed(self.model, ids, positions)
-                    loss = summed_loss(logits, labels) / targets
-                    del logits
-                    loss.backward()
-                    total += loss.item()
-                break
+                for start in range(0, len(mine), micro):
+                    total += self._backward(mine[start:start + micro], targets)
             except torch.OutOfMemoryError:
-                self.optimizer.zero_grad(set_to_none=True)
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
-                if micro == 1:
-                    raise ItemFailed("out of memory even at micro-batch 1: lower train.max_length or use "
-                                     "LoRA", transient=True) from None
-                self.state.micro_batch_size = micro // 2
-                log.warning("out of memory at micro-batch %d: retrying the step with %d (and twice the "
-                            "accumulation, so the batch is unchanged)", micro, micro // 2)
+                out_of_memory = True
+            if not self.world.any(out_of_memory):
+                break
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if micro == 1:
+                raise ItemFailed("out of memory even at micro-batch 1: lower train.max_length or use "
+                                 "LoRA", transient=True) from None
+            self.state.micro_batch_size = micro // 2
+            log.warning("out of memory at micro-batch %d: retrying the step with %d (and twice the "
+                        "accumulation, so the batch is unchanged)", micro, micro // 2)
+        total = self.world.sum(total)
+        self.world.sum_gradients(self.params.values())
         max_norm = self.config.train.max_grad_norm
         if max_norm > 0:
             norm = torch.nn.utils.clip_grad_norm_(self.params.values(), max_norm).item()
         else:
             norm = None
         return total, norm
+
+    def _backward(self, chunk: list[Row], targets: int) -> float:
+        """One micro-batch's forward and backward; its share of the step's loss."""
+        ids = torch.tensor([r.input_ids for r in chunk], device=self.device)
+        positions = torch.tensor([r.position_ids for r in chunk], device=self.device)
+        labels = torch.tensor([r.labels for r in chunk], device=self.device)
+        logits = forward_packed(self.model, ids, positions)
+        loss = summed_loss(logits, labels) / targets
+        del logits
+        loss.backward()
+        return loss.item()
 
 
 class _MetricsFile:
