@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-
 from helpers.common import REPO
 
 torch = pytest.importorskip("torch")
@@ -51,3 +50,28 @@ def test_two_ranks_compute_the_same_update_as_one_process(tmp_path, demo_model):
     worst = max((one["params"][n] - two["params"][n]).abs().max().item() for n in one["params"])
     print(f"max |dw| = {worst:.3g}, max loss rel diff = {max(abs(a - b) / abs(a) for a, b in zip(one['losses'], two['losses'])):.3g}")
     assert worst <= 1e-6, worst
+    follower = torch.load(tmp_path / "out-2.pt.rank-1", weights_only=True)
+    assert all(torch.equal(follower[n], two["params"][n]) for n in follower), "the follower ends on the leader's weights"
+
+
+def test_a_checkpoint_written_by_two_ranks_resumes_in_one_process_and_the_reverse(tmp_path, demo_model):
+    """The leader writes the one-process checkpoint format: the world size can change at
+    any checkpoint. Each split run ends where one process alone ends (within 1e-6)."""
+    data = write_sample_chat(tmp_path / "d.jsonl", 240, seed=4)
+    finals = {}
+    for first, second in ((1, 1), (2, 1), (1, 2)):
+        base = tmp_path / f"world-{first}-{second}"
+        shutil.copytree(demo_model, base / "models" / "base")
+        out = tmp_path / f"out-{first}-{second}.pt"
+        if (first, second) == (1, 1):
+            finals[first, second] = _train(1, base, data, out, micro=4, accum=2)
+            continue
+        head = _train(first, base, data, out, micro=4, accum=2, **{"stop-after": 4})
+        assert len(head["losses"]) == 4
+        finals[first, second] = _train(second, base, data, out, micro=4, accum=2)
+    whole = finals[1, 1]
+    for split in ((2, 1), (1, 2)):
+        resumed = finals[split]
+        assert len(resumed["losses"]) == whole["steps"] - 4
+        worst = max((whole["params"][n] - resumed["params"][n]).abs().max().item() for n in whole["params"])
+        assert worst <= 1e-6, (split, worst)

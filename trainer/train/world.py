@@ -18,18 +18,21 @@ process group initialised) a step works like this:
 
 Because every collective is called by every rank the same number of times in the same order,
 a short rank (fewer rows than the others, or none) needs no padding rows.
+
+Roles: rank 0 (the leader) reads the data and owns everything on disk; the other ranks
+(followers, ``follower.py``) only train. The leader hands each rank its share of every step
+(``post``: a scatter, so only node 0 needs the spool and each rank receives only its rows) and
+shares its weights and optimizer state whenever they change other than by a step
+(``share_tensors`` / ``share``: start, rollback, a new base).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TypeVar
 
 import torch
-
-T = TypeVar("T")
 
 
 def shard_indices(count: int, rank: int, size: int) -> range:
@@ -54,13 +57,10 @@ class World:
         return self.size > 1
 
     @classmethod
-    def from_environment(cls) -> "World":
+    def from_environment(cls) -> World:
         """The world the elastic agent started this process in (or a world of one)."""
         size = int(os.environ.get("WORLD_SIZE", "1"))
         return cls(int(os.environ.get("RANK", "0")), size)
-
-    def shard(self, rows: Sequence[T]) -> list[T]:
-        return [rows[i] for i in shard_indices(len(rows), self.rank, self.size)]
 
     def any(self, flag: bool) -> bool:
         """True on every rank when it is True on any: one decision, taken the same everywhere."""
@@ -100,3 +100,41 @@ class World:
                 n = p.grad.numel()
                 p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
                 offset += n
+
+    def post(self, per_rank: list):
+        """Leader: hand rank r ``per_rank[r]`` (a scatter); returns the leader's own."""
+        if not self.distributed:
+            return per_rank[0]
+        mine = [None]
+        torch.distributed.scatter_object_list(mine, per_rank, src=0)
+        return mine[0]
+
+    def receive(self):
+        """Follower: what the leader posted to this rank."""
+        mine = [None]
+        torch.distributed.scatter_object_list(mine, None, src=0)
+        return mine[0]
+
+    def share(self, value=None):
+        """The leader's ``value`` on every rank (a picklable object; the followers pass None)."""
+        if not self.distributed:
+            return value
+        box = [value]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def share_tensors(self, tensors: Iterable[torch.Tensor]) -> None:
+        """Overwrite every rank's ``tensors`` with the leader's, one flat buffer per dtype/device."""
+        if not self.distributed:
+            return
+        groups: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
+        for tensor in tensors:
+            groups.setdefault((tensor.dtype, tensor.device), []).append(tensor)
+        with torch.no_grad():
+            for members in groups.values():
+                flat = torch.cat([t.detach().reshape(-1) for t in members])
+                torch.distributed.broadcast(flat, src=0)
+                offset = 0
+                for t in members:
+                    t.copy_(flat[offset:offset + t.numel()].view_as(t))
+                    offset += t.numel()
