@@ -29,6 +29,7 @@ IDENTIFIER = "trainer"  # SYSLOG_IDENTIFIER of every journal entry
 LOG_FILE_BYTES = 10 << 20  # the log file is rotated past this size...
 LOG_FILE_BACKUPS = 4  # ...keeping this many older ones: at most 50 MiB
 LINE_FORMAT = "%(asctime)s %(levelname)-7s %(name)s:%(item_tag)s %(message)s"
+JOURNAL_FORMAT = "%(name)s:%(item_tag)s %(message)s"  # journald adds the time
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S%z"  # with the offset: trainctl logs --since compares exactly
 _item: str | None = None  # the item in training, tagged on every record
 
@@ -112,10 +113,10 @@ def setup(level: int = logging.INFO, environ=os.environ, stream=sys.stderr) -> l
     handler: logging.Handler
     if stderr_is_journal(environ, stream) and os.path.exists(JOURNAL_SOCKET):
         handler = JournalHandler()
-        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        handler.setFormatter(logging.Formatter(JOURNAL_FORMAT))
     elif stderr_is_journal(environ, stream):
         handler = logging.StreamHandler(stream)
-        handler.setFormatter(PrefixFormatter("%(name)s: %(message)s"))
+        handler.setFormatter(PrefixFormatter(JOURNAL_FORMAT))
     else:
         handler = logging.StreamHandler(stream)
         handler.setFormatter(logging.Formatter(LINE_FORMAT, TIME_FORMAT))
