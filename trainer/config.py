@@ -187,10 +187,11 @@ class MetricsConfig:
     """[metrics]: figures for the tools people already run (metrics/ID.jsonl is always written)."""
 
     prometheus_textfile: str = _setting(
-        "", "A file the daemon rewrites atomically, at most once per optimizer step, in Prometheus' "
-            "text format, for node_exporter's textfile collector (e.g. "
-            "/var/lib/prometheus/node-exporter/trainer.prom; the daemon needs write access to its "
-            "directory). Empty: off. No port is opened.")
+        "", "A file the daemon rewrites atomically in Prometheus' text format, at most once per optimizer "
+            "step and once a second, for node_exporter's textfile collector (e.g. "
+            "/var/lib/prometheus/node-exporter/{name}.prom, where {name} becomes the base dir's name: "
+            "trainer, trainer-1... for instances sharing one config). The daemon must be able to write "
+            "in its directory (docs/operations.md). Empty: off. No port is opened.")
     tensorboard: bool = _setting(
         False, "Write TensorBoard event files per item under tensorboard/ID/ in the base dir "
                "(needs the tensorboard package: pip install 'trainer[tensorboard]').")
