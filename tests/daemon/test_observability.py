@@ -16,13 +16,13 @@ pytest.importorskip("torch")
 
 from helpers.common import REPO, trainctl  # noqa: E402
 from helpers.daemon_proc import DaemonProcess, enqueue_sample, metric_steps, small_config  # noqa: E402
+from helpers.exposition import parse  # noqa: E402
 
 from trainer.config import default_config_toml  # noqa: E402
 from trainer.spool import queue  # noqa: E402
 from trainer.spool.layout import init_base  # noqa: E402
 from trainer.states import ItemState  # noqa: E402
 
-SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([a-zA-Z_][a-zA-Z0-9_]*="(\\.|[^"\\])*",?)*\})? (\S+)$')
 
 
 def make_base(root, demo_model, **metrics):
@@ -96,20 +96,7 @@ def test_logs_item_shows_every_line_about_the_item_and_only_those(trained):
 
 def test_prometheus_file_is_valid_exposition_with_the_run_s_figures(trained):
     layout, item_id, prom = trained
-    text = prom.read_text()
-    typed, values = {}, {}
-    for line in text.splitlines():
-        if line.startswith("# HELP "):
-            continue
-        if line.startswith("# TYPE "):
-            _, _, name, kind = line.split(" ")
-            assert kind in ("gauge", "counter") and name not in typed
-            typed[name] = kind
-            continue
-        match = SAMPLE.match(line)
-        assert match, f"not a valid sample line: {line!r}"
-        assert match.group(1) in typed, f"{match.group(1)} has no TYPE before it"
-        values[line.rpartition(" ")[0]] = float(match.group(5))
+    typed, values = parse(prom.read_text())
     base = f'base_dir="{layout.root}"'
     assert values[f'trainer_daemon_state{{{base},state="stopped"}}'] == 1
     assert values[f'trainer_daemon_state{{{base},state="training"}}'] == 0
