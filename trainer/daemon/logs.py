@@ -47,6 +47,8 @@ class ItemTag(logging.Filter):
         record.item_id = _item
         record.item_tag = f" [{_item}]" if _item and _item not in record.getMessage() else ""
         return True
+
+
 PRIORITY = {logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4, logging.INFO: 6, logging.DEBUG: 7}
 
 

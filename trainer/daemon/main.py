@@ -18,6 +18,7 @@ from trainer.config import load_config
 from trainer.errors import ConfigError, TrainerError
 from trainer.exitcodes import ExitCode
 from trainer.spool.layout import BASE_DIR_ENV, open_base
+from trainer.spool.lock import lock_holder
 
 DEFAULT_BASE_DIR = "/var/lib/trainer"
 
@@ -52,7 +53,8 @@ def run(base_dir: Path, config_path: Path | None, exit_when_idle: bool) -> None:
     except TrainerError as exc:
         print(f"trainer: {exc}", file=sys.stderr)
         sys.exit(ExitCode.CONFIG)
-    logs.to_base_dir(layout)
+    if lock_holder(layout) is None:  # else this one exits 73 at once: the running daemon's log stays its own
+        logs.to_base_dir(layout)
     from trainer.daemon.service import Daemon
     from trainer.daemon.sinks import sinks_for
 

@@ -38,7 +38,7 @@ def sinks_for(layout: Layout, config: Config) -> MetricsSink | None:
         sinks.append(PrometheusTextfile(layout, path))
         log.info("Prometheus text file: %s", path)
     if config.metrics.tensorboard:
-        from trainer.daemon.tensorboard import MissingPackage, TensorBoardEvents
+        from trainer.daemon.tensorboard_events import MissingPackage, TensorBoardEvents
 
         try:
             sinks.append(TensorBoardEvents(layout))
