@@ -55,6 +55,7 @@ COMMANDS = {
     "wait": "queue:wait",
     "history": "history:history",
     "logs": "history:logs",
+    "report": "report:report",
     "install-unit": "setup:install_unit",
 }
 

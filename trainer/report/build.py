@@ -1,0 +1,71 @@
+"""The report from a base dir to a page, and the page to a file (whole or not at all)."""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime
+from pathlib import Path
+
+from trainer import clock
+from trainer.config import Config
+from trainer.report import collect, curves, figures, page, sections
+from trainer.spool.fsutil import write_atomic
+from trainer.spool.layout import Layout
+
+RECENT_ITEM_CHARTS = 6
+PAGE_MODE = 0o640  # the daemon's group may read it (served or copied by any member), others not
+
+
+def _recent_item_ids(data: dict, summaries: dict) -> list[tuple[str, str | None]]:
+    """The active item, then the most recently done ones that have metrics."""
+    chosen = []
+    item = data["status"].get("item")
+    if isinstance(item, dict) and item.get("id") in summaries:
+        chosen.append((item["id"], item.get("name")))
+    for row in reversed(data["queues"]["done"]["rows"]):
+        if len(chosen) >= RECENT_ITEM_CHARTS:
+            break
+        if row["id"] in summaries and row["id"] not in {c for c, _ in chosen}:
+            chosen.append((row["id"], row.get("name")))
+    return chosen
+
+
+def render(layout: Layout, config: Config, *, since: datetime | None = None,
+           now: clock.Reading | None = None, use_cache: bool = True) -> str:
+    """The page's HTML. Updates ``run/report-cache.json`` where it can (see ``curves``)."""
+    data = collect.collect(layout, config, since=since, now=now)
+    cache = curves.load_cache(layout) if use_cache else {}
+    summaries, changed = curves.summaries(layout, cache)
+    if changed and use_cache:
+        curves.save_cache(layout, summaries)
+    item_charts = [figures.item(f"{item_id} {name or ''}".rstrip(),
+                                curves.read_curve(layout, item_id))
+                   for item_id, name in _recent_item_ids(data, summaries)]
+    status = data["status"]
+    header = (f"<h1>trainer report</h1><p class=\"muted\">{page.text(str(layout.root))} \u00b7 generated "
+              f"{page.text(data['generated_at'])}" + (f" \u00b7 since {page.text(data['since'])}" if data["since"] else "")
+              + "</p>")
+    body = "".join([
+        header,
+        sections.daemon(status),
+        sections.current_item(status),
+        sections.curves(figures.life(summaries, since), item_charts),
+        sections.queue(data["queues"]),
+        sections.failures(data["queues"], data["history"]),
+        sections.versions(data["versions"]),
+        sections.disk(status, data["disk_use"]),
+        sections.recent(data["history"]),
+    ])
+    return page.document("trainer report", body)
+
+
+def default_path(layout: Layout) -> Path:
+    return layout.root / "report.html"
+
+
+def write(layout: Layout, html: str, dest: Path) -> None:
+    """Publish the page at ``dest`` atomically: staged in the base dir's ``tmp/`` when it goes
+    into the base dir, else beside ``dest`` (a rename never crosses filesystems)."""
+    dest = Path(os.path.abspath(dest))
+    staging = layout.tmp if dest.parent == layout.root else dest.parent
+    write_atomic(staging, dest, html.encode("utf-8", "surrogateescape"), mode=PAGE_MODE)
