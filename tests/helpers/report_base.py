@@ -29,6 +29,13 @@ def _meta(item_id: str, name: str, priority: Priority, at: datetime, errors=()) 
                     enqueued_at=iso(at), priority=priority, errors=tuple(errors))
 
 
+def _storable(name: str) -> str:
+    """A name as meta.json can hold it: bytes that are not UTF-8 as escapes (the intake does
+    that much); control characters and bidi overrides stay raw, as a hand-edited file could
+    hold them, for the page to escape."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def _write_item(layout: Layout, directory: Path, meta: ItemMeta) -> None:
     path = directory / meta.id
     path.mkdir(parents=True)
@@ -84,7 +91,7 @@ def build(layout: Layout, *, done: int, pending: int, failed: int, steps: int, d
     for n in range(total):
         at = start + timedelta(seconds=(now - start).total_seconds() * n / max(1, total))
         item_id = new_id(int(at.timestamp() * 1e9))
-        name = names[n % len(names)].replace("{n}", str(n))
+        name = _storable(names[n % len(names)].replace("{n}", str(n)))
         state = "done" if n < done else "failed" if n < done + failed else "pending"
         priority = (Priority.HIGH, Priority.NORMAL, Priority.LOW)[n % 3]
         log.append({"t": iso(at), "event": "enqueued", "id": item_id, "name": name, "priority": priority.value})
@@ -121,7 +128,7 @@ def _versions(layout: Layout, done: list[str], names: list[str], last_step: int,
         directory = (models / ".candidates" / name) if candidate else (models / name)
         directory.mkdir(parents=True)
         chunk = done[(v - 1) * per:v * per] or done[-1:]
-        items = [{"id": i, "name": names[k % len(names)].replace("{n}", str(k)), "sha256": "cd" * 32,
+        items = [{"id": i, "name": _storable(names[k % len(names)].replace("{n}", str(k))), "sha256": "cd" * 32,
                   "records": 20, "tokens": 4000, "first_step": k, "last_step": k + 1} for k, i in enumerate(chunk)]
         loss = 3.0 - 0.2 * v + (0.8 if candidate else 0.0)
         meta = {"created_at": iso(datetime.now(timezone.utc)), "global_step": last_step * v // (count + 1),
@@ -129,7 +136,7 @@ def _versions(layout: Layout, done: list[str], names: list[str], last_step: int,
                 "lineage": {"base": "models/base", "config_hash": "ef" * 32, "steps": [0, last_step], "items": items},
                 "eval": {"sets": {"holdout": {"loss": loss, "perplexity": math.exp(loss), "token_accuracy": 0.4,
                                               "tokens": 5000, "records": 50, "sha256": "01" * 32},
-                                  names[v % len(names)].replace("{n}", "set"): {"loss": loss + 0.3,
+                                  _storable(names[v % len(names)].replace("{n}", "set")): {"loss": loss + 0.3,
                                                                                 "perplexity": 1.0}},
                          "samples": [{"prompt": "hi", "output": "hello"}],
                          "gate": {"passed": not candidate,
