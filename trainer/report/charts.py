@@ -141,13 +141,15 @@ def _series(series: Series, px, py) -> str:
             f"<title>{escape(series.name)}</title></path>")
 
 
+LEGEND_SLOT = 220  # each entry its own slot, the label cut to fit: names of any length lay out alike
+LEGEND_CHARS = 30
+
+
 def _legend(series: list[Series], width: int) -> str:
-    out, x = [], LEFT + 8
-    for s in series:
-        label = escape(s.name)
+    out = []
+    for index, s in enumerate(series[: max(1, (width - LEFT) // LEGEND_SLOT)]):
+        x = LEFT + 8 + index * LEGEND_SLOT
+        name = s.name if len(s.name) <= LEGEND_CHARS else s.name[: LEGEND_CHARS - 1] + "\u2026"
         out.append(f'<rect x="{x}" y="6" width="12" height="4" fill="{s.color}"/>'
-                   f'<text class="legend" x="{x + 16}" y="12">{label}</text>')
-        x += 24 + 7 * len(s.name)
-        if x > width - 100:
-            break
+                   f'<text class="legend" x="{x + 16}" y="12">{escape(name)}</text>')
     return "".join(out)
