@@ -15,7 +15,7 @@ from helpers.browser import Dom
 from helpers.common import trainctl
 
 from trainer.config import Config
-from trainer.report import build, charts, curves
+from trainer.report import build, charts, curves, figures
 from trainer.report.downsample import minmax
 from trainer.report.page import text
 
@@ -167,3 +167,21 @@ def test_trainctl_report_refuses_a_bad_since_in_one_line(layout):
 def test_trainctl_report_to_a_missing_directory_is_one_line(layout, tmp_path):
     result = trainctl(layout.root, "report", "-o", str(tmp_path / "no" / "such" / "r.html"))
     assert result.returncode == 1 and "Traceback" not in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+# --- the life chart --------------------------------------------------------------------------
+
+def test_a_spike_survives_the_cached_reduction_of_many_items(layout):
+    report_base.build(layout, done=120, pending=0, failed=0, steps=50, days=10)
+    summaries, _ = curves.summaries(layout, {})
+    chart = figures.life(summaries, None)
+    assert max(y for _, y in chart.series[0].points) == report_base.SPIKE
+    assert len(chart.series[0].points) <= 2 * figures.LIFE_BUCKETS
+    assert len(chart.markers) == 120 and chart.series[1].dots, "item starts marked, evaluations as dots"
+
+
+def test_a_few_items_are_drawn_from_their_whole_curves(layout):
+    report_base.build(layout, done=3, pending=0, failed=0, steps=300, days=1)
+    dom = Dom(build.render(layout, Config()))
+    life = next(p["d"] for p in dom.tags("path") if "line" in p.get("class", ""))
+    assert life.count("L") == 3 * 300 - 1, "every step, not 16 buckets an item"

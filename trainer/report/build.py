@@ -13,6 +13,10 @@ from trainer.spool.fsutil import write_atomic
 from trainer.spool.layout import Layout
 
 RECENT_ITEM_CHARTS = 6
+# The life chart draws the items' whole curves (read again) when they are this few and this
+# small; beyond, each item's reduction kept in the cache (curves.py): the cost stays bounded.
+FULL_CURVE_ITEMS = 50
+FULL_CURVE_BYTES = 32 << 20
 PAGE_MODE = 0o640  # the daemon's group may read it (served or copied by any member), others not
 
 
@@ -30,17 +34,33 @@ def _recent_item_ids(data: dict, summaries: dict) -> list[tuple[str, str | None]
     return chosen
 
 
-def render(layout: Layout, config: Config, *, since: datetime | None = None,
-           now: clock.Reading | None = None, use_cache: bool = True) -> str:
-    """The page's HTML. Updates ``run/report-cache.json`` where it can (see ``curves``)."""
-    data = collect.collect(layout, config, since=since, now=now)
+def _charts(layout: Layout, data: dict, since: datetime | None, use_cache: bool) -> tuple:
+    """The life chart and the per-item charts; updates ``run/report-cache.json`` where it can."""
     cache = curves.load_cache(layout) if use_cache else {}
     summaries, changed = curves.summaries(layout, cache)
     if changed and use_cache:
         curves.save_cache(layout, summaries)
-    item_charts = [figures.item(f"{item_id} {name or ''}".rstrip(),
-                                curves.read_curve(layout, item_id))
+    read: dict[str, curves.ItemCurve] = {}
+
+    def curve(item_id: str) -> curves.ItemCurve:
+        if item_id not in read:
+            read[item_id] = curves.read_curve(layout, item_id)
+        return read[item_id]
+
+    item_charts = [figures.item(f"{item_id} {name or ''}".rstrip(), curve(item_id))
                    for item_id, name in _recent_item_ids(data, summaries)]
+    shown = figures.in_range(summaries, since)
+    if len(shown) <= FULL_CURVE_ITEMS and sum(_file_size(s) for _, s in shown) <= FULL_CURVE_BYTES:
+        for item_id, _ in shown:
+            curve(item_id)
+    return figures.life(summaries, since, read), item_charts
+
+
+def render(layout: Layout, config: Config, *, since: datetime | None = None,
+           now: clock.Reading | None = None, use_cache: bool = True) -> str:
+    """The page's HTML."""
+    data = collect.collect(layout, config, since=since, now=now)
+    life, item_charts = _charts(layout, data, since, use_cache)
     status = data["status"]
     header = (f"<h1>trainer report</h1><p class=\"muted\">{page.text(str(layout.root))} \u00b7 generated "
               f"{page.text(data['generated_at'])}" + (f" \u00b7 since {page.text(data['since'])}" if data["since"] else "")
@@ -49,7 +69,7 @@ def render(layout: Layout, config: Config, *, since: datetime | None = None,
         header,
         sections.daemon(status),
         sections.current_item(status),
-        sections.curves(figures.life(summaries, since), item_charts),
+        sections.curves(life, item_charts),
         sections.queue(data["queues"]),
         sections.failures(data["queues"], data["history"]),
         sections.versions(data["versions"]),
@@ -57,6 +77,11 @@ def render(layout: Layout, config: Config, *, since: datetime | None = None,
         sections.recent(data["history"]),
     ])
     return page.document("trainer report", body)
+
+
+def _file_size(summary: dict) -> int:
+    key = summary.get("key")
+    return key[0] if isinstance(key, list) and key and isinstance(key[0], int) else FULL_CURVE_BYTES + 1
 
 
 def default_path(layout: Layout) -> Path:

@@ -26,13 +26,20 @@ def _recent_enough(summary: dict, since: datetime | None) -> bool:
         return False
 
 
-def life(summaries: dict, since: datetime | None) -> Chart:
-    """Loss over the model's life: global step on x, every item's reduced curve, item starts
-    marked, holdout evaluations as dots."""
-    chosen = sorted(((item_id, s) for item_id, s in summaries.items()
-                     if isinstance(s.get("first"), (int, float)) and _recent_enough(s, since)),
-                    key=lambda pair: pair[1]["first"])
-    points = sorted((x, y) for _, s in chosen for x, y in _pairs(s.get("points")))
+def in_range(summaries: dict, since: datetime | None) -> list[tuple[str, dict]]:
+    """The items the life chart shows, in training order."""
+    return sorted(((item_id, s) for item_id, s in summaries.items()
+                   if isinstance(s.get("first"), (int, float)) and _recent_enough(s, since)),
+                  key=lambda pair: pair[1]["first"])
+
+
+def life(summaries: dict, since: datetime | None, full: dict[str, ItemCurve] | None = None) -> Chart:
+    """Loss over the model's life: global step on x, every item's curve (``full``: read whole,
+    else its reduction from the cache), item starts marked, holdout evaluations as dots."""
+    chosen = in_range(summaries, since)
+    full = full or {}
+    points = sorted((x, y) for item_id, s in chosen
+                    for x, y in (full[item_id].steps if item_id in full else _pairs(s.get("points"))))
     evals = sorted((x, y) for _, s in chosen for x, y in _pairs(s.get("evals")))
     step = max(1, math.ceil(len(chosen) / MAX_MARKERS))
     markers = [Marker(s["first"], f"{item_id} {s.get('name') or ''}".rstrip()) for item_id, s in chosen[::step]]
@@ -43,11 +50,16 @@ def life(summaries: dict, since: datetime | None) -> Chart:
     return Chart(title, "global step (a dashed line marks each item's start)", "loss", series, markers)
 
 
+_NUMBERS = (int, float)
+
+
 def _pairs(value: object) -> list[tuple[float, float]]:
+    """[x, y] pairs from the cache (anyone in the group could have damaged it: checked, cheaply,
+    since a year holds hundreds of thousands)."""
     if not isinstance(value, list):
         return []
-    return [(p[0], p[1]) for p in value if isinstance(p, list) and len(p) == 2
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in p)]
+    return [(p[0], p[1]) for p in value
+            if type(p) is list and len(p) == 2 and type(p[0]) in _NUMBERS and type(p[1]) in _NUMBERS]
 
 
 def item(title: str, curve: ItemCurve) -> Chart:
