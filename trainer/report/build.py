@@ -85,7 +85,7 @@ def _file_size(summary: dict) -> int:
 
 
 def default_path(layout: Layout) -> Path:
-    return layout.root / "report.html"
+    return layout.report_page
 
 
 def write(layout: Layout, html: str, dest: Path) -> None:

@@ -30,7 +30,6 @@ from trainer.spool.fsutil import write_atomic
 from trainer.spool.layout import Layout
 
 CACHE_VERSION = 1
-CACHE_NAME = "report-cache.json"
 
 
 @dataclass
@@ -115,7 +114,7 @@ def summarize(curve: ItemCurve, name: str | None) -> dict:
 
 
 def cache_path(layout: Layout) -> Path:
-    return layout.run / CACHE_NAME
+    return layout.report_cache
 
 
 def load_cache(layout: Layout) -> dict:

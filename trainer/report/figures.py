@@ -43,11 +43,12 @@ def life(summaries: dict, since: datetime | None, full: dict[str, ItemCurve] | N
     evals = sorted((x, y) for _, s in chosen for x, y in _pairs(s.get("evals")))
     step = max(1, math.ceil(len(chosen) / MAX_MARKERS))
     markers = [Marker(s["first"], f"{item_id} {s.get('name') or ''}".rstrip()) for item_id, s in chosen[::step]]
-    series = [Series("training loss (min/max per column)", LOSS, minmax(points, LIFE_BUCKETS))]
+    series = [Series("training loss", LOSS, minmax(points, LIFE_BUCKETS))]
     if evals:
         series.append(Series("holdout eval loss", EVAL, minmax(evals, LIFE_BUCKETS // 2), dots=True))
     title = "Loss over the model's life" + (f" ({len(chosen):,} items)" if chosen else "")
-    return Chart(title, "global step (a dashed line marks each item's start)", "loss", series, markers)
+    return Chart(title, "global step (a dashed line marks each item's start)", "loss (min and max per column)",
+                 series, markers)
 
 
 _NUMBERS = (int, float)

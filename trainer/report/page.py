@@ -73,10 +73,11 @@ def duration(seconds: object) -> str:
 def table(headers: list[str], rows: list[list[str]], numeric: set[int] = frozenset(), cls: str = "") -> str:
     """``rows`` hold markup already escaped (``text``...); headers are ours."""
     head = "".join(f"<th>{escape(h)}</th>" for h in headers)
+    head = f"<thead><tr>{head}</tr></thead>" if any(headers) else ""  # a key/value table has no header
     body = "".join("<tr>" + "".join(f'<td class="n">{c}</td>' if i in numeric else f"<td>{c}</td>"
                                     for i, c in enumerate(row)) + "</tr>" for row in rows)
     attr = f' class="{cls}"' if cls else ""
-    return f"<table{attr}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f"<table{attr}>{head}<tbody>{body}</tbody></table>"
 
 
 def more(total: int, shown: int) -> str:

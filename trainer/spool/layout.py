@@ -12,6 +12,7 @@
       run/                daemon.json (the daemon's state), daemon.lock, spool.lock
       events/YYYY-MM.jsonl  append-only event log, one segment per UTC month
       events/v1/YYYY-MM.jsonl  format 1's single events.jsonl, split by month on upgrade
+      report.html         the report page (trainctl report; the daemon's copy if configured)
 
 Each item is a directory ``ID/`` holding ``data.jsonl`` (the queued copy) and
 ``meta.json``. The directory an item is in is its state; every state change is one rename.
@@ -96,6 +97,16 @@ class Layout:
     def housekeeping(self) -> Path:
         """When the last snapshot and consolidation happened (the daemon's own record)."""
         return self.run / "housekeeping.json"
+
+    @property
+    def report_page(self) -> Path:
+        """The report page (``trainctl report``, or the daemon's copy with ``[report] every_minutes``)."""
+        return self.root / "report.html"
+
+    @property
+    def report_cache(self) -> Path:
+        """Each item's metrics reduced for the report's charts (display only: rebuilt if lost)."""
+        return self.run / "report-cache.json"
 
     @property
     def daemon_lock(self) -> Path:
