@@ -15,7 +15,7 @@ from ctl.cli import cli
 import trainer.spool.queue, trainer.intake.inbox, trainer.spool.sweep, trainer.spool.status, trainer.spool.control, trainer.spool.lock
 import trainer.daemon.service, trainer.demo.run, trainer.demo.sample_data
 commands = [["init", "--demo"], ["enqueue", sys.argv[2]], ["status", "--json"], ["list", "--all"],
-            ["history"], ["pause"], ["resume"], ["wait", "--idle", "--timeout", "0"]]
+            ["history"], ["pause"], ["resume"], ["wait", "--idle", "--timeout", "0"], ["report"]]
 for args in commands:
     try:
         cli.main(["--base-dir", sys.argv[1], *args], standalone_mode=False)

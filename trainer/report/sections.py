@@ -6,6 +6,7 @@ from trainer.report import figures
 from trainer.report.page import chart, duration, more, section, size, table, text
 
 NUMERIC_EVAL_KEYS = ("loss", "perplexity", "token_accuracy", "tokens", "records")
+LINEAGE_ROWS = 50  # items listed per version (all of them are in its trainer_version.json)
 
 
 def daemon(status: dict) -> str:
@@ -148,7 +149,8 @@ def _lineage(found: list[dict]) -> str:
             continue
         items = [i for i in lineage.get("items") or [] if isinstance(i, dict)]
         rows = [[text(i.get("id")), text(i.get("name")), text(i.get("records")), text(i.get("tokens")),
-                 text(i.get("first_step")), text(i.get("last_step")), text(i.get("sha256"))] for i in items]
+                 text(i.get("first_step")), text(i.get("last_step")), text(i.get("sha256"))]
+                for i in items[-LINEAGE_ROWS:]]
         steps = lineage.get("steps")
         summary = (f"{text(v['name'])}: from {text(v['meta'].get('parent'))}, {len(items):,} items, steps "
                    f"{text(steps[0] if isinstance(steps, list) and steps else None)}\u2013"
@@ -156,10 +158,19 @@ def _lineage(found: list[dict]) -> str:
         parts.append(f"<details><summary>{summary}</summary><p>base {text(lineage.get('base'))}, config "
                      f"{text(lineage.get('config_hash'))}</p>"
                      + table(["id", "name", "records", "tokens", "first step", "last step", "sha256"], rows,
-                             {2, 3, 4, 5}, cls="lineage") + "</details>")
+                             {2, 3, 4, 5}, cls="lineage")
+                     + _more_lineage(len(items), v) + "</details>")
     if not parts:
         return '<h3>Lineage</h3><p class="muted">no lineage recorded for these versions</p>'
     return "<h3>Lineage</h3>" + "".join(parts)
+
+
+def _more_lineage(total: int, version: dict) -> str:
+    if total <= LINEAGE_ROWS:
+        return ""
+    where = "models/.candidates" if version["where"] == "candidate" else "models"
+    return (f'<p class="muted">the last {LINEAGE_ROWS} of {total:,} items; every one is in '
+            f'{where}/{text(version["name"])}/trainer_version.json</p>')
 
 
 def disk(status: dict, use: list[dict]) -> str:
