@@ -118,14 +118,14 @@ def test_metric_lines_of_unknown_kinds_or_torn_are_skipped():
 def test_the_cache_is_used_for_unchanged_metrics_and_refreshed_for_changed_ones(layout):
     ids = report_base.build(layout, done=3, pending=0, failed=0, steps=10, days=1)
     first = build.render(layout, Config())
-    cached = curves.load_cache(layout)
+    cached = curves.load_cache(layout)["items"]
     assert set(cached) == set(ids["done"])
     # A changed file (the active item's, growing) is read again; the others come from the cache.
     grown = curves.metrics_dir(layout) / f"{ids['done'][0]}.jsonl"
     with open(grown, "ab") as fh:
         fh.write(b'{"step": 11, "global_step": 100000, "loss": 7.0}\n')
     build.render(layout, Config())
-    assert curves.load_cache(layout)[ids["done"][0]]["last"] == 100000
+    assert curves.load_cache(layout)["items"][ids["done"][0]]["last"] == 100000
     # Without a cache (or with a damaged one) the page is the same.
     curves.cache_path(layout).write_bytes(b"garbage")
     again = build.render(layout, Config())
@@ -136,7 +136,7 @@ def test_the_cache_is_used_for_unchanged_metrics_and_refreshed_for_changed_ones(
 def _without_times(html: str) -> str:
     import re
 
-    return re.sub(r"generated [^<]*|\d+m\d\ds|\d+h\d\dm", "", html)
+    return re.sub(r"\d{4}-\d\d-\d\dT[\d:.]+\+00:00|\d+m\d\ds|\d+h\d\dm", "", html)  # times of reading
 
 
 # --- trainctl report -------------------------------------------------------------------------
@@ -185,3 +185,18 @@ def test_a_few_items_are_drawn_from_their_whole_curves(layout):
     dom = Dom(build.render(layout, Config()))
     life = next(p["d"] for p in dom.tags("path") if "line" in p.get("class", ""))
     assert life.count("L") == 3 * 300 - 1, "every step, not 16 buckets an item"
+
+
+def test_disk_use_is_walked_again_only_when_its_figures_are_ten_minutes_old(layout):
+    from dataclasses import replace
+
+    from trainer import clock
+
+    start = clock.read()
+    first = Dom(build.render(layout, Config(), now=start)).table_text("disk")
+    (layout.root / "checkpoints").mkdir()
+    (layout.root / "checkpoints" / "big").write_bytes(b"x" * (3 << 20))
+    soon = Dom(build.render(layout, Config(), now=replace(start, monotonic=start.monotonic + 60))).table_text("disk")
+    later = Dom(build.render(layout, Config(), now=replace(start, monotonic=start.monotonic + 601))).table_text("disk")
+    assert "checkpoints\n0 B" in first and "checkpoints\n0 B" in soon
+    assert "checkpoints\n3.0 MiB" in later

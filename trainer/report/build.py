@@ -34,12 +34,8 @@ def _recent_item_ids(data: dict, summaries: dict) -> list[tuple[str, str | None]
     return chosen
 
 
-def _charts(layout: Layout, data: dict, since: datetime | None, use_cache: bool) -> tuple:
-    """The life chart and the per-item charts; updates ``run/report-cache.json`` where it can."""
-    cache = curves.load_cache(layout) if use_cache else {}
-    summaries, changed = curves.summaries(layout, cache)
-    if changed and use_cache:
-        curves.save_cache(layout, summaries)
+def _charts(layout: Layout, data: dict, since: datetime | None, summaries: dict) -> tuple:
+    """The life chart and the per-item charts."""
     read: dict[str, curves.ItemCurve] = {}
 
     def curve(item_id: str) -> curves.ItemCurve:
@@ -58,9 +54,15 @@ def _charts(layout: Layout, data: dict, since: datetime | None, use_cache: bool)
 
 def render(layout: Layout, config: Config, *, since: datetime | None = None,
            now: clock.Reading | None = None, use_cache: bool = True) -> str:
-    """The page's HTML."""
-    data = collect.collect(layout, config, since=since, now=now)
-    life, item_charts = _charts(layout, data, since, use_cache)
+    """The page's HTML. Updates ``run/report-cache.json`` where it can (``curves``)."""
+    reading = now or clock.read()
+    data = collect.collect(layout, config, since=since, now=reading)
+    cache = curves.load_cache(layout) if use_cache else {"items": {}}
+    summaries, items_changed = curves.summaries(layout, cache["items"])
+    disk_use, disk_changed = collect.disk_use_cached(layout, cache.get("disk_use"), reading)
+    if use_cache and (items_changed or disk_changed):
+        curves.save_cache(layout, {"items": summaries, "disk_use": disk_use})
+    life, item_charts = _charts(layout, data, since, summaries)
     status = data["status"]
     header = (f"<h1>trainer report</h1><p class=\"muted\">{page.text(str(layout.root))} \u00b7 generated "
               f"{page.text(data['generated_at'])}" + (f" \u00b7 since {page.text(data['since'])}" if data["since"] else "")
@@ -73,7 +75,7 @@ def render(layout: Layout, config: Config, *, since: datetime | None = None,
         sections.queue(data["queues"]),
         sections.failures(data["queues"], data["history"]),
         sections.versions(data["versions"]),
-        sections.disk(status, data["disk_use"]),
+        sections.disk(status, disk_use),
         sections.recent(data["history"]),
     ])
     return page.document("trainer report", body)

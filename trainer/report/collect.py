@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import re
 import stat
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import orjson
@@ -31,6 +31,8 @@ QUEUE_ROWS = 100  # per priority
 RECENT_DONE = 100
 FAILURE_ROWS = 50
 EVENT_ROWS = 30
+FAILURE_DAYS = 30  # failure events shown without --since
+DISK_USE_MAX_AGE_S = 600  # disk use is walked again when its figures are older than this
 FAILURE_EVENTS = {"failed", "rejected", "skipped", "held_back", "discarded"}
 VERSION_FILE = "trainer_version.json"  # trainer.train.releases.VERSION_FILE (torch-side: not imported)
 VERSION_LIMIT = 64 << 20
@@ -81,13 +83,16 @@ def queues(layout: Layout) -> dict:
     return result
 
 
-def recent_events(layout: Layout, since: datetime | None) -> dict:
-    """The last events, and the last failures (failed, rejected, skipped, held back...) with
-    their reasons; read once, from ``since`` (default: the whole log)."""
-    log = events.read(layout, since=since)
+def recent_events(layout: Layout, since: datetime | None, now: datetime) -> dict:
+    """The last events (read backwards from the end of the log), and the failures (failed,
+    rejected, skipped, held back...) with their reasons since ``since``, by default over the
+    last ``FAILURE_DAYS`` days: only the monthly segments that can hold them are read."""
+    last = events.read(layout, since=since, last=EVENT_ROWS)
+    window = since or now - timedelta(days=FAILURE_DAYS)
+    log = events.read(layout, since=window)
     failures = [e for e in log.events if e.get("event") in FAILURE_EVENTS]
-    return {"events": log.events[-EVENT_ROWS:], "failures": failures[-FAILURE_ROWS:],
-            "failure_total": len(failures), "unreadable_lines": log.unreadable_lines}
+    return {"events": last.events, "failures": failures[-FAILURE_ROWS:], "failure_total": len(failures),
+            "failure_since": iso(window), "unreadable_lines": log.unreadable_lines + last.unreadable_lines}
 
 
 def _read_version(directory: Path) -> tuple[dict, str | None]:
@@ -155,6 +160,18 @@ def disk_use(layout: Layout) -> list[dict]:
     return [{"what": what, "bytes": sum(_tree_bytes(p, seen) for p in paths)} for what, paths in places]
 
 
+def disk_use_cached(layout: Layout, cached: object, now: clock.Reading) -> tuple[dict, bool]:
+    """Disk use, walked again only when the cached figures are older than
+    ``DISK_USE_MAX_AGE_S`` (on the monotonic clock, across processes: ``clock.elapsed``): a
+    walk of 10,000 item directories is most of a report's time. Returns the figures (with
+    when they were taken) and whether they are new."""
+    if isinstance(cached, dict) and isinstance(cached.get("places"), list):
+        age = clock.elapsed(cached.get("stamp"), now)
+        if age is not None and age <= DISK_USE_MAX_AGE_S:
+            return cached, False
+    return {"places": disk_use(layout), "at": iso(now.wall), "stamp": clock.stamp(now)}, True
+
+
 def _tree_bytes(path: Path, seen: set[tuple[int, int]]) -> int:
     total = 0
     stack = [path]
@@ -178,9 +195,8 @@ def _tree_bytes(path: Path, seen: set[tuple[int, int]]) -> int:
 
 def collect(layout: Layout, config: Config, *, since: datetime | None = None,
             now: clock.Reading | None = None) -> dict:
-    """Everything but the curves (``curves.py``), as plain data."""
+    """Everything but the curves (``curves.py``) and disk use (cached), as plain data."""
     reading = now or clock.read()
     return {"generated_at": iso(reading.wall), "since": iso(since) if since else None,
             "status": status.collect(layout, config, reading), "queues": queues(layout),
-            "history": recent_events(layout, since), "versions": versions(layout, since),
-            "disk_use": disk_use(layout)}
+            "history": recent_events(layout, since, reading.wall), "versions": versions(layout, since)}

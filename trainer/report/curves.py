@@ -125,19 +125,21 @@ def cache_path(layout: Layout) -> Path:
 
 
 def load_cache(layout: Layout) -> dict:
+    """The cache: ``items`` (id -> summary) and ``disk_use`` (see ``collect.disk_use_cached``);
+    empty if missing, damaged or of another version."""
     try:
         data = orjson.loads(cache_path(layout).read_bytes())
     except (OSError, orjson.JSONDecodeError):
-        return {}
+        return {"items": {}}
     if not isinstance(data, dict) or data.get("version") != CACHE_VERSION or not isinstance(data.get("items"), dict):
-        return {}
-    return data["items"]
+        return {"items": {}}
+    return data
 
 
-def save_cache(layout: Layout, items: dict) -> None:
+def save_cache(layout: Layout, cache: dict) -> None:
     """Display-only: a refused write (full disk, no permission) leaves the old cache."""
     with contextlib.suppress(OSError):
-        write_atomic(layout.tmp, cache_path(layout), orjson.dumps({"version": CACHE_VERSION, "items": items}),
+        write_atomic(layout.tmp, cache_path(layout), orjson.dumps({**cache, "version": CACHE_VERSION}),
                      durable=False)
 
 

@@ -38,9 +38,13 @@ def life(summaries: dict, since: datetime | None, full: dict[str, ItemCurve] | N
     else its reduction from the cache), item starts marked, holdout evaluations as dots."""
     chosen = in_range(summaries, since)
     full = full or {}
-    points = sorted((x, y) for item_id, s in chosen
-                    for x, y in (full[item_id].steps if item_id in full else _pairs(s.get("points"))))
-    evals = sorted((x, y) for _, s in chosen for x, y in _pairs(s.get("evals")))
+    points: list[tuple[float, float]] = []
+    evals: list[tuple[float, float]] = []
+    for item_id, s in chosen:
+        points.extend(full[item_id].steps if item_id in full else _pairs(s.get("points")))
+        evals.extend(_pairs(s.get("evals")))
+    points.sort()  # nearly sorted already (items in training order): a redone step can repeat one
+    evals.sort()
     step = max(1, math.ceil(len(chosen) / MAX_MARKERS))
     markers = [Marker(s["first"], f"{item_id} {s.get('name') or ''}".rstrip()) for item_id, s in chosen[::step]]
     series = [Series("training loss", LOSS, minmax(points, LIFE_BUCKETS))]

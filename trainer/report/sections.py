@@ -95,7 +95,8 @@ def failures(queues: dict, history: dict) -> str:
         parts.append(table([*HEADERS, "last error"], _item_rows(list(reversed(failed["rows"])), True), {2, 4},
                            cls="failed"))
     shown = history["failures"]
-    parts.append(f"<h3>recent failure events ({history['failure_total']:,})</h3>")
+    parts.append(f"<h3>failure events since {text(history['failure_since'])} ({history['failure_total']:,}; "
+                 f"the last {len(shown):,})</h3>")
     rows = [[text(e.get("t")), text(e.get("event")), text(e.get("id")), text(e.get("kind")),
              text(e.get("reason") or e.get("message"))] for e in reversed(shown)]
     if rows:
@@ -173,11 +174,13 @@ def _more_lineage(total: int, version: dict) -> str:
             f'{where}/{text(version["name"])}/trainer_version.json</p>')
 
 
-def disk(status: dict, use: list[dict]) -> str:
-    rows = [[text(u["what"]), size(u["bytes"])] for u in use]
+def disk(status: dict, use: dict) -> str:
+    rows = [[text(u.get("what")), size(u.get("bytes"))] for u in use["places"] if isinstance(u, dict)]
     d = status.get("disk") or {}
     rows.append(["free on the filesystem", f"{size(d.get('free_bytes'))} of {size(d.get('total_bytes'))}"])
-    return section("disk", "Disk use", table(["what", "on disk"], rows, {1}))
+    note = (f'<p class="muted">measured {text(use.get("at"))} (walked again after 10 minutes); a file '
+            f"hard-linked into several places is counted once, in the first</p>")
+    return section("disk", "Disk use", table(["what", "on disk"], rows, {1}, cls="disk") + note)
 
 
 def recent(history: dict) -> str:
