@@ -61,7 +61,8 @@ def rows_with(png: bytes, rgb: tuple[int, int, int], tolerance: int = 40) -> lis
     found = []
     for y, row in enumerate(rows):
         for i in range(0, width * bpp, bpp):
-            if abs(row[i] - r0) <= tolerance and abs(row[i + 1] - g0) <= tolerance and abs(row[i + 2] - b0) <= tolerance:
+            r, g, b = row[i], row[i + 1], row[i + 2]
+            if abs(r - r0) <= tolerance and abs(g - g0) <= tolerance and abs(b - b0) <= tolerance:
                 found.append(y)
                 break
     return found

@@ -40,8 +40,8 @@ def base_with(tmp_path, every_minutes: float):
 
 
 def started(layout, clock) -> Daemon:
-    daemon = Daemon(layout, load_config(layout.config_file), engine_factory=lambda root, config: FakeEngine(root, config),
-                    clock=clock)
+    daemon = Daemon(layout, load_config(layout.config_file), clock=clock,
+                    engine_factory=lambda root, config: FakeEngine(root, config))
     daemon.start()
     return daemon
 

@@ -110,7 +110,8 @@ def test_versions_without_eval_or_lineage_and_damaged_metadata_still_render(layo
 
 def test_metric_lines_of_unknown_kinds_or_torn_are_skipped():
     raw = (b'{"step": 1, "global_step": 1, "loss": 2.0, "t": "x"}\n{"kind": "eval", "step": 1, "eval_loss": 1.5}\n'
-           b'{"kind": "future", "step": 9, "loss": 99}\n{"step": 2, "glob\n{"step": 3, "global_step": 3, "loss": 1.0}\n')
+           b'{"kind": "future", "step": 9, "loss": 99}\n{"step": 2, "glob\n'
+           b'{"step": 3, "global_step": 3, "loss": 1.0}\n')
     curve = curves.parse_lines(raw)
     assert curve.steps == [(1.0, 2.0), (3.0, 1.0)] and curve.evals == [(1.0, 1.5)]
 

@@ -64,9 +64,9 @@ def render(layout: Layout, config: Config, *, since: datetime | None = None,
         curves.save_cache(layout, {"items": summaries, "disk_use": disk_use})
     life, item_charts = _charts(layout, data, since, summaries)
     status = data["status"]
+    since_note = f" \u00b7 since {page.text(data['since'])}" if data["since"] else ""
     header = (f"<h1>trainer report</h1><p class=\"muted\">{page.text(str(layout.root))} \u00b7 generated "
-              f"{page.text(data['generated_at'])}" + (f" \u00b7 since {page.text(data['since'])}" if data["since"] else "")
-              + "</p>")
+              f"{page.text(data['generated_at'])}{since_note}</p>")
     body = "".join([
         header,
         sections.daemon(status),

@@ -114,8 +114,8 @@ def _axes(chart: Chart, x_low, x_high, y_low, y_high, px, py, width, height) -> 
     bottom = height - BOTTOM
     out = [f'<path class="axis" d="M{LEFT},{TOP}V{bottom}H{width - RIGHT}"/>']
     for y in nice_ticks(y_low, y_high):
-        out.append(f'<path class="grid" d="M{LEFT},{py(y):.1f}H{width - RIGHT}"/>'
-                   f'<text class="tick" x="{LEFT - 6}" y="{py(y) + 4:.1f}" text-anchor="end">{escape(number(y))}</text>')
+        out.append(f'<path class="grid" d="M{LEFT},{py(y):.1f}H{width - RIGHT}"/><text class="tick" '
+                   f'x="{LEFT - 6}" y="{py(y) + 4:.1f}" text-anchor="end">{escape(number(y))}</text>')
     ticks = chart.x_ticks if chart.x_ticks is not None else [(x, number(x)) for x in nice_ticks(x_low, x_high, 8)]
     for x, label in ticks:
         out.append(f'<text class="tick" x="{px(x):.1f}" y="{bottom + 16}" text-anchor="middle">{escape(label)}</text>')

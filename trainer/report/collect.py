@@ -148,12 +148,13 @@ def disk_use(layout: Layout) -> list[dict]:
     weights are a link to a checkpoint's) is counted once, in the first place listed."""
     root = layout.root
     models = root / "models"
+    queued = [root / "pending", *(layout.state_dir(s) for s in ItemState if s is not ItemState.PENDING)]
     places = [("checkpoints", [root / "checkpoints"]),
               ("versions", [models / n for n in _version_names(models)]),
               ("candidates", [models / ".candidates"]),
               ("snapshots", [root / "snapshots"]),
               ("base model", [models / "base"]),
-              ("queued data", [root / "pending", *(layout.state_dir(s) for s in ItemState if s is not ItemState.PENDING)]),
+              ("queued data", queued),
               ("metrics", [root / "metrics"]),
               ("event log", [layout.events_dir])]
     seen: set[tuple[int, int]] = set()

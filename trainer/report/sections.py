@@ -17,7 +17,7 @@ def daemon(status: dict) -> str:
             ["state", text(d.get("state") or (f"last said {d['last_state']}" if d.get("last_state") else None))],
             ["reason", text(d.get("reason") or d.get("state_problem"))],
             ["pid", text(d.get("pid"))],
-            ["heartbeat age", text(duration(d.get("heartbeat_age_s")) if d.get("heartbeat_age_s") is not None else None)],
+            ["heartbeat age", duration(d.get("heartbeat_age_s"))],
             ["paused", text(status.get("pause_reason") or "yes") if status.get("paused") else "no"],
             ["requests pending", text(", ".join(status.get("requests") or []) or None)],
             ["last checkpoint", text(_checkpoint(status.get("last_checkpoint")))],
