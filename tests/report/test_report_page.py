@@ -18,6 +18,7 @@ from trainer.config import Config
 from trainer.report import build, charts, curves, figures
 from trainer.report.downsample import minmax
 from trainer.report.page import text
+from trainer.states import ItemState
 
 
 # --- the downsampler -------------------------------------------------------------------------
@@ -201,3 +202,14 @@ def test_disk_use_is_walked_again_only_when_its_figures_are_ten_minutes_old(layo
     later = Dom(build.render(layout, Config(), now=replace(start, monotonic=start.monotonic + 601))).table_text("disk")
     assert "checkpoints\n0 B" in first and "checkpoints\n0 B" in soon
     assert "checkpoints\n3.0 MiB" in later
+
+
+def test_a_fifo_put_in_place_of_the_files_the_report_reads_never_blocks_it(layout):
+    report_base.build(layout, done=2, pending=0, failed=0, steps=5, days=1)
+    done = sorted(p.name for p in layout.state_dir(ItemState.DONE).iterdir())
+    for path in (layout.root / "models" / "LATEST", curves.cache_path(layout),
+                 curves.metrics_dir(layout) / f"{done[0]}.jsonl"):
+        path.unlink(missing_ok=True)
+        os.mkfifo(path)
+    html = build.render(layout, Config())  # would hang on a fifo opened for reading without O_NONBLOCK
+    assert done[1] in html

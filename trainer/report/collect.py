@@ -120,7 +120,7 @@ def versions(layout: Layout, since: datetime | None) -> list[dict]:
     each with its metadata as written (keys may be missing) and where it lives."""
     models = layout.root / "models"
     try:
-        latest = (models / "LATEST").read_text().strip()
+        latest = read_regular(models / "LATEST", 256).decode().strip()
     except (OSError, UnicodeDecodeError):
         latest = None
     found = []

@@ -26,10 +26,11 @@ import orjson
 from trainer.ids import is_id
 from trainer.report.downsample import ITEM_BUCKETS, minmax
 from trainer.spool import queue
-from trainer.spool.fsutil import write_atomic
+from trainer.spool.fsutil import read_regular, write_atomic
 from trainer.spool.layout import Layout
 
 CACHE_VERSION = 1
+CACHE_LIMIT = 1 << 30  # far above 10,000 items' ~5 MB; a fifo or device in its place is never read
 
 
 @dataclass
@@ -128,7 +129,7 @@ def load_cache(layout: Layout) -> dict:
     """The cache: ``items`` (id -> summary) and ``disk_use`` (see ``collect.disk_use_cached``);
     empty if missing, damaged or of another version."""
     try:
-        data = orjson.loads(cache_path(layout).read_bytes())
+        data = orjson.loads(read_regular(cache_path(layout), CACHE_LIMIT))
     except (OSError, orjson.JSONDecodeError):
         return {"items": {}}
     if not isinstance(data, dict) or data.get("version") != CACHE_VERSION or not isinstance(data.get("items"), dict):
