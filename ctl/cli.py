@@ -56,6 +56,7 @@ COMMANDS = {
     "history": "history:history",
     "logs": "logs:logs",
     "plot": "plot:plot",
+    "report": "report:report",
     "install-unit": "setup:install_unit",
 }
 

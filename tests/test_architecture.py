@@ -15,9 +15,10 @@ MAY_IMPORT = {
     "trainer.spool": set(),
     "trainer.intake": {"trainer.spool"},
     "trainer.demo": {"trainer.spool"},
-    "trainer.daemon": {"trainer.spool", "trainer.intake", "trainer.train.protocol", "trainer.train.engine"},
+    "trainer.report": {"trainer.spool"},
+    "trainer.daemon": {"trainer.spool", "trainer.intake", "trainer.train.protocol", "trainer.train.engine", "trainer.report"},
     "trainer.train": {"trainer.spool", "trainer.intake", "trainer.demo"},
-    "ctl": {"trainer.spool", "trainer.intake", "trainer.daemon.units", "trainer.demo"},
+    "ctl": {"trainer.spool", "trainer.intake", "trainer.daemon.units", "trainer.demo", "trainer.report"},
 }
 HEAVY = ("torch", "transformers", "safetensors", "peft", "numpy")
 

@@ -16,7 +16,7 @@ import trainer.spool.queue, trainer.intake.inbox, trainer.spool.sweep, trainer.s
 import trainer.daemon.service, trainer.daemon.main, trainer.daemon.sinks, trainer.daemon.prometheus
 import trainer.demo.run, trainer.demo.sample_data
 commands = [["init", "--demo"], ["enqueue", sys.argv[2]], ["status", "--json"], ["list", "--all"],
-            ["history"], ["pause"], ["resume"], ["wait", "--idle", "--timeout", "0"], ["logs"], ["plot", "--all"]]
+            ["history"], ["pause"], ["resume"], ["wait", "--idle", "--timeout", "0"], ["logs"], ["plot", "--all"], ["report"]]
 for args in commands:
     try:
         cli.main(["--base-dir", sys.argv[1], *args], standalone_mode=False)

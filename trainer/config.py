@@ -198,6 +198,16 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ReportConfig:
+    """[report]: the HTML page of the trainer's state (`trainctl report`)."""
+
+    every_minutes: float = _setting(
+        0.0, "Keep BASE_DIR/report.html current: the daemon rewrites it at most this often, when idle and "
+             "between optimizer steps (atomically, readable by the daemon's group; a failed write is logged "
+             "and changes nothing else). 0: only `trainctl report` writes it.", minimum=0)
+
+
+@dataclass(frozen=True, kw_only=True)
 class Config:
     spool: SpoolConfig = field(default_factory=SpoolConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
@@ -208,6 +218,7 @@ class Config:
     consolidate: ConsolidateConfig = field(default_factory=ConsolidateConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
 
 
 SECTIONS: dict[str, type] = {f.name: f.default_factory for f in dataclasses.fields(Config)}  # type: ignore[misc]

@@ -13,6 +13,7 @@
       events/YYYY-MM.jsonl  append-only event log, one segment per UTC month
       events/v1/YYYY-MM.jsonl  format 1's single events.jsonl, split by month on upgrade
       logs/trainer.log[.N]  the daemon's log when it runs outside systemd (rotated by size)
+      report.html         the report page (trainctl report; the daemon's copy if configured)
 
 Each item is a directory ``ID/`` holding ``data.jsonl`` (the queued copy) and
 ``meta.json``. The directory an item is in is its state; every state change is one rename.
@@ -111,6 +112,16 @@ class Layout:
     def log_file(self) -> Path:
         """The daemon's log outside systemd; rotated to ``trainer.log.1``, ``.2``..."""
         return self.logs_dir / "trainer.log"
+
+    @property
+    def report_page(self) -> Path:
+        """The report page (``trainctl report``, or the daemon's copy with ``[report] every_minutes``)."""
+        return self.root / "report.html"
+
+    @property
+    def report_cache(self) -> Path:
+        """Each item's metrics reduced for the report's charts (display only: rebuilt if lost)."""
+        return self.run / "report-cache.json"
 
     @property
     def daemon_lock(self) -> Path:
