@@ -28,6 +28,7 @@ from trainer.errors import (
     NoSuchItem,
     NotABaseDir,
     TrainerError,
+    UnknownVersion,
     WrongState,
 )
 from trainer.exitcodes import ExitCode
@@ -56,6 +57,9 @@ COMMANDS = {
     "history": "history:history",
     "logs": "history:logs",
     "install-unit": "setup:install_unit",
+    "eval": "evaluate:eval_",
+    "promote": "evaluate:promote",
+    "discard": "evaluate:discard",
 }
 
 
@@ -91,6 +95,7 @@ def cli(ctx: click.Context, base_dir: Path, config_path: Path | None) -> None:
 
 EXIT_FOR_ERROR = {
     NoSuchItem: ExitCode.NO_SUCH_ITEM,
+    UnknownVersion: ExitCode.NO_SUCH_ITEM,
     InvalidData: ExitCode.DATA_INVALID,
     ConfigError: ExitCode.CONFIG,
     NotABaseDir: ExitCode.CONFIG,

@@ -12,6 +12,8 @@
       run/                daemon.json (the daemon's state), daemon.lock, spool.lock
       events/YYYY-MM.jsonl  append-only event log, one segment per UTC month
       events/v1/YYYY-MM.jsonl  format 1's single events.jsonl, split by month on upgrade
+      eval/NAME.jsonl     named eval sets; eval/prompts.jsonl: sample prompts (docs/training.md)
+      models/vNNN/ LATEST  published versions; models/.candidates/vNNN/: held back by the gate
 
 Each item is a directory ``ID/`` holding ``data.jsonl`` (the queued copy) and
 ``meta.json``. The directory an item is in is its state; every state change is one rename.
@@ -87,6 +89,16 @@ class Layout:
     def old_events(self) -> Path:
         """Format 1's single event log; gone once the daemon has upgraded the base dir."""
         return self.root / "events.jsonl"
+
+    @property
+    def eval_dir(self) -> Path:
+        """Named eval sets (``NAME.jsonl``) and sample prompts (``prompts.jsonl``), dropped by people."""
+        return self.root / "eval"
+
+    @property
+    def models(self) -> Path:
+        """Published versions (``vNNN/``, ``LATEST``) and held-back ones (``.candidates/vNNN/``)."""
+        return self.root / "models"
 
     @property
     def daemon_state(self) -> Path:
@@ -223,7 +235,7 @@ def init_base(root: Path, config_text: str, *, config_link: Path | None = None) 
         # anyone could then replace inbox/ or events/. Whatever else the umask allows
         # stays (readable by all, so that trainctl can name a refusal by its path).
         os.chmod(layout.root, stat.S_IMODE(os.stat(layout.root).st_mode) & ~0o002)
-    for path in (layout.root / "pending", *layout.spool_dirs(), layout.events_dir):
+    for path in (layout.root / "pending", *layout.spool_dirs(), layout.events_dir, layout.eval_dir):
         _make_dir(path)
     # Shared by every group member: made here with the group's mode, not by whoever comes first
     # with whatever umask they have. (Event segments get theirs from their first appender.)

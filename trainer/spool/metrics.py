@@ -1,4 +1,5 @@
-"""Per-item training figures, ``metrics/ID.jsonl``: one JSON object per optimizer step.
+"""Per-item training figures, ``metrics/ID.jsonl``: one JSON object per optimizer step, and
+lines with a "kind" ("eval": the item's held-out evaluation at its end).
 
 The engine appends them whole or not at all (``fsutil.append_line``); a crash or a disk
 filled before that rule could still have left a torn line. Read here without torch, the way
@@ -21,6 +22,7 @@ class MetricsLog:
 
     steps: list[dict] = field(default_factory=list)
     unreadable_lines: int = 0
+    evals: list[dict] = field(default_factory=list)  # "kind": "eval" lines (held-out evaluations)
 
 
 def path(layout: Layout, item_id: str) -> Path:
@@ -40,6 +42,10 @@ def read(layout: Layout, item_id: str) -> MetricsLog:
             record = orjson.loads(line)
         except orjson.JSONDecodeError:
             record = None
+        if isinstance(record, dict) and "kind" in record:
+            if record["kind"] == "eval":
+                log.evals.append(record)
+            continue  # a kind this reader does not know (a later release's): not a step
         if isinstance(record, dict) and isinstance(record.get("step"), int):
             log.steps.append(record)
         else:

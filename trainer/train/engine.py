@@ -28,7 +28,7 @@ from trainer.errors import DiskUnwritable, ItemFailed
 from trainer.spool.fsutil import append_line, disk_refusal
 from trainer.train import model as model_io
 from trainer.train.checkpoint import Checkpoint, CheckpointStore
-from trainer.train.data import Cursor, RowStream, survey
+from trainer.train.data import Cursor, HeldOut, RowStream, survey
 from trainer.train.examples import RecordEncoder
 from trainer.train.loss import forward_packed, summed_loss
 from trainer.train.packing import Row
@@ -68,6 +68,7 @@ class Engine:
         self._step_time: float | None = None
         self._process = psutil.Process()
         self.metrics_dir = base / "metrics"
+        self.base_eval_cache: dict[str, dict] = {}  # the base model's eval numbers by set (never change)
         # Called with the estimated size before every save; the daemon blocks there until the
         # disk has room (or raises to give up). The default does nothing.
         self.space_guard: Callable[[int], None] = lambda estimate: None
@@ -153,9 +154,14 @@ class Engine:
         return releases.snapshot(self, directory, day, keep_days=keep_days)
 
     def consolidate(self, directory: Path, *, keep_versions: int):
-        from trainer.train import releases
+        """The next version, evaluated first: one the regression gate refuses is published
+        into ``models/.candidates/`` instead (the returned path says which)."""
+        from trainer.train import release_eval, releases
 
-        return releases.consolidate(self, directory, keep_versions=keep_versions)
+        evaluation = release_eval.at_consolidation(self, directory) if self.config.eval.enabled else None
+        held_back = evaluation is not None and not evaluation["gate"]["passed"]
+        return releases.consolidate(self, directory, keep_versions=keep_versions,
+                                    extra={"eval": evaluation} if evaluation else None, held_back=held_back)
 
     def memory(self) -> dict:
         gpu = None
@@ -268,9 +274,18 @@ class Engine:
         saved = self.state.cursor
         if (saved and saved.get("item_id") == item_id and saved.get("sha256") == sha256
                 and saved.get("total_steps")):
-            return ItemPlan(item_id, sha256, data_path, saved["rows_per_epoch"], saved["total_steps"], {}, None)
-        stats, rows, examples = survey(data_path, self.encoder, self.config.train.max_length, self.pad_id)
-        summary = stats.summary()
+            return ItemPlan(item_id, sha256, data_path, saved["rows_per_epoch"], saved["total_steps"], {}, None,
+                            holdout=saved.get("holdout", 0.0))
+        holdout = self.config.eval.holdout_fraction if self.config.eval.enabled else 0.0
+        stats, rows, examples, held = self._survey(data_path, holdout)
+        if held.records and not stats.examples:
+            holdout = 0.0  # so small an item that its held-out share is all of it: train on it all
+            stats, rows, examples, held = self._survey(data_path, holdout)
+        if held.in_eval_sets:
+            log.warning("%s: %d training record(s) also in an eval set (left out of that set's numbers)",
+                        item_id, held.in_eval_sets)
+        summary = {**stats.summary(), "held_out": held.records, "holdout_fraction": holdout,
+                   "in_eval_sets": held.in_eval_sets}
         if summary["target_tokens"] == 0:
             why = "every example would train on zero tokens"
             if summary["rejected"]:
@@ -279,7 +294,19 @@ class Engine:
                 why += f" ({summary['truncated']} truncated to train.max_length before any answer)"
             raise ItemFailed(why, transient=False)
         steps = math.ceil(rows / self.rows_per_step()) * self.config.train.epochs_per_item
-        return ItemPlan(item_id, sha256, data_path, rows, steps, summary, examples)
+        return ItemPlan(item_id, sha256, data_path, rows, steps, summary, examples, holdout=holdout)
+
+    def _survey(self, data_path: Path, holdout: float):
+        from trainer.train import evalsets
+
+        keys: frozenset[bytes] = frozenset()
+        if self.config.eval.enabled:
+            keys = frozenset(evalsets.record_key(r) for s in evalsets.named_sets(self.base, self.config.spool)
+                             for r in s.records)
+        held = HeldOut()
+        stats, rows, examples = survey(data_path, self.encoder, self.config.train.max_length, self.pad_id,
+                                       holdout=holdout, eval_keys=keys, held=held)
+        return stats, rows, examples, held
 
     def _cursor_for(self, plan: ItemPlan) -> Cursor:
         saved = self.state.cursor
@@ -289,7 +316,8 @@ class Engine:
             log.warning("the checkpoint was in the middle of item %s; starting %s from its beginning "
                         "(the updates already made from %s stay)", saved.get("item_id"), plan.item_id,
                         saved.get("item_id"))
-        return Cursor(plan.item_id, plan.sha256, rows_per_epoch=plan.rows_per_epoch, total_steps=plan.total_steps)
+        return Cursor(plan.item_id, plan.sha256, rows_per_epoch=plan.rows_per_epoch, total_steps=plan.total_steps,
+                      holdout=plan.holdout)
 
     def already_trained(self, plan: ItemPlan) -> bool:
         """True when the last checkpoint already finished this exact item (a crash came between
@@ -330,11 +358,30 @@ class Engine:
             cursor.epoch += 1
             cursor.records_done, cursor.packer, cursor.pending_rows = 0, None, []
             self.state.cursor = cursor.to_json()
+        self.state.last_eval = self._evaluate_holdout(plan, cursor.holdout, metrics)
         self.state.cursor = None
         self.state.last_completed = {"item_id": plan.item_id, "sha256": plan.sha256}
         self.state.items_completed += 1
         self.checkpoint()
         return True
+
+    def _evaluate_holdout(self, plan: ItemPlan, holdout: float, metrics: "_MetricsFile") -> dict | None:
+        """The item's held-out share scored by the weights just trained: a metrics line, and
+        kept in the state (checkpointed with the item's end) for the daemon to record."""
+        if holdout <= 0 or not self.config.eval.enabled:
+            return None
+        from trainer.train import release_eval
+
+        numbers = release_eval.holdout(self, plan.data_path, holdout)
+        if numbers is None:
+            return None
+        record = {"kind": "eval", "set": "holdout", "step": self.state.global_step,
+                  "eval_loss": numbers["loss"], "eval_perplexity": numbers["perplexity"],
+                  "eval_token_accuracy": numbers["token_accuracy"], "tokens": numbers["tokens"]}
+        self.until_written(lambda: metrics.append_record(record))
+        log.info("%s held-out eval: loss %.4f, token accuracy %.3f (%d tokens)", plan.item_id, numbers["loss"],
+                 numbers["token_accuracy"], numbers["tokens"])
+        return {"item_id": plan.item_id, **record, "records": numbers["records"]}
 
     # --- one optimizer step --------------------------------------------------------------
 
@@ -426,9 +473,12 @@ class _MetricsFile:
         self.path = path
 
     def append(self, progress: Progress) -> None:
+        self.append_record(progress.record())
+
+    def append_record(self, record: dict) -> None:
         from trainer.timefmt import iso, utc_now
 
-        append_line(self.path, orjson.dumps({"t": iso(utc_now()), **progress.record()}) + b"\n")
+        append_line(self.path, orjson.dumps({"t": iso(utc_now()), **record}) + b"\n")
 
 
 def _raise(refused: DiskUnwritable) -> None:
