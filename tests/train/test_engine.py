@@ -40,7 +40,9 @@ def test_an_item_trains_and_the_loss_goes_down(base):
     engine.start()
     data = write_sample_chat(base / "d.jsonl", 300, seed=1)
     plan = _plan(engine, data)
-    assert plan.stats["examples"] == 300 and plan.total_steps > 5
+    # The token statistics count the training share; the held-out share is left for evaluation.
+    assert plan.stats["examples"] + plan.stats["held_out"] == 300 and plan.stats["held_out"] > 0
+    assert plan.total_steps > 5
     losses = []
     assert engine.train(plan, lambda p: losses.append(p.loss) or True)
     assert len(losses) == plan.total_steps and losses[-1] < losses[0]
@@ -197,6 +199,10 @@ def test_every_step_is_reported_and_written_to_the_item_metrics_file(base):
     seen = []
     engine.train(plan, lambda p: seen.append(p) or True)
     lines = [orjson.loads(line) for line in (base / "metrics" / "metrics-item.jsonl").read_bytes().splitlines()]
+    *lines, evaluation = lines  # the item's held-out evaluation comes last, marked with its kind
+    assert evaluation["kind"] == "eval" and evaluation["step"] == engine.state.global_step
+    assert evaluation == {**evaluation, **{k: v for k, v in engine.state.last_eval.items() if k in evaluation}}
+    assert all("kind" not in line for line in lines)
     assert [line["step"] for line in lines] == [p.step for p in seen] == list(range(1, plan.total_steps + 1))
     last = lines[-1]
     for key in ("loss", "smoothed_loss", "lr", "grad_norm", "tokens_per_s", "eta_s", "host_rss_bytes"):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import orjson
 
-from trainer.errors import GateRefused, UnknownVersion
+from trainer.errors import GateRefused, UnknownVersion, WrongState
 from trainer.spool import events
 from trainer.spool.fsutil import fsync_dir, read_regular, remove_dirs, write_atomic
 from trainer.spool.layout import Layout
@@ -112,6 +112,8 @@ def promote(layout: Layout, name: str, *, tolerance: float, force: bool) -> str 
     why = still_fails(candidate, tolerance, current)
     if why is not None and not force:
         raise GateRefused(f"{name} still fails the gate: {why}; trainctl promote --force {name} publishes it anyway")
+    if os.path.lexists(models / name):  # a rename onto an empty directory would replace it silently
+        raise WrongState(f"models/{name} already exists: discard the candidate or move that directory away")
     os.rename(candidate.path, models / name)  # one rename: in .candidates/ or in models/, never half
     fsync_dir(models / CANDIDATES)
     fsync_dir(models)

@@ -277,10 +277,10 @@ class Engine:
             return ItemPlan(item_id, sha256, data_path, saved["rows_per_epoch"], saved["total_steps"], {}, None,
                             holdout=saved.get("holdout", 0.0))
         holdout = self.config.eval.holdout_fraction if self.config.eval.enabled else 0.0
-        stats, rows, examples, held = self._survey(data_path, holdout)
+        stats, rows, examples, held = _survey(self, data_path, holdout)
         if held.records and not stats.examples:
             holdout = 0.0  # so small an item that its held-out share is all of it: train on it all
-            stats, rows, examples, held = self._survey(data_path, holdout)
+            stats, rows, examples, held = _survey(self, data_path, holdout)
         if held.in_eval_sets:
             log.warning("%s: %d training record(s) also in an eval set (left out of that set's numbers)",
                         item_id, held.in_eval_sets)
@@ -295,18 +295,6 @@ class Engine:
             raise ItemFailed(why, transient=False)
         steps = math.ceil(rows / self.rows_per_step()) * self.config.train.epochs_per_item
         return ItemPlan(item_id, sha256, data_path, rows, steps, summary, examples, holdout=holdout)
-
-    def _survey(self, data_path: Path, holdout: float):
-        from trainer.train import evalsets
-
-        keys: frozenset[bytes] = frozenset()
-        if self.config.eval.enabled:
-            keys = frozenset(evalsets.record_key(r) for s in evalsets.named_sets(self.base, self.config.spool)
-                             for r in s.records)
-        held = HeldOut()
-        stats, rows, examples = survey(data_path, self.encoder, self.config.train.max_length, self.pad_id,
-                                       holdout=holdout, eval_keys=keys, held=held)
-        return stats, rows, examples, held
 
     def _cursor_for(self, plan: ItemPlan) -> Cursor:
         saved = self.state.cursor
@@ -358,30 +346,13 @@ class Engine:
             cursor.epoch += 1
             cursor.records_done, cursor.packer, cursor.pending_rows = 0, None, []
             self.state.cursor = cursor.to_json()
-        self.state.last_eval = self._evaluate_holdout(plan, cursor.holdout, metrics)
+        # Evaluated before the item's last checkpoint, which keeps the numbers (last_eval).
+        self.state.last_eval = _evaluate_holdout(self, plan, cursor.holdout, metrics)
         self.state.cursor = None
         self.state.last_completed = {"item_id": plan.item_id, "sha256": plan.sha256}
         self.state.items_completed += 1
         self.checkpoint()
         return True
-
-    def _evaluate_holdout(self, plan: ItemPlan, holdout: float, metrics: "_MetricsFile") -> dict | None:
-        """The item's held-out share scored by the weights just trained: a metrics line, and
-        kept in the state (checkpointed with the item's end) for the daemon to record."""
-        if holdout <= 0 or not self.config.eval.enabled:
-            return None
-        from trainer.train import release_eval
-
-        numbers = release_eval.holdout(self, plan.data_path, holdout)
-        if numbers is None:
-            return None
-        record = {"kind": "eval", "set": "holdout", "step": self.state.global_step,
-                  "eval_loss": numbers["loss"], "eval_perplexity": numbers["perplexity"],
-                  "eval_token_accuracy": numbers["token_accuracy"], "tokens": numbers["tokens"]}
-        self.until_written(lambda: metrics.append_record(record))
-        log.info("%s held-out eval: loss %.4f, token accuracy %.3f (%d tokens)", plan.item_id, numbers["loss"],
-                 numbers["token_accuracy"], numbers["tokens"])
-        return {"item_id": plan.item_id, **record, "records": numbers["records"]}
 
     # --- one optimizer step --------------------------------------------------------------
 
@@ -479,6 +450,39 @@ class _MetricsFile:
         from trainer.timefmt import iso, utc_now
 
         append_line(self.path, orjson.dumps({"t": iso(utc_now()), **record}) + b"\n")
+
+
+def _survey(engine: Engine, data_path: Path, holdout: float):
+    """``data.survey`` of the item's training share, noting its records that a named eval set holds."""
+    from trainer.train import evalsets
+
+    keys: frozenset[bytes] = frozenset()
+    if engine.config.eval.enabled:
+        keys = frozenset(evalsets.record_key(r) for s in evalsets.named_sets(engine.base, engine.config.spool)
+                         for r in s.records)
+    held = HeldOut()
+    stats, rows, examples = survey(data_path, engine.encoder, engine.config.train.max_length, engine.pad_id,
+                                   holdout=holdout, eval_keys=keys, held=held)
+    return stats, rows, examples, held
+
+
+def _evaluate_holdout(engine: Engine, plan: ItemPlan, holdout: float, metrics: _MetricsFile) -> dict | None:
+    """The item's held-out share scored by the weights just trained: a metrics line, and the
+    numbers for the state (checkpointed with the item's end) that the daemon records."""
+    if holdout <= 0 or not engine.config.eval.enabled:
+        return None
+    from trainer.train import release_eval
+
+    numbers = release_eval.holdout(engine, plan.data_path, holdout)
+    if numbers is None:
+        return None
+    record = {"kind": "eval", "set": "holdout", "step": engine.state.global_step,
+              "eval_loss": numbers["loss"], "eval_perplexity": numbers["perplexity"],
+              "eval_token_accuracy": numbers["token_accuracy"], "tokens": numbers["tokens"]}
+    engine.until_written(lambda: metrics.append_record(record))
+    log.info("%s held-out eval: loss %.4f, token accuracy %.3f (%d tokens)", plan.item_id, numbers["loss"],
+             numbers["token_accuracy"], numbers["tokens"])
+    return {"item_id": plan.item_id, **record, "records": numbers["records"]}
 
 
 def _raise(refused: DiskUnwritable) -> None:
