@@ -198,7 +198,7 @@ class EvalConfig:
         16384, "Most tokens evaluated per eval set per model at one evaluation (records in a fixed order "
                "until this many): keeps evaluation to a few percent of training time.", minimum=256)
     max_new_tokens: int = _setting(
-        48, "Tokens generated (greedily) per sample prompt of eval/prompts.jsonl.", minimum=1)
+        32, "Tokens generated (greedily) per sample prompt of eval/prompts.jsonl.", minimum=1)
     max_prompts: int = _setting(8, "Sample prompts answered at each evaluation (the first ones of "
                                    "eval/prompts.jsonl).", minimum=0)
     gate: bool = _setting(

@@ -55,7 +55,7 @@ PROMPTS = ("What is 12 plus 30?", "Reverse these words: river stone cloud",
            "How many words are in: maple signal harbor copper")
 
 
-def write_eval_files(eval_dir: Path, *, general_records: int = 100, seed: int = 999) -> list[Path]:
+def write_eval_files(eval_dir: Path, *, general_records: int = 50, seed: int = 999) -> list[Path]:
     """The demo's eval files, unless present: ``general.jsonl`` (a fixed set of the same tasks,
     seeded apart from any training file) and ``prompts.jsonl`` (a few questions answered at
     each evaluation)."""

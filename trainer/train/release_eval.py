@@ -124,7 +124,12 @@ def at_consolidation(engine, models: Path) -> dict:
     named = [s for s in sets if s.name != HOLDOUT]
     base_dir = model_io.model_dir(engine.base, config.model)
     if named and base_dir.is_dir():
+        # The base never changes: its numbers are kept in memory and in each version's gate
+        # record, so they are computed once per set, not at every consolidation or restart.
         cache = engine.base_eval_cache
+        if parent is not None:
+            recorded = ((read_version(models / parent).get("eval") or {}).get("gate") or {}).get("references") or {}
+            cache.update({k: v for k, v in (recorded.get("base") or {}).items() if k not in cache})
         references["base"] = _reference(base_dir, named, score, dtype, engine.device, cache)
     verdict = gate.decide(mine, references, config.eval.gate_tolerance)
     if not config.eval.gate:
