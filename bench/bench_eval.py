@@ -7,7 +7,7 @@ trained by the real engine and completed, then consolidated by the engine (every
 the gate, sample outputs, the publication), ``--rounds`` times ``--items`` items. Default
 ``[eval]`` settings (2 % held out, 16,384 tokens per set, 8 prompts of 48 tokens) and the demo's
 eval files (a 100-record general set, 3 prompts); the demo's training settings (rows of 256,
-8 rows per step, lr 1e-3), fp32 on the CPU. The first consolidation compares with the base
+8 rows per step, lr 1e-3), fp32 on the CPU, one thread. The first consolidation compares with the base
 only; the later ones also with the previous version, whose numbers on the grown held-out pool
 are computed again (its weights loaded).
 
@@ -106,7 +106,7 @@ def main() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # on a shared 2-core machine, two threads spin against the load
     results = []
     for model in args.models.split(","):
         work = Path(tempfile.mkdtemp(prefix="bench-eval-"))
