@@ -67,6 +67,9 @@ def run(model: str, work: Path, records: int, items: int, rounds: int) -> dict:
     write_eval_files(layout.eval_dir)
     config = load_config(layout.config_file)
     holdout, consolidation = Timer(release_eval, "holdout"), Timer(release_eval, "at_consolidation")
+    # Where a consolidation's evaluation goes (names as release_eval calls them).
+    parts = {"sets": Timer(release_eval, "eval_sets"), "scoring": Timer(release_eval, "_score_all"),
+             "loading": Timer(release_eval, "load_dir"), "samples": Timer(release_eval, "samples")}
     engine = Engine(layout.root, config)
     engine.start()
     training = 0.0
@@ -92,7 +95,8 @@ def run(model: str, work: Path, records: int, items: int, rounds: int) -> dict:
     return {"model": model, "records_per_item": records, "items": items * rounds, "training_s": round(training, 2),
             "holdout_eval_s": round(holdout.seconds, 3), "consolidation_eval_s": round(consolidation.seconds, 3),
             "holdout_ratio": round(holdout.seconds / training, 4),
-            "eval_ratio": round(total_eval / training, 4), "rounds": rounds_out}
+            "eval_ratio": round(total_eval / training, 4), "rounds": rounds_out,
+            "consolidation_parts_s": {name: round(t.seconds, 3) for name, t in parts.items()}}
 
 
 def main() -> None:
