@@ -80,3 +80,36 @@ def test_duplicates_fall_on_one_side_so_the_holdout_is_never_also_trained_on(tmp
 def _contains(row: tuple, ids: list[int]) -> bool:
     n = len(ids)
     return any(row[i:i + n] == tuple(ids) for i in range(len(row) - n + 1))
+
+
+def test_eval_records_that_training_data_holds_are_left_out_and_counted(tokenizer, tmp_path):
+    """Contamination: scored, they would flatter the model; they are counted instead, both when
+    the item is surveyed and in the eval set's numbers."""
+    from trainer.config import Config, SpoolConfig
+    from trainer.intake import enqueue
+    from trainer.spool import queue
+    from trainer.spool.layout import init_base
+    from trainer.train import release_eval
+
+    layout, _ = init_base(tmp_path / "base", "")
+    rng = random.Random(4)
+    train = [record(rng) for _ in range(120)]
+    data = tmp_path / "train.jsonl"
+    data.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in train))
+    trained = [r for r in train if not is_held_out(record_key(r), 0.02)]
+    general = trained[:7] + [record(random.Random(99)) for _ in range(20)]
+    (layout.eval_dir / "general.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in general))
+
+    held = HeldOut()
+    survey(data, RecordEncoder(tokenizer, max_length=128), 128, tokenizer.pad_token_id, holdout=0.02,
+           eval_keys=frozenset(record_key(r) for r in general), held=held)
+    assert held.in_eval_sets == 7
+
+    item = enqueue.enqueue(layout, data, limits=SpoolConfig())
+    queue.claim_next(layout)
+    queue.set_tokens(layout, item.id, {"holdout_fraction": 0.02})
+    queue.complete(layout, item.id)
+    sets = {s.name: s for s in release_eval.eval_sets(layout.root, Config())}
+    assert sets["general"].contaminated == 7 and len(sets["general"].records) == 20
+    assert {record_key(r) for r in sets["general"].records}.isdisjoint(record_key(r) for r in trained)
+    assert sets["holdout"].records == holdout_records(data, 0.02) and sets["holdout"].contaminated == 0
