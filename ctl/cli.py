@@ -28,6 +28,7 @@ from trainer.errors import (
     NoSuchItem,
     NotABaseDir,
     TrainerError,
+    UnknownVersion,
     WrongState,
 )
 from trainer.exitcodes import ExitCode
@@ -58,6 +59,9 @@ COMMANDS = {
     "plot": "plot:plot",
     "report": "report:report",
     "install-unit": "setup:install_unit",
+    "eval": "evaluate:eval_",
+    "promote": "evaluate:promote",
+    "discard": "evaluate:discard",
 }
 
 
@@ -93,6 +97,7 @@ def cli(ctx: click.Context, base_dir: Path, config_path: Path | None) -> None:
 
 EXIT_FOR_ERROR = {
     NoSuchItem: ExitCode.NO_SUCH_ITEM,
+    UnknownVersion: ExitCode.NO_SUCH_ITEM,
     InvalidData: ExitCode.DATA_INVALID,
     ConfigError: ExitCode.CONFIG,
     NotABaseDir: ExitCode.CONFIG,

@@ -14,6 +14,8 @@
       events/v1/YYYY-MM.jsonl  format 1's single events.jsonl, split by month on upgrade
       logs/trainer.log[.N]  the daemon's log when it runs outside systemd (rotated by size)
       report.html         the report page (trainctl report; the daemon's copy if configured)
+      eval/NAME.jsonl     named eval sets; eval/prompts.jsonl: sample prompts (docs/training.md)
+      models/vNNN/ LATEST  published versions; models/.candidates/vNNN/: held back by the gate
 
 Each item is a directory ``ID/`` holding ``data.jsonl`` (the queued copy) and
 ``meta.json``. The directory an item is in is its state; every state change is one rename.
@@ -89,6 +91,16 @@ class Layout:
     def old_events(self) -> Path:
         """Format 1's single event log; gone once the daemon has upgraded the base dir."""
         return self.root / "events.jsonl"
+
+    @property
+    def eval_dir(self) -> Path:
+        """Named eval sets (``NAME.jsonl``) and sample prompts (``prompts.jsonl``), dropped by people."""
+        return self.root / "eval"
+
+    @property
+    def models(self) -> Path:
+        """Published versions (``vNNN/``, ``LATEST``) and held-back ones (``.candidates/vNNN/``)."""
+        return self.root / "models"
 
     @property
     def daemon_state(self) -> Path:
@@ -249,7 +261,7 @@ def init_base(root: Path, config_text: str, *, config_link: Path | None = None) 
         # anyone could then replace inbox/ or events/. Whatever else the umask allows
         # stays (readable by all, so that trainctl can name a refusal by its path).
         os.chmod(layout.root, stat.S_IMODE(os.stat(layout.root).st_mode) & ~0o002)
-    for path in (layout.root / "pending", *layout.spool_dirs(), layout.events_dir):
+    for path in (layout.root / "pending", *layout.spool_dirs(), layout.events_dir, layout.eval_dir):
         _make_dir(path)
     # Shared by every group member: made here with the group's mode, not by whoever comes first
     # with whatever umask they have. (Event segments get theirs from their first appender.)

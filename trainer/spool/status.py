@@ -11,7 +11,7 @@ import os
 
 from trainer import clock
 from trainer.config import Config
-from trainer.spool import control, queue
+from trainer.spool import candidates, control, queue
 from trainer.spool.layout import Layout
 from trainer.spool.lock import lock_holder
 from trainer.states import Liveness
@@ -69,7 +69,7 @@ def _unwritable(disk: dict) -> str | None:
 def summarize(
     *, holder: int | None, state: dict | None, state_problem: str | None,
     requests: control.Requests, queues: dict, active: dict | None, disk: dict,
-    now: clock.Reading, stale_after_s: float, base_dir: str,
+    now: clock.Reading, stale_after_s: float, base_dir: str, held_back: list[dict] | None = None,
 ) -> dict:
     live = control.liveness(holder, state, now, stale_after_s)
     live, state_problem = explain_heartbeat(live, state, state_problem, disk, now)
@@ -98,6 +98,8 @@ def summarize(
         "queues": queues,
         "last_checkpoint": state.get("last_checkpoint") if state else None,
         "last_error": state.get("last_error") if state else None,
+        "last_eval": state.get("last_eval") if state else None,
+        "held_back": held_back or [],
         "memory": state.get("memory") if state and alive else None,
         "disk": disk,
     }
@@ -123,4 +125,6 @@ def collect(layout: Layout, config: Config, now: clock.Reading) -> dict:
         requests=control.read_requests(layout), queues=queue.counts(layout), active=active,
         disk=disk_usage(layout),
         now=now, stale_after_s=config.daemon.stale_after_seconds, base_dir=str(layout.root),
+        held_back=[{"version": c.name, "reason": c.gate.get("reason")}
+                   for c in candidates.held_back(layout.root / "models")],
     )
