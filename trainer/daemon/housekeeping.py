@@ -21,7 +21,7 @@ from trainer.config import Config
 from trainer.daemon.notify import Notifier
 from trainer.daemon.policy import snapshot_due, space_needed
 from trainer.errors import NotEnoughSpace
-from trainer.spool import events
+from trainer.spool import events, versions
 from trainer.spool.fsutil import free_bytes, write_atomic
 from trainer.spool.layout import Layout
 from trainer.train.protocol import TrainingEngine
@@ -99,11 +99,27 @@ class Housekeeping:
         self._save(last_snapshot=day)
 
     def consolidation_due(self, asked: bool) -> bool:
-        """Asked for, or automatic: items were completed since the last version."""
-        if self.engine.state.global_step == 0:
+        """Asked for, or automatic: items were completed since the last version. Never when
+        nothing was trained since the last version: two versions at one step are one too many
+        (a request sent while items trained used to publish a second one after the automatic one)."""
+        state = self.engine.state
+        if state.global_step == 0 or state.global_step <= self._last_version_step():
+            if asked and state.global_step:
+                log.info("consolidation asked for, but nothing was trained since the last version")
             return False
-        done = self.engine.state.items_completed
-        return asked or (self.config.daemon.consolidate_when_idle and done > self._record().get("consolidated_items", 0))
+        done = state.items_completed
+        since_record = state.version is None and done > self._record().get("consolidated_items", 0)
+        return asked or (self.config.daemon.consolidate_when_idle and (bool(state.lineage) or since_record))
+
+    def _last_version_step(self) -> int:
+        """This line's last version's step; for a checkpoint from before lineage was kept, the
+        newest version's on disk."""
+        state = self.engine.state
+        if state.version is not None:
+            return state.version_step
+        models = versions.models_dir(self.layout)
+        newest = versions.names(models)
+        return int((versions.read(models, newest[-1]) or {}).get("global_step") or 0) if newest else 0
 
     def consolidate(self) -> str | None:
         """A new version from the weights in memory; None if postponed for lack of space."""

@@ -27,6 +27,17 @@ class TrainState:
     last_completed: dict | None = None  # {"item_id", "sha256"} of the last item finished
     base: str | None = None  # the model dir trained on (relative to the base dir); None: model.path
     items_completed: int = 0
+    # Lineage (``train/lineage.py``): which line of training this is (a rollback starts a new
+    # one, and checkpoints order by line first), the version it last published or was rolled
+    # back to (the next version's parent) and that version's step, the items completed since
+    # it, in order, the item in progress's start, and the rollback that began this line.
+    line: int = 0
+    version: str | None = None
+    version_step: int = 0
+    lineage: list[dict] = field(default_factory=list)
+    partial: list[dict] = field(default_factory=list)  # items left mid-way (skipped, failed) since it
+    item_start: dict | None = None
+    rollback: dict | None = None
 
     @property
     def smoothed_loss(self) -> float | None:
