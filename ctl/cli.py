@@ -53,6 +53,8 @@ COMMANDS = {
     "remove": "queue:remove",
     "move": "queue:move_",
     "wait": "queue:wait",
+    "versions": "versions:versions_",
+    "rollback": "versions:rollback",
     "history": "history:history",
     "logs": "history:logs",
     "install-unit": "setup:install_unit",

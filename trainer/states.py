@@ -62,3 +62,5 @@ class Event(str, Enum):
     MOVED = "moved"
     REJECTED = "rejected"  # an inbox file that failed validation (kept, as a failed item)
     RESTORED = "restored"  # a half-ingested inbox file put back after a crash
+    CONSOLIDATED = "consolidated"  # a new version was published (id: None; version, parent, items)
+    ROLLED_BACK = "rolled_back"  # training continues from an earlier version (id: None)

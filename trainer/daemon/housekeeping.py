@@ -24,6 +24,7 @@ from trainer.errors import NotEnoughSpace
 from trainer.spool import events, versions
 from trainer.spool.fsutil import free_bytes, write_atomic
 from trainer.spool.layout import Layout
+from trainer.states import Event
 from trainer.train.protocol import TrainingEngine
 
 log = logging.getLogger("trainer.daemon")
@@ -134,6 +135,9 @@ class Housekeeping:
             return None
         self._postponements.pop("consolidation", None)
         self._save(consolidated_items=done, last_version=version.name)
+        meta = versions.read(versions.models_dir(self.layout), version.name) or {}
+        events.append(self.layout, Event.CONSOLIDATED, None, version=version.name, parent=meta.get("parent"),
+                      global_step=meta.get("global_step"), items=[i.get("id") for i in versions.lineage_items(meta)])
         log.info("consolidated into %s", version.name)
         return version.name
 

@@ -123,5 +123,9 @@ class TrainingEngine(Protocol):
     def consolidate(self, directory: Path, *, keep_versions: int) -> Path:
         """The new version's directory."""
 
+    def continue_from(self, version: str, meta: dict, request: dict, requeue: list[dict]) -> CheckpointRef:
+        """Rollback: a new line from published version ``version`` (``meta``: its metadata),
+        committed as one checkpoint that also records ``request`` and the items to queue again."""
+
     def memory(self) -> dict:
         """{"rss": resident bytes of this process, "gpu": {...} or None}."""
