@@ -40,7 +40,8 @@ def roll_back(layout: Layout, config: Config, engine: TrainingEngine, request: d
                  if request.get("requeue") else [])
         log.info("rolling back to %s%s", version, f" and queueing {len(after)} item(s) again" if after else "")
         engine.continue_from(version, meta, request, after)  # the flip: one checkpoint
-    to_queue = (engine.state.rollback or {}).get("requeue") or []
+    done = engine.state.rollback or {}
+    to_queue = done.get("requeue") or []
     try:
         at = parse_iso(request.get("at"))
     except (TypeError, ValueError):
@@ -50,7 +51,10 @@ def roll_back(layout: Layout, config: Config, engine: TrainingEngine, request: d
     for why in skipped:
         log.warning("rollback: not queued again: %s", why)
     events.append(layout, Event.ROLLED_BACK, None, version=version, global_step=engine.state.global_step,
-                  requeued=queued, not_requeued=skipped)
+                  requeue=bool(request.get("requeue")),
+                  from_line=done.get("from_line"), from_version=done.get("from_version"),
+                  requeued=[new for new, _ in queued], requeued_from=[old for _, old in queued],
+                  not_requeued=skipped)
     until_written(lambda: control.clear_rollback(layout))
     log.info("rolled back to %s: training continues from its weights%s", version,
              f"; {len(queued)} item(s) queued again" if queued else "")

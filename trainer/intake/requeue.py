@@ -41,15 +41,16 @@ def _exists(layout: Layout, item_id: str) -> bool:
 
 
 def queue_copies(layout: Layout, entries: list[dict], *, request_id: str, at: datetime, version: str,
-                 limits: SpoolConfig) -> tuple[list[str], list[str]]:
-    """Queue a copy of each entry's item (lineage entries, in order); returns the copies' ids
-    and, for the items that could not be copied, why (no longer in done/, data changed)."""
+                 limits: SpoolConfig) -> tuple[list[tuple[str, str]], list[str]]:
+    """Queue a copy of each entry's item (lineage entries, in order); returns (copy id,
+    original id) for each copy and, for the items that could not be copied, why (no longer in
+    done/, not done, data changed)."""
     queued, skipped = [], []
     for index, entry in enumerate(entries):
         original = str(entry.get("id"))
         new = copy_id(at, index, request_id, original)
         if _exists(layout, new):
-            queued.append(new)  # queued before a crash
+            queued.append((new, original))  # queued before a crash
             continue
         try:
             item = queue.find(layout, original)
@@ -63,7 +64,7 @@ def queue_copies(layout: Layout, entries: list[dict], *, request_id: str, at: da
             skipped.append(f"{original}: its data in done/ is not what trained (sha256 differs)")
             continue
         _queue_copy(layout, item, new, version, limits)
-        queued.append(new)
+        queued.append((new, original))
     return queued, skipped
 
 

@@ -96,4 +96,5 @@ def rolled_back(state: TrainState, name: str, meta: dict, *, base: str, request:
                       micro_batch_size=state.micro_batch_size, base=base,
                       items_completed=int(meta.get("items_completed") or 0), line=state.line + 1,
                       version=name, version_step=int(meta.get("global_step") or 0),
-                      rollback={"id": request.get("id"), "version": name, "requeue": requeue})
+                      rollback={"id": request.get("id"), "version": name, "requeue": requeue,
+                                "from_line": state.line, "from_version": state.version})
