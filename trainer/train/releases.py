@@ -260,11 +260,13 @@ def _already_published(engine: Engine, models: Path) -> str | None:
 
 
 def adopt_if_published(engine: Engine, models: Path) -> str | None:
-    """At start: if the newest weights were already published (the crash came right after),
-    that version is this line's latest, as if the consolidation had finished."""
+    """At start: if the weights restored are already published (a full fine-tune's publication
+    saves no checkpoint; or a crash came right after the rename), that version is this line's
+    latest, as if the consolidation had just finished: never published again, and the parent
+    of the next one."""
     name = _already_published(engine, models)
     if name is not None:
-        log.info("%s already holds these weights (published just before a restart): continuing after it", name)
+        log.info("the weights restored are published as %s: the next version's parent", name)
         _after_publication(engine, models, name)
     return name
 
