@@ -7,7 +7,8 @@ One base dir on the tiny demo model (CPU, consolidation when idle). A seeded dri
 to a version of the current line (with or without --requeue), and waits for the daemon to
 settle (queue idle, no request left, a version made). Meanwhile it kills the daemon with
 SIGKILL ``--kills`` times, each at a random instant after an action or as soon as a
-publication or a checkpoint is being written (a ``.staging-`` dir in models/ or checkpoints/),
+publication or a checkpoint is being written (a ``.staging-`` dir in models/ or checkpoints/)
+or, after a rollback, its flip (a checkpoint) or its copies being queued (``tmp/requeue-*``),
 and starts it again. It checks, failing with exit 1 if any is wrong:
 
 - after every kill, no mix: every committed checkpoint of a rolled-back line that has not
@@ -124,11 +125,11 @@ class Driver:
         state = self._state()
         return (state.get("pid") == self.proc.pid and state.get("state") == "idle" and queue.is_idle(self.layout)
                 and not any(n in os.listdir(self.layout.control) for n in ("rollback.json", "consolidate.json"))
-                and not self._staging("models"))
+                and not self._staging("models") and not self._staging("tmp"))
 
     def _staging(self, sub: str) -> bool:
         try:
-            return any(n.startswith(".staging-") for n in os.listdir(self.layout.root / sub))
+            return any(n.startswith(".staging-") or n.startswith("requeue-") for n in os.listdir(self.layout.root / sub))
         except FileNotFoundError:
             return False
 
@@ -141,7 +142,7 @@ class Driver:
         from trainer.spool import control
 
         line = self._line_versions()
-        if line and self.rng.random() < 0.4:
+        if line and self.rng.random() < 0.5:
             target = self.rng.choice(line)
             requeue = self.rng.random() < 0.6
             control.send_rollback(self.layout, target, requeue=requeue)
@@ -175,7 +176,9 @@ class Driver:
     def round(self, kill: bool) -> str:
         action = self.act()
         if kill:
-            aim = self.rng.choice(["instant", "models", "checkpoints"])
+            # A rollback's moments: its checkpoint (the flip) and its copies staged in tmp/.
+            aim = self.rng.choice(["instant", "checkpoints", "tmp"] if action.startswith("rollback")
+                                  else ["instant", "models", "checkpoints"])
             deadline = time.monotonic() + (self.rng.uniform(0, 3.0) if aim == "instant" else 60)
             while time.monotonic() < deadline and (aim == "instant" or not self._staging(aim)):
                 if self.proc.poll() is not None or (aim != "instant" and self.settled()):
