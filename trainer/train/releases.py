@@ -164,9 +164,16 @@ def _weights_size(engine: Engine) -> int:
 
 
 def _room_needed(engine: Engine) -> int:
-    """A LoRA publication writes the whole merged model; a full fine-tune's is a hard link
-    (a copy where it cannot be: that is checked as the copy goes)."""
-    return _weights_size(engine) + (64 << 20) if engine.is_lora else 16 << 20
+    """A LoRA publication writes the whole merged model; a full fine-tune's is a hard link,
+    unless the last checkpoint's weights are not 0640 (written before they were): a copy."""
+    if engine.is_lora:
+        return _weights_size(engine) + (64 << 20)
+    last = engine.last_checkpoint
+    try:
+        linkable = last is not None and stat.S_IMODE(os.stat(last.path / WEIGHTS_FILE).st_mode) == FILE_MODE
+    except OSError:
+        linkable = False
+    return (16 << 20) + (0 if linkable else _weights_size(engine))
 
 
 def _verified(engine: Engine, staging: Path) -> None:
