@@ -84,6 +84,7 @@ class Driver:
         self.kills: list[str] = []
         self.problems: list[str] = []
         self.items = 0
+        self.rollbacks = 0
 
     # --- the daemon --------------------------------------------------------------------------
 
@@ -144,7 +145,8 @@ class Driver:
         line = self._line_versions()
         if line and self.rng.random() < 0.5:
             target = self.rng.choice(line)
-            requeue = self.rng.random() < 0.6
+            requeue = self.rng.random() < 0.6 or not self.rollbacks  # the first one always requeues
+            self.rollbacks += 1
             control.send_rollback(self.layout, target, requeue=requeue)
             return f"rollback {target}{' --requeue' if requeue else ''}"
         paths = []

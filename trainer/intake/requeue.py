@@ -18,7 +18,7 @@ from trainer.config import SpoolConfig
 from trainer.errors import NoSuchItem
 from trainer.intake.enqueue import copy_validated, new_meta
 from trainer.spool import events, queue
-from trainer.spool.fsutil import StagingDir, write_atomic
+from trainer.spool.fsutil import StagingDir, rename_durably, write_atomic
 from trainer.spool.item import DATA_NAME, META_NAME
 from trainer.spool.layout import Layout
 from trainer.states import Event, ItemState, Priority
@@ -82,8 +82,5 @@ def _queue_copy(layout: Layout, item, new: str, version: str, limits: SpoolConfi
         events.append_first(layout, [(Event.ENQUEUED, new, {
             "name": meta.name, "priority": priority.value, "records": meta.records, "size": meta.size,
             "sha256": meta.sha256, "held": False, "requeued_from": item.id, "rollback_to": version})])
-        os.rename(stage.path / new, layout.pending(priority) / new)
-        stage.published = True
-    from trainer.spool.fsutil import fsync_dir
-
-    fsync_dir(layout.pending(priority))
+        rename_durably(stage.path / new, layout.pending(priority) / new)
+        # The staging dir itself, now empty, is removed on leaving (as enqueue_batch's is).
