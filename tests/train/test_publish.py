@@ -199,4 +199,4 @@ def test_published_files_are_group_readable_and_the_card_describes_the_version(b
     text = (v1 / "README.md").read_text()
     header = text.split("---")[1]
     assert "base_model: \"models/base\"" in header and "library_name: transformers" in header
-    assert "Trained since `base` on 1 item(s)" in text and "\n| a |" in text
+    assert "Trained since `base` on 1 completed item(s)" in text and "\n| a |" in text

@@ -36,7 +36,7 @@ def _lineage_lines(meta: dict) -> list[str]:
         return ["No lineage was recorded for this version (made before lineage was kept).", ""]
     steps = lineage.get("steps") or [None, None]
     items = lineage.get("items") or []
-    lines = [f"Trained since `{meta.get('parent', 'base')}` on {len(items)} item(s), global steps "
+    lines = [f"Trained since `{meta.get('parent', 'base')}` on {len(items)} completed item(s), global steps "
              f"{steps[0]}-{steps[1]} (base model `{lineage.get('base')}`, config hash `{lineage.get('config_hash')}`).",
              ""]
     if items:

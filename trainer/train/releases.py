@@ -224,7 +224,8 @@ def snapshot(engine: Engine, root: Path, day: str, *, keep_days: int) -> Path | 
 
     def build(staging: Path) -> None:
         _export(engine, staging)
-        _write_metadata(staging, _provenance(engine, kind="snapshot"), base_model=_base_model(engine),
+        meta = _provenance(engine, kind="snapshot", **_line_facts(engine, models=engine.base / "models"))
+        _write_metadata(staging, meta, base_model=_base_model(engine),
                         adapter_base=str(engine.model_path) if engine.is_lora else None)
         _verified(engine, staging)
 
@@ -245,6 +246,14 @@ def _provenance(engine: Engine, **extra) -> dict:
             "tokens_seen": engine.state.tokens_seen, "items_completed": engine.state.items_completed,
             "smoothed_loss": engine.state.smoothed_loss, "trained_from": str(engine.model_path),
             "lora": engine.is_lora, **extra}
+
+
+def _line_facts(engine: Engine, *, models: Path) -> dict:
+    """``parent`` and ``lineage``: what this training line last published, and what it trained
+    since (a snapshot's say what it holds beyond that version)."""
+    existing = versions(models)
+    return {"parent": lineage.parent(engine.state, existing[-1] if existing else None),
+            "lineage": lineage.summary(engine.state, base=_base_model(engine), config_hash=config_hash(engine.config))}
 
 
 def versions(models: Path) -> list[str]:
@@ -298,10 +307,7 @@ def consolidate(engine: Engine, models: Path, *, keep_versions: int) -> Path:
         name = f"v{(int(existing[-1][1:]) + 1) if existing else 1:03d}"
         need = _room_needed(engine)
         _check_space(models, need)
-        meta = _provenance(engine, kind="consolidated", version=name,
-                           parent=lineage.parent(engine.state, existing[-1] if existing else None),
-                           lineage=lineage.summary(engine.state, base=_base_model(engine),
-                                                   config_hash=config_hash(engine.config)))
+        meta = _provenance(engine, kind="consolidated", version=name, **_line_facts(engine, models=models))
 
         def build(staging: Path) -> None:
             _export(engine, staging)
