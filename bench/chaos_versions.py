@@ -130,7 +130,7 @@ class Driver:
 
     def _staging(self, sub: str) -> bool:
         try:
-            return any(n.startswith(".staging-") or n.startswith("requeue-") for n in os.listdir(self.layout.root / sub))
+            return any(n.startswith((".staging-", "requeue-")) for n in os.listdir(self.layout.root / sub))
         except FileNotFoundError:
             return False
 
@@ -262,7 +262,8 @@ class Driver:
         if debris:
             self.problems.append(f"debris left: {debris}")
         return {"versions": names, "rollbacks": len(rollbacks), "requeued_copies": len(set(copies)),
-                "done_events": len(done), "lines": max([0, *(versions.read(models, n)["lineage"]["line"] for n in names)])}
+                "done_events": len(done),
+                "lines": max([0, *(versions.read(models, n)["lineage"]["line"] for n in names)])}
 
 
 def experiment(work: Path, model: Path, *, rounds: int, kills: int, seed: int) -> dict:

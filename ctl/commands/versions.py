@@ -61,7 +61,8 @@ def _table(rows: list[dict]) -> list[str]:
     header = ["VERSION", "STEP", "PARENT", "ITEMS", "TOKENS", *[f"LOSS:{s}" for s in sets], "CREATED", "STATUS"]
     lines = [header]
     for row in rows:
-        loss = [f"{row['eval_loss'][s]:.4f}" if isinstance(row["eval_loss"].get(s), (int, float)) else "-" for s in sets]
+        loss = [f"{row['eval_loss'][s]:.4f}" if isinstance(row["eval_loss"].get(s), (int, float)) else "-"
+                for s in sets]
         status = row["status"] + (" (latest)" if row["latest"] else "")
         lines.append([row["version"], str(row["global_step"] or "-"), render.display(row["parent"] or "-"),
                       "-" if row["items"] is None else str(row["items"]),
@@ -109,14 +110,16 @@ def _version_lines(name: str, path: Path, meta: dict) -> list[str]:
         lines += [f"base model:  {lineage.get('base')}   config hash: {lineage.get('config_hash')}",
                   f"steps:       {steps[0]}-{steps[1]}", "items trained since its parent:"]
         for item in versions.lineage_items(meta):
-            lines.append(f"  {item.get('id')}  {render.display(item.get('name') or '?')}  {item.get('records')} records  "
+            lines.append(f"  {item.get('id')}  {render.display(item.get('name') or '?')}  "
+                         f"{item.get('records')} records  "
                          f"{item.get('tokens')} tokens  steps {item.get('first_step')}-{item.get('last_step')}")
         for item in lineage.get("partial") or []:
             lines.append(f"  {item.get('id')}  left mid-way (skipped or failed): steps "
                          f"{item.get('first_step')}-{item.get('last_step')}")
     for set_name, result in sorted(_eval_sets(meta).items()):
         if isinstance(result, dict):
-            lines.append(f"eval {render.display(set_name)}: loss {result.get('loss')} perplexity {result.get('perplexity')} "
+            lines.append(f"eval {render.display(set_name)}: loss {result.get('loss')} "
+                         f"perplexity {result.get('perplexity')} "
                          f"token accuracy {result.get('token_accuracy')}")
     gate = (meta.get("eval") or {}).get("gate") if isinstance(meta.get("eval"), dict) else None
     if isinstance(gate, dict):

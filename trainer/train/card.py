@@ -43,7 +43,8 @@ def _lineage_lines(meta: dict) -> list[str]:
         lines += ["| item | file | records | tokens | steps | sha256 |", "|---|---|---|---|---|---|"]
         for item in items:
             lines.append(f"| {_cell(item.get('id'))} | {_cell(item.get('name'))} | {_cell(item.get('records'))} | "
-                         f"{_cell(item.get('tokens'))} | {_cell(item.get('first_step'))}-{_cell(item.get('last_step'))} | "
+                         f"{_cell(item.get('tokens'))} | "
+                         f"{_cell(item.get('first_step'))}-{_cell(item.get('last_step'))} | "
                          f"{_cell(str(item.get('sha256') or '')[:12])} |")
         lines.append("")
     partial = lineage.get("partial") or []
@@ -77,7 +78,8 @@ def render(meta: dict, *, name: str, base_model: str, adapter: bool = False) -> 
     tags = ["trainer", "text-generation", *(["lora"] if meta.get("lora") else []), kind]
     what = (f"The LoRA adapter of `{name}`: apply it to `{base_model}` with PEFT." if adapter else
             f"`{name}`, a {'consolidated version' if kind == 'consolidated' else kind} made by trainer at global "
-            f"step {meta.get('global_step')} ({meta.get('tokens_seen')} tokens seen), created {meta.get('created_at')}.")
+            f"step {meta.get('global_step')} ({meta.get('tokens_seen')} tokens seen), "
+            f"created {meta.get('created_at')}.")
     load = ('PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(BASE), "THIS_DIR")' if adapter else
             'AutoModelForCausalLM.from_pretrained("THIS_DIR"); AutoTokenizer.from_pretrained("THIS_DIR")')
     lines = [*_header(base_model, "peft" if adapter else "transformers", tags), f"# {name}", "", what, "",

@@ -88,7 +88,8 @@ def published(state: TrainState, name: str) -> None:
                             "tokens_seen": state.tokens_seen}
 
 
-def rolled_back(state: TrainState, name: str, meta: dict, *, base: str, request: dict, requeue: list[dict]) -> TrainState:
+def rolled_back(state: TrainState, name: str, meta: dict, *, base: str, request: dict,
+                requeue: list[dict]) -> TrainState:
     """A new line that starts from version ``name`` (its metadata ``meta``): its step and
     counters, no item in progress, nothing trained since it. ``request`` and the items to
     queue again travel in the checkpoint, so a crash after it can finish the requeue."""
