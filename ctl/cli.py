@@ -54,6 +54,8 @@ COMMANDS = {
     "remove": "queue:remove",
     "move": "queue:move_",
     "wait": "queue:wait",
+    "versions": "versions:versions_",
+    "rollback": "versions:rollback",
     "history": "history:history",
     "logs": "logs:logs",
     "plot": "plot:plot",

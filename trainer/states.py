@@ -66,3 +66,5 @@ class Event(str, Enum):
     HELD_BACK = "held_back"  # the regression gate kept a consolidated version aside
     PROMOTED = "promoted"  # a held-back candidate became a version (trainctl promote)
     DISCARDED = "discarded"  # a held-back candidate was removed (trainctl discard)
+    CONSOLIDATED = "consolidated"  # a new version was published (id: None; version, parent, items)
+    ROLLED_BACK = "rolled_back"  # training continues from an earlier version (id: None)

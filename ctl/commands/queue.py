@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from ctl import render
+from ctl.commands import versions as version_views
 from ctl.session import (
     PRIORITIES,
     Session,
@@ -83,17 +84,23 @@ def list_(session: Session, which: str | None, as_json: bool) -> None:
 
 
 @click.command()
-@click.argument("item_id", callback=item_id_arg)
+@click.argument("item_id", metavar="ID|VERSION", callback=version_views.item_or_version_arg)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def show(session: Session, item_id: str, as_json: bool) -> None:
-    """Everything about one item: metadata, errors and its events."""
+    """Everything about one item (metadata, errors, events, the first version that contains it),
+    or about one version (vNNN: lineage, eval, paths)."""
+    if version_views.is_version(item_id):
+        return version_views.show_version(session, item_id, as_json)
     item = render.item_dict(queue.find(session.layout, item_id))
     history = events.read(session.layout, item_id=item_id).events
+    in_version = version_views.version_of_item(session, item_id)
     if as_json:
-        emit_json({"item": item, "events": history})
+        emit_json({"item": item, "events": history, "in_version": in_version})
     else:
         click.echo("\n".join(render.item_lines(item, history)))
+        if item.get("state") == "done":
+            click.echo(f"in version: {in_version or 'none yet (trained, not yet in a published version)'}")
 
 
 @click.command()

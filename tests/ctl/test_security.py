@@ -228,3 +228,66 @@ def test_nothing_the_daemon_creates_is_world_writable_even_under_umask_0(daemon_
     assert all(os.stat(layout.root / p).st_mode & 0o7777 == 0o2770 for p in
                ("inbox", "pending/normal", "failed", "done", "tmp", "control", "run"))
     assert found == [], "spool modes are set whatever the umask; the daemon masks others out of its own"
+
+
+DAEMON_USER = 61004
+LOAD_EVERY_MODEL = """
+import sys
+from pathlib import Path
+from transformers import AutoModelForCausalLM, AutoTokenizer
+for path in sys.argv[1:]:
+    AutoTokenizer.from_pretrained(path, local_files_only=True)
+    AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
+    print("loaded", Path(path).name, flush=True)
+"""
+
+
+@pytest.fixture
+def open_dir():
+    """A directory every user can traverse (pytest's tmp_path is private to its owner)."""
+    import tempfile
+
+    parent = Path(tempfile.mkdtemp(prefix="trainer-test-"))
+    os.chmod(parent, 0o755)
+    yield parent
+    shutil.rmtree(parent, ignore_errors=True)
+
+
+@needs_root
+def test_a_group_member_loads_every_version_and_snapshot_the_daemon_user_published(open_dir, demo_model):
+    """The daemon runs as its own user (not root) in the group; a member of the group, neither
+    root nor the daemon user, loads what it published with plain from_pretrained; an outsider
+    cannot. (Before: a version's weights were a hard link to a 0600 checkpoint file.)"""
+    pytest.importorskip("torch")
+    from helpers.chaos_base import small_base
+    from helpers.daemon_proc import small_config
+
+    parent = open_dir
+    layout = small_base(parent / "base", demo_model)
+    layout.config_file.write_text(small_config(checkpoint={"every_steps": 50}, snapshot={"at": "00:00"},
+                                               daemon={"consolidate_when_idle": True}))
+    home = parent / "home"
+    home.mkdir()
+    for path in [layout.root, *layout.root.rglob("*"), home]:  # as install-unit leaves it: trainer:trainer
+        os.chown(path, DAEMON_USER, GROUP, follow_symlinks=False)
+    for directory in (layout.root / "models", layout.root):
+        os.chmod(directory, 0o2770)
+    env = {**os.environ, "HOME": str(home), "HF_HOME": str(home / "hf")}
+    src = write_jsonl(parent / "item.jsonl", [{"text": f"published {k}"} for k in range(6)])
+    os.chmod(src, 0o644)
+    assert _run_as(_as(DAEMON_USER, GROUP), layout.root, "enqueue", str(src)).returncode == 0
+    run = subprocess.run([*as_user(DAEMON_USER, GROUP, (GROUP,)), sys.executable, "-m", "trainer.daemon", "run",
+                          "--base-dir", str(layout.root), "--exit-when-idle"],
+                         capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    published = sorted(layout.root.glob("models/v*")) + sorted(layout.root.glob("snapshots/*"))
+    assert [p.name for p in published][:1] == ["v001"] and len(published) == 2
+    load = [sys.executable, "-c", LOAD_EVERY_MODEL, *map(str, published)]
+    member_env = {**env, "HOME": "/nonexistent", "HF_HOME": str(parent / "member-hf")}
+    member = subprocess.run([*_as(MEMBER, GROUP), *load], capture_output=True, text=True, cwd=REPO, env=member_env,
+                            timeout=300)
+    assert member.returncode == 0, member.stderr[-3000:]
+    assert member.stdout.count("loaded") == 2
+    outsider = subprocess.run([*_as(OUTSIDER), *load], capture_output=True, text=True, cwd=REPO, env=member_env,
+                              timeout=300)
+    assert outsider.returncode != 0 and "loaded" not in outsider.stdout

@@ -21,7 +21,7 @@ from trainer.config import Config
 from trainer.daemon.notify import Notifier
 from trainer.daemon.policy import snapshot_due, space_needed
 from trainer.errors import NotEnoughSpace
-from trainer.spool import candidates, events
+from trainer.spool import candidates, events, versions
 from trainer.spool.fsutil import free_bytes, write_atomic
 from trainer.spool.layout import Layout
 from trainer.states import Event
@@ -100,11 +100,33 @@ class Housekeeping:
         self._save(last_snapshot=day)
 
     def consolidation_due(self, asked: bool) -> bool:
-        """Asked for, or automatic: items were completed since the last version."""
-        if self.engine.state.global_step == 0:
+        """Asked for, or automatic: items were completed since the last version. Never when
+        nothing was trained since the last version: two versions at one step are one too many
+        (a request sent while items trained used to publish a second one after the automatic one)."""
+        state = self.engine.state
+        if state.global_step == 0 or state.global_step <= self._last_version_step():
+            if asked and state.global_step:
+                log.info("consolidation asked for, but nothing was trained since the last version")
             return False
-        done = self.engine.state.items_completed
-        return asked or (self.config.daemon.consolidate_when_idle and done > self._record().get("consolidated_items", 0))
+        if self._record().get("held_back_step") == state.global_step:
+            # The gate held these very weights back: the same candidate again would help nobody.
+            if asked:
+                log.info("consolidation asked for, but these weights were held back by the gate (trainctl "
+                         "promote or discard %s)", self._record().get("held_back"))
+            return False
+        done = state.items_completed
+        since_record = state.version is None and done > self._record().get("consolidated_items", 0)
+        return asked or (self.config.daemon.consolidate_when_idle and (bool(state.lineage) or since_record))
+
+    def _last_version_step(self) -> int:
+        """This line's last version's step; for a checkpoint from before lineage was kept, the
+        newest version's on disk."""
+        state = self.engine.state
+        if state.version is not None:
+            return state.version_step
+        models = versions.models_dir(self.layout)
+        newest = versions.names(models)
+        return int((versions.read(models, newest[-1]) or {}).get("global_step") or 0) if newest else 0
 
     def consolidate(self) -> str | None:
         """A new version from the weights in memory; None if postponed for lack of space."""
@@ -121,7 +143,8 @@ class Housekeeping:
         if version.parent.name == candidates.CANDIDATES:
             # Held back by the regression gate: the items it covers count as consolidated (the
             # next idle moment must not make another candidate of the same weights).
-            self._save(consolidated_items=done, held_back=version.name)
+            self._save(consolidated_items=done, held_back=version.name,
+                       held_back_step=self.engine.state.global_step)
             gate = candidates.find(version.parent.parent, version.name).gate
             self._until_written(lambda: events.append(self.layout, Event.HELD_BACK, None, version=version.name,
                                                       reason=gate.get("reason"), compared_with=gate.get("compared_with")))
@@ -129,6 +152,9 @@ class Housekeeping:
                         version.name, gate.get("reason"), version.name, version.name)
             return version.name
         self._save(consolidated_items=done, last_version=version.name)
+        meta = versions.read(versions.models_dir(self.layout), version.name) or {}
+        events.append(self.layout, Event.CONSOLIDATED, None, version=version.name, parent=meta.get("parent"),
+                      global_step=meta.get("global_step"), items=[i.get("id") for i in versions.lineage_items(meta)])
         log.info("consolidated into %s", version.name)
         return version.name
 

@@ -182,7 +182,8 @@ class ItemTrainer:
             if self.engine.train(plan, self._after_step):
                 self._record_eval(item)
                 self.host.until_written(lambda: queue.complete(self.layout, item.id, steps=plan.total_steps,
-                                                               global_step=self.engine.state.global_step))
+                                                               global_step=self.engine.state.global_step,
+                                                               line=self.engine.state.line))
                 log.info("done %s", item.id)
                 return Outcome.DONE
             if self._action is control.Action.PAUSE:

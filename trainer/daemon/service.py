@@ -24,7 +24,7 @@ from typing import TypeVar
 
 from trainer.clock import Now, SystemClock
 from trainer.config import Config, load_config
-from trainer.daemon import items, startup
+from trainer.daemon import items, rollback, startup
 from trainer.daemon.housekeeping import Housekeeping
 from trainer.daemon.notify import Notifier
 from trainer.daemon.policy import error_backoff, memory_creeping
@@ -329,6 +329,9 @@ class Daemon:
         self.housekeeping.expire_events_if_due(now.utc)
         self.report_page.refresh_if_due(self.config, now.monotonic)
         self._disk_works()
+        if requests.rollback is not None:  # between items: nothing is training now
+            rollback.roll_back(self.layout, self.config, self.engine, requests.rollback, self.until_written)
+            return True
         if requests.pause is not None:
             return worked
         if queue.counts(self.layout)["pending"] and not self.housekeeping.room_to_claim():

@@ -6,6 +6,9 @@ Requests are files in ``control/``, each published atomically:
   and ``resume`` removes it. Two concurrent pauses simply leave one file.
 - ``skip.json``: names the item it is for, so a late skip can never hit the next item.
 - ``stop.json``: finish the current step, checkpoint, exit 0.
+- ``consolidate.json``: publish a version at the next idle moment.
+- ``rollback.json``: continue training from a published version, between items; it carries
+  an id, so a daemon that crashed half-way through it finishes it instead of starting over.
 
 When several are pending the daemon obeys **stop, then skip, then pause** (``decide``).
 
@@ -42,6 +45,7 @@ class Request(str, Enum):
     SKIP = "skip"
     PAUSE = "pause"
     CONSOLIDATE = "consolidate"
+    ROLLBACK = "rollback"
 
 
 def _request_path(layout: Layout, request: Request) -> Path:
@@ -83,6 +87,12 @@ def send_consolidate(layout: Layout) -> dict:
     return _send(layout, Request.CONSOLIDATE)
 
 
+def send_rollback(layout: Layout, version: str, *, requeue: bool) -> dict:
+    """Continue training from ``version`` at the next moment between items (``requeue``: queue
+    again the items trained after it). A later request replaces one not yet acted on."""
+    return _send(layout, Request.ROLLBACK, version=version, requeue=requeue, id=os.urandom(8).hex())
+
+
 # --- read by the daemon (every optimizer step: one listdir, then only what exists) ----------
 
 @dataclass(frozen=True)
@@ -91,6 +101,7 @@ class Requests:
     skip: dict | None = None
     stop: dict | None = None
     consolidate: dict | None = None
+    rollback: dict | None = None
 
 
 REQUEST_LIMIT = 64 << 10  # a request is a reason and a few fields
@@ -151,6 +162,10 @@ def clear_stop(layout: Layout) -> bool:
 
 def clear_consolidate(layout: Layout) -> bool:
     return _clear(layout, Request.CONSOLIDATE)
+
+
+def clear_rollback(layout: Layout) -> bool:
+    return _clear(layout, Request.ROLLBACK)
 
 
 # --- the daemon's state file ---------------------------------------------------------------

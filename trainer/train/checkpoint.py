@@ -9,8 +9,9 @@
       .deleting-*/                a checkpoint retention is removing (swept after a crash)
 
 A checkpoint exists only once its manifest does and it has been renamed into place.
-Checkpoints are ordered by the step and serial recorded in their manifests, never by name or
-mtime. This module never imports torch: the engine hands it a function that writes files.
+Checkpoints are ordered by the line, step and serial recorded in their manifests, never by
+name or mtime (a rollback starts a new line from an earlier step: its first checkpoint is the
+newest although its step is lower). This module never imports torch: the engine hands it a function that writes files.
 """
 
 from __future__ import annotations
@@ -61,10 +62,11 @@ class Checkpoint:
     step: int
     serial: int  # save order, breaking ties between checkpoints of the same step
     manifest: dict
+    line: int = 0  # the training line (a rollback starts the next): ordered first
 
     @property
-    def order(self) -> tuple[int, int]:
-        return (self.step, self.serial)
+    def order(self) -> tuple[int, int, int]:
+        return (self.line, self.step, self.serial)
 
 
 def read_manifest(path: Path) -> dict:
@@ -95,7 +97,11 @@ def verify(path: Path) -> Checkpoint:
             raise CorruptCheckpoint(f"{name} has {size} bytes, the manifest says {expected.get('size')}")
         if file_digest(file) != expected.get("sha256"):
             raise CorruptCheckpoint(f"{name} does not match its sha256 (corrupted on disk)")
-    return Checkpoint(path, manifest["step"], int(manifest.get("serial", 0)), manifest)
+    return _checkpoint(path, manifest)
+
+
+def _checkpoint(path: Path, manifest: dict) -> Checkpoint:
+    return Checkpoint(path, manifest["step"], int(manifest.get("serial", 0)), manifest, int(manifest.get("line", 0)))
 
 
 class CheckpointStore:
@@ -122,7 +128,7 @@ class CheckpointStore:
                 manifest = read_manifest(path)
             except CorruptCheckpoint:
                 continue
-            found.append(Checkpoint(path, manifest["step"], int(manifest.get("serial", 0)), manifest))
+            found.append(_checkpoint(path, manifest))
         return sorted(found, key=lambda c: c.order)
 
     def latest_valid(self) -> Checkpoint | None:
@@ -199,7 +205,7 @@ class CheckpointStore:
             if refused is not None:
                 raise refused from exc
             raise
-        checkpoint = Checkpoint(final, step, serial, manifest)
+        checkpoint = _checkpoint(final, manifest)
         try:
             write_atomic(self.root, self.root / LATEST, (name + "\n").encode())
             self.retain()

@@ -81,6 +81,10 @@ def build_demo_model(dest: Path, *, hidden: int = 128, layers: int = 4, heads: i
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
+    # A chat turn ends with <|end|> (the template above): generation must stop there, or the
+    # model talks on past its answer. <|eos|> still ends a plain-text sequence.
+    model.generation_config.eos_token_id = [tokenizer.convert_tokens_to_ids("<|end|>"), tokenizer.eos_token_id]
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
     dest.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(dest)
     tokenizer.save_pretrained(dest)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 import random
 import time
 from collections.abc import Callable
@@ -25,7 +26,8 @@ import torch
 
 from trainer.config import CheckpointConfig, Config
 from trainer.errors import DiskUnwritable, ItemFailed
-from trainer.spool.fsutil import append_line, disk_refusal
+from trainer.spool.fsutil import FILE_MODE, append_line, disk_refusal
+from trainer.train import lineage
 from trainer.train import model as model_io
 from trainer.train import step
 from trainer.train.checkpoint import Checkpoint, CheckpointStore
@@ -107,6 +109,9 @@ class Engine:
         self.state = TrainState(micro_batch_size=cfg.micro_batch_size, base=base)
         if checkpoint is not None:
             self._restore(checkpoint)
+            from trainer.train import releases
+
+            releases.adopt_if_published(self, self.base / "models")
         self.share_with_followers()
         return checkpoint
 
@@ -130,6 +135,21 @@ class Engine:
         self.state.base = base
         self.share_with_followers()
         return self.checkpoint()
+
+    def continue_from(self, version: str, meta: dict, request: dict, requeue: list[dict]) -> Checkpoint:
+        """Rollback: a new line of training from published version ``version`` (``meta``, its
+        metadata). The model is loaded from the version's directory as the new base (LoRA: with
+        a fresh adapter), the optimizer starts fresh, and the state starts at the version's
+        step; all of it is one checkpoint, the newest by its line: until it is committed a
+        restart finds the old line whole, after it the new one."""
+        base = f"models/{version}"
+        self._load_model(base)
+        self.state = lineage.rolled_back(self.state, version, meta, base=base, request=request, requeue=requeue)
+        self._nonfinite_in_a_row = 0
+        self.checkpoint()
+        self.share_with_followers()
+        log.info("rolled back to %s (step %d): line %d", version, self.state.global_step, self.state.line)
+        return self.last_checkpoint
 
     def checkpoint_estimate(self) -> int:
         """Bytes the next checkpoint will take: the last one's size, or weights + Adam moments."""
@@ -187,6 +207,8 @@ class Engine:
         # snapshot can hard-link it instead of writing the weights again.
         save_file({name: p.detach().contiguous().cpu() for name, p in self.params.items()},
                   str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
+        # safetensors creates its file 0600; a version hard-links it, and the group must read it.
+        os.chmod(directory / WEIGHTS_FILE, FILE_MODE)
         torch.save(self.optimizer.state_dict(), directory / OPTIMIZER_FILE)
         torch.save(_rng_state(), directory / RNG_FILE)
         (directory / STATE_FILE).write_bytes(orjson.dumps(asdict(self.state), option=orjson.OPT_INDENT_2))
@@ -203,7 +225,7 @@ class Engine:
             if not torch.isfinite(p).all():
                 raise ItemFailed(f"refusing to checkpoint non-finite weights ({name})", transient=True)
         estimate = self.checkpoint_estimate()
-        info = {"config_hash": config_hash(self.config), "versions": _versions(),
+        info = {"config_hash": config_hash(self.config), "versions": _versions(), "line": self.state.line,
                 "item": (self.state.cursor or {}).get("item_id"), "tokens_seen": self.state.tokens_seen}
         refusals = 0
         while True:
@@ -305,11 +327,13 @@ class Engine:
     def _cursor_for(self, plan: ItemPlan) -> Cursor:
         saved = self.state.cursor
         if saved and saved.get("item_id") == plan.item_id and saved.get("sha256") == plan.sha256:
+            lineage.item_started(self.state, plan.item_id, plan.sha256, resumed_step=saved.get("item_step", 0))
             return Cursor.from_json(saved)
         if saved:
             log.warning("the checkpoint was in the middle of item %s; starting %s from its beginning "
                         "(the updates already made from %s stay)", saved.get("item_id"), plan.item_id,
                         saved.get("item_id"))
+        lineage.item_started(self.state, plan.item_id, plan.sha256)
         return Cursor(plan.item_id, plan.sha256, rows_per_epoch=plan.rows_per_epoch, total_steps=plan.total_steps,
                       holdout=plan.holdout)
 
@@ -357,6 +381,8 @@ class Engine:
         self.state.cursor = None
         self.state.last_completed = {"item_id": plan.item_id, "sha256": plan.sha256}
         self.state.items_completed += 1
+        # In the same checkpoint as the item's last step: the lineage cannot disagree with the weights.
+        lineage.item_completed(self.state, plan.item_id, plan.sha256, lineage.item_facts(plan.data_path))
         self.checkpoint()
         return True
 

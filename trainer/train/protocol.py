@@ -31,6 +31,17 @@ class TrainState:
     # with the checkpoint that finishes the item, so a crash before the daemon records it
     # loses nothing (and nothing is evaluated twice). None: not evaluated.
     last_eval: dict | None = None
+    # Lineage (``train/lineage.py``): which line of training this is (a rollback starts a new
+    # one, and checkpoints order by line first), the version it last published or was rolled
+    # back to (the next version's parent) and that version's step, the items completed since
+    # it, in order, the item in progress's start, and the rollback that began this line.
+    line: int = 0
+    version: str | None = None
+    version_step: int = 0
+    lineage: list[dict] = field(default_factory=list)
+    partial: list[dict] = field(default_factory=list)  # items left mid-way (skipped, failed) since it
+    item_start: dict | None = None
+    rollback: dict | None = None
 
     @property
     def smoothed_loss(self) -> float | None:
@@ -116,6 +127,10 @@ class TrainingEngine(Protocol):
 
     def consolidate(self, directory: Path, *, keep_versions: int) -> Path:
         """The new version's directory."""
+
+    def continue_from(self, version: str, meta: dict, request: dict, requeue: list[dict]) -> CheckpointRef:
+        """Rollback: a new line from published version ``version`` (``meta``: its metadata),
+        committed as one checkpoint that also records ``request`` and the items to queue again."""
 
     def memory(self) -> dict:
         """{"rss": resident bytes of this process, "gpu": {...} or None}."""
