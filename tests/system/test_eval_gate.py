@@ -40,6 +40,13 @@ def _poison(path, records: int, seed: int = 5):
     return path
 
 
+def _latest(models) -> str | None:
+    try:
+        return (models / "LATEST").read_text().strip()
+    except FileNotFoundError:
+        return None
+
+
 def _version(layout, name: str, held: bool = False) -> dict:
     directory = layout.root / "models" / (".candidates" if held else "") / name
     return orjson.loads((directory / "trainer_version.json").read_bytes())
@@ -66,7 +73,8 @@ def test_clean_data_is_published_and_a_poisoned_item_is_held_back_with_its_numbe
             daemon.wait_for(lambda v=version: (models / v).is_dir() or (models / ".candidates" / v).is_dir(),
                             timeout=240, what=f"{version}")
             assert (models / version).is_dir(), f"clean data was held back: {_version(base, version, True)['eval']}"
-            assert (models / "LATEST").read_text().strip() == version
+            # LATEST follows the version's rename (not in the same instant).
+            daemon.wait_for(lambda v=version: _latest(models) == v, timeout=60, what=f"LATEST = {version}")
         poison = enqueue.enqueue(base, _poison(tmp_path / "poison.jsonl", 160), limits=limits).id
         daemon.wait_for(lambda: (models / ".candidates" / "v003").is_dir(), timeout=240, what="v003 held back")
         daemon.wait_for(lambda: any(e["event"] == "held_back" for e in events.read(base).events), what="the event")
