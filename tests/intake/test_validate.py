@@ -89,14 +89,15 @@ def test_records_count_only_valid_lines():
     (b'"just a string"', "expected a JSON object, got a string"),
     (b"42", "expected a JSON object, got a number"),
     (b"null", "expected a JSON object, got null"),
-    (b'{"input": "x", "output": "y"}', f"expected one of {EXPECTED_SHAPES}"),
+    (b'{"input": "x", "answer": "y"}', f"expected one of {EXPECTED_SHAPES}"),
+    (b'{"input": "x", "output": "y"}', '"instruction" and "output" go together; "instruction" is missing'),
     (b'{"text": "x", "messages": []}', 'ambiguous record: has "messages" and "text"'),
     (b'{"text": "x", "completion": "y"}', 'ambiguous record: has "text" and "completion"'),
     (b'{"messages": "hi"}', '"messages" must be a non-empty list'),
     (b'{"messages": []}', "got an empty list"),
     (b'{"messages": ["hi"]}', "messages[0] must be an object"),
     (b'{"messages": [{"role": "bot", "content": "x"}]}',
-     'messages[0].role "bot" is not one of "system", "user", "assistant"'),
+     'messages[0].role "bot" is not one of "system", "user", "assistant", "tool"'),
     (b'{"messages": [{"content": "x"}]}', 'messages[0] has no "role"'),
     (b'{"messages": [{"role": 1, "content": "x"}]}', "messages[0].role must be a string"),
     (b'{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": 4}]}',
@@ -110,7 +111,7 @@ def test_records_count_only_valid_lines():
     (b'{"prompt": "q", "completion": ""}', '"completion" is empty'),
     (b'{"prompt": "q"}', '"completion" is missing'),
     (b'{"completion": "a"}', '"prompt" is missing'),
-    (b'{"prompt": 1, "completion": "a"}', '"prompt" must be a string, got a number'),
+    (b'{"prompt": 1, "completion": "a"}', '"prompt" must be a string (or, with "completion", a list of messages), got a number'),
     (b'{"prompt": "q", "completion": false}', '"completion" must be a string, got a boolean'),
 ])
 def test_each_problem_is_reported_with_its_line_number(line, expected):
@@ -125,7 +126,7 @@ def test_a_long_bad_role_is_shortened_in_the_reason():
     line = orjson.dumps({"messages": [{"role": "x" * 1000, "content": "y"}]})
     reason = only_problem(validate(line)).reason
     assert len(reason) < 200
-    assert reason.endswith('is not one of "system", "user", "assistant"')
+    assert reason.endswith('is not one of "system", "user", "assistant", "tool"')
 
 
 def test_utf8_problem_is_not_mistaken_for_a_json_problem():
@@ -384,7 +385,7 @@ def is_training_record(value) -> bool:
         for turn in turns:
             if not isinstance(turn, dict):
                 return False
-            if not isinstance(turn.get("role"), str) or turn["role"] not in {"system", "user", "assistant"}:
+            if not isinstance(turn.get("role"), str) or turn["role"] not in {"system", "user", "assistant", "tool"}:
                 return False
             if not isinstance(turn.get("content"), str):
                 return False
@@ -413,7 +414,7 @@ json_values = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
     max_leaves=12,
 )
-roles = st.sampled_from(["system", "user", "assistant", "bot", "", "Assistant"]) | json_values
+roles = st.sampled_from(["system", "user", "assistant", "tool", "bot", "", "Assistant"]) | json_values
 contents = st.sampled_from(["", " ", "hi", "\n\t", "ok\u00e9"]) | json_values
 turns = st.fixed_dictionaries({}, optional={"role": roles, "content": contents, "name": json_values})
 good_turns = st.fixed_dictionaries({"role": st.sampled_from(["system", "user", "assistant"]),
