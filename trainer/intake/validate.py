@@ -46,9 +46,10 @@ CHUNK_SIZE = 1 << 20
 """Bytes per read: large enough that per-chunk overhead vanishes, small enough that memory
 stays flat however big the file is."""
 
-DIGESTED_RECORDS = 4_000_000
-"""Records per file whose digests are taken (8 bytes each, so at most 32 MB): repeats are
-counted over the first this many records of a larger file."""
+DIGESTED_RECORDS = 1_000_000
+"""Records per file whose digests are taken (8 bytes each, so at most 8 MB): repeats are
+counted over the first this many records of a larger file (the
+lookup holds them as a set, ~100 bytes each)."""
 
 _BOM = b"\xef\xbb\xbf"
 # JSON's own whitespace; bytes.strip() would also drop \v and \f, which JSON rejects.

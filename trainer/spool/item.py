@@ -72,6 +72,13 @@ class ItemMeta:
     not_before: str | None = None  # a retry waits until then (UTC ISO time)
     # Token statistics from the engine's survey (count, mean, p95, max, truncated, ...).
     tokens: dict[str, Any] | None = None
+    # The record format(s) the validator found ("sharegpt"; several only for a file mixing
+    # messages, text and prompt/completion); empty for items queued before formats were kept.
+    formats: tuple[str, ...] = ()
+    # Records whose line was already in a file queued earlier / that repeat a line of this
+    # file (trainer.intake.seen); None: not counted (queued before the count existed).
+    repeated_records: int | None = None
+    repeated_in_file: int | None = None
     schema: int = META_SCHEMA
 
     def to_json(self) -> bytes:
@@ -124,11 +131,18 @@ def parse_meta(raw: bytes) -> ItemMeta:
             parse_iso(not_before)
         except (TypeError, ValueError):
             raise CorruptMeta(f"field 'not_before' is not a time: {not_before!r}") from None
+    formats = data.get("formats") or []
+    if not isinstance(formats, list) or not all(isinstance(f, str) for f in formats):
+        raise CorruptMeta("field 'formats' is not a list of names")
+    repeats = {key: data.get(key) for key in ("repeated_records", "repeated_in_file")}
+    for key, value in repeats.items():
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            raise CorruptMeta(f"field {key!r} is not a number")
     return ItemMeta(
         id=data["id"], name=data["name"], source=data["source"], sha256=data["sha256"],
         size=data["size"], records=data["records"], enqueued_at=data["enqueued_at"],
         priority=priority, attempts=data["attempts"], errors=errors,
-        not_before=not_before, tokens=tokens,
+        not_before=not_before, tokens=tokens, formats=tuple(formats), **repeats,
     )
 
 

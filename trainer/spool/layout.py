@@ -12,6 +12,7 @@
       run/                daemon.json (the daemon's state), daemon.lock, spool.lock
       events/YYYY-MM.jsonl  append-only event log, one segment per UTC month
       events/v1/YYYY-MM.jsonl  format 1's single events.jsonl, split by month on upgrade
+      index/              what was queued before: files (sha256) and record digests (intake/seen.py)
 
 Each item is a directory ``ID/`` holding ``data.jsonl`` (the queued copy) and
 ``meta.json``. The directory an item is in is its state; every state change is one rename.
@@ -87,6 +88,24 @@ class Layout:
     def old_events(self) -> Path:
         """Format 1's single event log; gone once the daemon has upgraded the base dir."""
         return self.root / "events.jsonl"
+
+    @property
+    def index_dir(self) -> Path:
+        """What was queued before (trainer.intake.seen); made on first use."""
+        return self.root / "index"
+
+    @property
+    def file_index(self) -> Path:
+        """One "SHA256 ID" line per queued file."""
+        return self.index_dir / "files"
+
+    def record_index(self, prefix: str) -> Path:
+        """The digests of queued records that start with these two hex digits."""
+        return self.index_dir / "records" / prefix
+
+    @property
+    def index_lock(self) -> Path:
+        return self.index_dir / "lock"
 
     @property
     def daemon_state(self) -> Path:
