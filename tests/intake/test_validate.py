@@ -487,3 +487,81 @@ def test_arbitrary_bytes_never_raise_and_give_a_well_formed_report(
         # still cut at the limit, so the problems must agree.
         assert (chunked.records, chunked.problems, chunked.problem_count) == (
             report.records, report.problems, report.problem_count)
+
+
+# --- one format per file ----------------------------------------------------------------------
+
+SHAREGPT = b'{"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello."}]}'
+ALPACA = b'{"instruction": "Add.", "input": "2+2", "output": "4"}'
+PAIR = (b'{"prompt": [{"role": "user", "content": "Hi"}], '
+        b'"completion": [{"role": "assistant", "content": "Hello."}]}')
+TOOL_CHAT = (b'{"messages": [{"role": "user", "content": "Weather?"}, {"role": "assistant", "content": null, '
+             b'"tool_calls": [{"type": "function", "function": {"name": "w", "arguments": "{}"}}]}, '
+             b'{"role": "tool", "content": "sun"}, {"role": "assistant", "content": "Sunny."}]}')
+PREFERENCE = b'{"prompt": "2+2=", "chosen": "4", "rejected": "5"}'
+
+
+@pytest.mark.parametrize("line, name", [
+    (SHAREGPT, "sharegpt"), (ALPACA, "alpaca"), (PAIR, "conversational prompt/completion"),
+    (TOOL_CHAT, "messages"), (CHAT, "messages"), (TEXT, "text"), (PROMPT, "prompt/completion"),
+])
+def test_a_files_format_is_detected_and_reported(line, name):
+    report = validate(b"\n".join([line] * 3) + b"\n")
+    assert report.ok, report.problems
+    assert (report.records, report.formats) == (3, (name,))
+
+
+def test_the_formats_accepted_side_by_side_before_may_still_share_a_file():
+    report = validate(b"\n".join([TEXT, CHAT, PROMPT, CHAT]) + b"\n")
+    assert report.ok and report.formats == ("messages", "text", "prompt/completion")
+
+
+@pytest.mark.parametrize("first, other, field", [
+    (SHAREGPT, ALPACA, "instruction"),
+    (ALPACA, SHAREGPT, "conversations"),
+    (CHAT, SHAREGPT, "conversations"),
+    (SHAREGPT, CHAT, "messages"),
+    (PROMPT, PAIR, "prompt"),
+    (PAIR, PROMPT, "prompt"),
+])
+def test_a_record_of_another_format_is_a_problem_naming_its_line_and_field(first, other, field):
+    report = validate(b"\n".join([first, first, other, first]) + b"\n")
+    problem = only_problem(report)
+    assert problem.line == 3
+    assert f'(it has "{field}") in a file of ' in problem.reason and "records (line 1)" in problem.reason
+    assert "a file holds one format; split it into one file per format" in problem.reason
+    assert report.records == 3
+
+
+def test_the_first_valid_record_sets_the_format_and_a_broken_one_is_its_own_problem():
+    broken = b'{"conversations": [{"from": "bot", "value": "x"}]}'
+    report = validate(b"\n".join([broken, ALPACA, ALPACA]) + b"\n")
+    assert only_problem(report).line == 1 and 'from "bot" is not one of' in only_problem(report).reason
+    assert report.formats == ("alpaca",)
+
+
+def test_a_file_of_preference_pairs_is_refused_in_one_line_and_every_pair_counted():
+    report = validate(b"\n".join([PREFERENCE] * 50) + b"\n")
+    assert report.records == 0 and report.problem_count == 50
+    assert [p.line for p in report.problems] == [1]
+    assert report.problems[0].reason.startswith("preference pairs (chosen/rejected) are not supported yet: ")
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_file_of_a_new_format_gives_the_same_report_in_any_chunks(seed):
+    rng = random.Random(seed)
+    lines = [SHAREGPT] + [rng.choice([ALPACA, b"", b"{}"]) if rng.random() < 0.2 else SHAREGPT for _ in range(60)]
+    data = b"\n".join(lines) + b"\n"
+    whole = validate(data, record_digests=True)
+    assert whole.records == lines.count(SHAREGPT) and whole.problem_count == lines.count(ALPACA) + lines.count(b"{}")
+    assert len(whole.digests) == 8 * whole.records
+    sizes = [rng.randint(1, 300) for _ in range(20)]
+    assert validate_in_chunks(data, sizes, record_digests=True) == whole
+
+
+def test_digests_are_taken_per_valid_record_only_when_asked():
+    data = b"\n".join([SHAREGPT, b"{}", SHAREGPT + b"  \r", b"", SHAREGPT]) + b"\n"
+    assert validate(data).digests is None
+    report = validate(data, record_digests=True)
+    line_digest = hashlib.sha256(SHAREGPT).digest()[:8]
+    assert report.digests == line_digest * 3  # the CR and spaces JSON ignores are not part of it
