@@ -429,3 +429,31 @@ def test_a_chat_that_opens_with_the_answer_is_encoded_alike_with_or_without_gene
     assert by_prefix.encode(record)[0] == example
     learned = [label for label in example.labels if label != IGNORE]
     assert tokenizer.decode(learned) == "only an answer<|end|>"
+
+
+odd_turns = st.lists(st.one_of(
+    st.fixed_dictionaries({}, optional={"role": st.sampled_from(["user", "assistant", "tool", "bot"]) | odd_values,
+                                        "content": odd_values, "tool_calls": json_values}),
+    json_values), max_size=3)
+sharegpt_turns = st.lists(st.one_of(
+    st.fixed_dictionaries({}, optional={"from": st.sampled_from(list(formats.SHAREGPT_ROLES) + ["bot"]) | odd_values,
+                                        "value": odd_values}),
+    json_values), max_size=3)
+new_format_records = st.one_of(
+    st.fixed_dictionaries({"conversations": sharegpt_turns | json_values},
+                          optional={"system": odd_values, "tools": json_values}),
+    st.fixed_dictionaries({"instruction": odd_values, "output": odd_values},
+                          optional={"input": odd_values, "system": odd_values,
+                                    "history": st.lists(st.lists(odd_values, max_size=3), max_size=2) | json_values}),
+    st.fixed_dictionaries({"prompt": odd_turns, "completion": odd_turns}, optional={"tools": json_values}),
+    st.fixed_dictionaries({"messages": odd_turns}, optional={"tools": json_values}),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(value=new_format_records)
+def test_the_quick_checks_of_the_newer_formats_never_accept_what_their_problem_refuses(value):
+    fmt = recognise(value)
+    if fmt is not None and fmt.quick(value):
+        assert fmt.problem(value) is None
+        normalise(value)  # and what is accepted can be normalised

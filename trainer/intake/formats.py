@@ -124,12 +124,6 @@ class Format:
     """May share a file with the other formats that may (the three accepted before the rest)."""
 
 
-def _is_ok(problem: Callable[[dict], str | None]) -> Callable[[dict], bool]:
-    """A quick check that is the problem check itself, for formats whose check costs no more
-    than a quick one would on a valid record (no message is built until something is wrong)."""
-    return lambda record: problem(record) is None
-
-
 # --- turns (messages, conversational prompt/completion) ---------------------------------------
 
 
@@ -162,24 +156,25 @@ def _turns_problem(field: str, turns: Any, *, allow_empty: bool = False) -> tupl
     return None, answered
 
 
-def _turns_quick(turns: Any) -> bool:
+def _turns_quick(turns: Any) -> int:
     """The common case of `_turns_problem` (no tool calls), at the speed of a quick check:
-    True when the turns are fine and an assistant says something."""
+    0 when unsure, 1 when the turns are fine, 2 when they are fine and an assistant says
+    something."""
     if type(turns) is not list:
-        return False
-    answered = False
+        return 0
+    answered = 1
     for turn in turns:
         if type(turn) is not dict:
-            return False
+            return 0
         role = turn.get("role")
         content = turn.get("content")
         if role not in ROLES or type(content) is not str:
-            return False
+            return 0
         if role == "assistant":
             if "tool_calls" in turn:
-                return False
+                return 0
             if content and not content.isspace():
-                answered = True
+                answered = 2
     return answered
 
 
@@ -272,7 +267,7 @@ def _chat_problem(record: dict) -> str | None:
 def _chat_quick(record: dict) -> bool:
     # Tool calls and definitions are checked in full (they are rarer, and a file of them
     # would otherwise be parsed twice, once by the fast pass and again line by line).
-    if "tools" not in record and _turns_quick(record["messages"]):
+    if "tools" not in record and _turns_quick(record["messages"]) == 2:
         return True
     return _chat_problem(record) is None
 
@@ -341,6 +336,13 @@ def _conversation_pair_problem(record: dict) -> str | None:
     return _tools_problem(record["tools"]) if "tools" in record else None
 
 
+def _conversation_pair_quick(record: dict) -> bool:
+    prompt = record.get("prompt")
+    if "tools" not in record and prompt and _turns_quick(prompt) and _turns_quick(record.get("completion")) == 2:
+        return True
+    return _conversation_pair_problem(record) is None
+
+
 def _conversation_pair_form(record: dict) -> Chat:
     prompt = _turns_form(record["prompt"])
     return Chat([*prompt, *_turns_form(record["completion"])], _tools_form(record.get("tools")),
@@ -383,6 +385,28 @@ def _sharegpt_problem(record: dict) -> str | None:
     if "system" in record and type(record["system"]) is not str:
         return f'"system" must be a string, got {_json_type(record["system"])}'
     return _tools_problem(record["tools"]) if "tools" in record else None
+
+
+def _sharegpt_quick(record: dict) -> bool:
+    # The common case (no function calls, system or tools) as fast as the messages' check.
+    turns = record["conversations"]
+    if type(turns) is list and "system" not in record and "tools" not in record:
+        answered = False
+        for turn in turns:
+            if type(turn) is not dict:
+                break
+            who = turn.get("from")
+            value = turn.get("value")
+            if type(who) is not str or type(value) is not str or who not in _PLAIN_SHAREGPT:
+                break
+            if not answered and _PLAIN_SHAREGPT[who] and value and not value.isspace():
+                answered = True
+        else:
+            return answered
+    return _sharegpt_problem(record) is None
+
+
+_PLAIN_SHAREGPT = {who: role == "assistant" for who, role in SHAREGPT_ROLES.items() if who != "function_call"}
 
 
 def _function_calls(value: str) -> list[dict] | None:
@@ -432,6 +456,15 @@ def _alpaca_problem(record: dict) -> str | None:
     return None
 
 
+def _alpaca_quick(record: dict) -> bool:
+    output = record.get("output")
+    if (type(record.get("instruction")) is str and type(output) is str and output and not output.isspace()
+            and type(record.get("input", "")) is str and type(record.get("system", "")) is str
+            and "history" not in record):
+        return True
+    return _alpaca_problem(record) is None
+
+
 def _alpaca_form(record: dict) -> Chat:
     messages = [{"role": "system", "content": record["system"]}] if record.get("system") else []
     for asked, answered in record.get("history") or ():
@@ -467,12 +500,12 @@ FORMATS: tuple[Format, ...] = (
            quick=_prompt_completion_quick, normalise=_prompt_completion_form,
            claims=lambda record: not _conversational(record), shares_files=True),
     Format(name="sharegpt", keys=("conversations",), example='{"conversations": [{"from": ..., "value": ...}]}',
-           problem=_sharegpt_problem, quick=_is_ok(_sharegpt_problem), normalise=_sharegpt_form),
+           problem=_sharegpt_problem, quick=_sharegpt_quick, normalise=_sharegpt_form),
     Format(name="alpaca", keys=("instruction", "output"), example='{"instruction": "...", "output": "..."}',
-           problem=_alpaca_problem, quick=_is_ok(_alpaca_problem), normalise=_alpaca_form),
+           problem=_alpaca_problem, quick=_alpaca_quick, normalise=_alpaca_form),
     Format(name="conversational prompt/completion", keys=("prompt", "completion"),
            example='{"prompt": [...], "completion": [...]}', problem=_conversation_pair_problem,
-           quick=_is_ok(_conversation_pair_problem), normalise=_conversation_pair_form, claims=_conversational),
+           quick=_conversation_pair_quick, normalise=_conversation_pair_form, claims=_conversational),
     Format(name="preference", keys=("chosen", "rejected"), example="", problem=_preference_problem,
            wins_with=("chosen", "rejected")),
 )
