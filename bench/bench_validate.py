@@ -209,6 +209,15 @@ def validator_in(tree: Path, digests: bool = False):
     return run
 
 
+def accepts(tree: Path, path: Path) -> bool:
+    """Whether the validator under tree accepts the file (an older one refuses newer formats)."""
+    try:
+        validator_in(tree)(path)
+    except subprocess.CalledProcessError:
+        return False
+    return True
+
+
 def extract_revision(rev: str, into: Path) -> Path:
     """The trainer package as it was at git revision rev, unpacked under into."""
     repo = Path(__file__).resolve().parent.parent
@@ -276,7 +285,7 @@ def main() -> None:
             size, records = WRITERS[kind](path, int(args.mb * MB))
             methods = [("validate_path (orjson + shape checks + sha256)", validator_in(here)),
                        ("validate_path with record digests (enqueue, inbox)", validator_in(here, digests=True))]
-            if old is not None:
+            if old is not None and accepts(old, path):
                 methods.append((f"validate_path at {args.against}", validator_in(old)))
             methods += [
                 ("baseline: for line in open(): json.loads(line)", timed(run_baseline)),
