@@ -596,10 +596,11 @@ def _any_key_test(keys: tuple[str, ...]) -> str:
 _FAST_CHECKS: dict[tuple[Format, ...], Callable[[Any], int]] = {}
 
 
-def fast_check_for(fmt: Format) -> Callable[[Any], int]:
+def fast_check_for(fmt: Format, *, alone: bool = False) -> Callable[[Any], int]:
     """The fast check for a file whose first record is of ``fmt``: it says yes only to valid
-    records that may share that file."""
-    allowed = SHARING_FILES if fmt.shares_files else (fmt,)
+    records that may share that file; ``alone``: only to records of ``fmt`` itself (the
+    common case, and a chain of one test is the fastest)."""
+    allowed = SHARING_FILES if fmt.shares_files and not alone else (fmt,)
     if allowed not in _FAST_CHECKS:
         _FAST_CHECKS[allowed] = _write_fast_check(allowed)
     return _FAST_CHECKS[allowed]
