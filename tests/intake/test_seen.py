@@ -128,7 +128,7 @@ def test_an_inbox_file_with_the_same_content_is_taken_with_a_warning_never_refus
 def test_an_invalid_inbox_file_adds_nothing_to_the_index(layout, tmp_path):
     (layout.inbox / "bad.jsonl").write_bytes(b'{"text": "fine"}\n{oops\n')
     assert ingest(layout, "bad.jsonl", LIMITS).state is ItemState.FAILED
-    assert not layout.file_index.exists()
+    assert not os.path.exists(layout.index_dir) or not os.listdir(layout.index_dir / "files")
 
 
 def test_repeats_of_a_batch_count_the_batchs_earlier_files(layout):
@@ -137,3 +137,10 @@ def test_repeats_of_a_batch_count_the_batchs_earlier_files(layout):
         assert index.repeats(digests) == seen.Repeats(earlier=0, within=0)
         assert index.repeats(digests + digests[:8]) == seen.Repeats(earlier=3, within=0)
         assert index.repeats(None) is None
+
+
+def test_a_file_queued_many_times_names_only_its_newest_copies(layout, tmp_path):
+    data = write_jsonl(tmp_path / "a.jsonl", [chat(1)])
+    ids = [enqueue(layout, data, limits=LIMITS).id for _ in range(6)]
+    queued = enqueue_batch(layout, [data], limits=LIMITS)[0]
+    assert queued.duplicates == tuple((item_id, "pending") for item_id in reversed(ids[-3:]))

@@ -116,11 +116,19 @@ DUPLICATE_STATES = (ItemState.PENDING, ItemState.HELD, ItemState.ACTIVE, ItemSta
 failed or removed one does not: queueing the file again is how one tries again)."""
 
 
+NAMED_DUPLICATES = 3
+"""How many items with the same content a warning names (the newest): one is enough to act on,
+and looking up the state of every earlier copy of a file queued thousands of times would make
+each enqueue of it slower than the last."""
+
+
 def same_content_items(layout: Layout, seen: SeenIndex, sha256: str, batch: dict[str, str]) -> list[tuple[str, str]]:
-    """(id, state) of the items with this content that make a file a duplicate; an item of
-    the same batch, not queued yet, has the state "in this batch"."""
+    """(id, state) of the newest items with this content that make a file a duplicate (at most
+    NAMED_DUPLICATES); an item of the same batch, not queued yet, has the state "in this batch"."""
     found = []
-    for item_id in seen.same_content(sha256):
+    for item_id in reversed(seen.same_content(sha256)):
+        if len(found) == NAMED_DUPLICATES:
+            break
         if item_id in batch:
             found.append((item_id, "in this batch"))
             continue

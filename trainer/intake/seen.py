@@ -1,6 +1,7 @@
 """What was queued before: the files (by sha256) and the records (by digest) of every item.
 
-    BASE/index/files         one "SHA256 ID" line per queued file
+    BASE/index/files/XX      one "SHA256 ID" line per queued file, in 256 buckets by the
+                             first two digits of the sha256
     BASE/index/records/XX    the digests of the records ever queued (16 hex digits a line),
                              in 256 buckets by their first two digits
     BASE/index/lock          held while a batch looks up and then adds its own
@@ -10,8 +11,8 @@ in the validation pass). Enqueue and the inbox ask, per file: which queued items
 content, and how many of its records were in a file queued earlier (counting the files
 earlier in the same batch) or repeat within it; then, once the items are queued, add theirs.
 
-Cost: a lookup reads only the buckets its records fall in (a small file, a few small files),
-and an addition is one append per bucket touched, so enqueue pays per record, not per item
+Cost: a lookup reads only the buckets its file and records fall in (a small file, a few
+small ones: 1/256 of the index each), and an addition is one append per bucket touched, so enqueue pays per record, not per item
 ever queued; a big file touches every bucket, so it reads the whole index once. Lines are
 appended whole or not at all (`fsutil.append_to`), and not fsynced: a crash or power cut can
 lose the newest additions, which only makes a later count miss those repeats; the index is
@@ -54,9 +55,9 @@ class SeenIndex:
     def __init__(self, layout: Layout) -> None:
         self.layout = layout
         self._buckets: dict[str, set[str]] = {}
-        self._files: dict[str, list[str]] | None = None
+        self._files: dict[str, dict[str, list[str]]] = {}  # by prefix: sha256 -> ids
         self._new_records: dict[str, list[str]] = {}
-        self._new_files: list[str] = []
+        self._new_files: dict[str, list[str]] = {}
         self._lock = None
 
     def __enter__(self) -> "SeenIndex":
@@ -70,13 +71,17 @@ class SeenIndex:
 
     def same_content(self, sha256: str) -> list[str]:
         """Ids of the items queued before with this file's sha256 (this batch's included), oldest first."""
-        if self._files is None:
-            self._files = {}
-            for line in _read(self.layout.file_index).splitlines():
+        return list(self._file_bucket(sha256[:2]).get(sha256, ()))
+
+    def _file_bucket(self, prefix: str) -> dict[str, list[str]]:
+        if prefix not in self._files:
+            files: dict[str, list[str]] = {}
+            for line in _read(self.layout.file_index(prefix)).splitlines():
                 parts = line.split()
                 if len(parts) == 2:
-                    self._files.setdefault(parts[0], []).append(parts[1])
-        return list(self._files.get(sha256, ()))
+                    files.setdefault(parts[0], []).append(parts[1])
+            self._files[prefix] = files
+        return self._files[prefix]
 
     def repeats(self, digests: bytes | None) -> Repeats | None:
         """How many of a file's records (its digests, 8 bytes each) were seen before; they then
@@ -97,18 +102,17 @@ class SeenIndex:
         return Repeats(earlier=earlier, within=within)
 
     def remember_file(self, sha256: str, item_id: str) -> None:
-        self.same_content(sha256)
-        self._files.setdefault(sha256, []).append(item_id)
-        self._new_files.append(f"{sha256} {item_id}\n")
+        self._file_bucket(sha256[:2]).setdefault(sha256, []).append(item_id)
+        self._new_files.setdefault(sha256[:2], []).append(f"{sha256} {item_id}\n")
 
     def add(self) -> None:
         """Append what this batch remembered: once its items are queued (a batch that fails
         adds nothing)."""
         for prefix, digests in self._new_records.items():
             _append(self.layout.record_index(prefix), "".join(f"{d}\n" for d in digests).encode())
-        if self._new_files:
-            _append(self.layout.file_index, "".join(self._new_files).encode())
-        self._new_records, self._new_files = {}, []
+        for prefix, lines in self._new_files.items():
+            _append(self.layout.file_index(prefix), "".join(lines).encode())
+        self._new_records, self._new_files = {}, {}
 
     def _bucket(self, prefix: str) -> set[str]:
         if prefix not in self._buckets:
@@ -142,7 +146,7 @@ def _append(path: Path, data: bytes) -> None:
 
 def _make_index_dirs(layout: Layout) -> None:
     # Made on first use, so a base dir from before the index needs no upgrade.
-    for path in (layout.index_dir, layout.index_dir / "records"):
+    for path in (layout.index_dir, layout.index_dir / "files", layout.index_dir / "records"):
         try:
             make_group_dir(path)
         except FileExistsError:

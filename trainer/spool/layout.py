@@ -94,10 +94,9 @@ class Layout:
         """What was queued before (trainer.intake.seen); made on first use."""
         return self.root / "index"
 
-    @property
-    def file_index(self) -> Path:
-        """One "SHA256 ID" line per queued file."""
-        return self.index_dir / "files"
+    def file_index(self, prefix: str) -> Path:
+        """One "SHA256 ID" line per queued file whose sha256 starts with these two hex digits."""
+        return self.index_dir / "files" / prefix
 
     def record_index(self, prefix: str) -> Path:
         """The digests of queued records that start with these two hex digits."""
