@@ -1,12 +1,15 @@
 """trainctl's speed, measured side by side in one run.
 
-    .venv/bin/python bench/bench_ctl.py [--items 10000] [--files 1000] [--runs 15]
+    .venv/bin/python bench/bench_ctl.py [--items 10000] [--files 1000] [--runs 15] [--against REV] [--rounds 5]
 
 - `trainctl status` and `trainctl list` wall time (real subprocesses) with 0 and with
   --items pending items, next to `python -c pass` and a bare import of trainctl's
   dependencies (click + orjson + psutil) as the floor;
 - `trainctl enqueue` of --files small valid files in one call: per-file cost, next to a
-  plain copy of the same files with fsync (the floor for crash-safe queueing).
+  plain copy of the same files with fsync (the floor for crash-safe queueing);
+- with --against REV: `trainctl enqueue` as it was at git revision REV, side by side with
+  today's (--rounds rounds, alternating which goes first, each into a fresh base dir; and one
+  file into the base dir of --items items): the ratio is what a change cost enqueue.
 Prints a markdown table to paste into docs/performance.md.
 """
 
@@ -47,6 +50,45 @@ def trainctl(base: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "ctl", "--base-dir", str(base), *args]
 
 
+def extract_revision(rev: str, into: Path) -> Path:
+    """trainer/ and ctl/ as they were at git revision rev, unpacked under into."""
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", rev, "trainer", "ctl"],
+                             check=True, capture_output=True).stdout
+    into.mkdir()
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(into)], check=True)
+    return into
+
+
+def timed_enqueue(tree: Path, base: Path, files: list[Path]) -> float:
+    start = time.perf_counter()
+    result = subprocess.run([*trainctl(base, "enqueue", "-q"), *map(str, files)], cwd=tree,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    elapsed = time.perf_counter() - start
+    assert result.returncode == 0, result.stderr
+    return elapsed
+
+
+def compare_enqueue(rev: str, work: Path, files: list[Path], full: Path, sample: Path, rounds: int) -> None:
+    """Today's enqueue against rev's, alternating, each batch into its own fresh base dir."""
+    trees = {"today": REPO, rev: extract_revision(rev, work / "old")}
+    batch: dict[str, list[float]] = {name: [] for name in trees}
+    single: dict[str, list[float]] = {name: [] for name in trees}
+    for n in range(rounds):
+        order = list(trees) if n % 2 == 0 else list(reversed(trees))
+        for name in order:
+            base = work / f"round-{n}-{name.replace('/', '_')}"
+            fill(base, 0, sample)
+            batch[name].append(timed_enqueue(trees[name], base, files))
+            single[name].append(timed_enqueue(trees[name], full, [files[n % len(files)]]))
+    print(f"\n| enqueue, median of {rounds} rounds | today | at {rev} | today / {rev} |")
+    print("|---|---|---|---|")
+    for label, runs in ((f"{len(files):,} files, one call, fresh base dir", batch),
+                        ("1 file into the base dir of the items above", single)):
+        now, then = statistics.median(runs["today"]), statistics.median(runs[rev])
+        print(f"| {label} | {now * 1000:.0f} ms | {then * 1000:.0f} ms | {now / then:.2f}x |")
+
+
 def fill(base: Path, items: int, sample: Path) -> None:
     layout, _ = init_base(base, default_config_toml())
     limits = Config().spool
@@ -84,6 +126,8 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=10_000)
     parser.add_argument("--files", type=int, default=1_000)
     parser.add_argument("--runs", type=int, default=21)
+    parser.add_argument("--against", metavar="REV", help="also time enqueue at this git revision, side by side")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of the --against comparison")
     args = parser.parse_args()
     # Measure start-up as an installed copy runs: with bytecode cached. (Where
     # PYTHONDONTWRITEBYTECODE is set, every run would otherwise recompile the project.)
@@ -133,6 +177,8 @@ def main() -> None:
               f"{enqueue_s / args.files * 1000:.2f} ms | {enqueue_s / copy_s:.1f}x |")
         print(f"\n(filling {args.items:,} items through the library took {fill_s:.1f} s, "
               f"{fill_s / max(args.items, 1) * 1000:.2f} ms per item)")
+        if args.against:
+            compare_enqueue(args.against, work, files, full, sample, args.rounds)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -23,17 +23,34 @@ from trainer.spool import control, events, queue
 from trainer.states import ItemState, Priority
 
 
+def _queued_summary(meta) -> str:
+    """"sharegpt, 1,234 records, 12 seen in earlier files, 2.1 MB": what enqueue found."""
+    parts = ["+".join(meta.formats)] if meta.formats else []
+    parts.append(f"{meta.records:,} records")
+    if meta.repeated_records:
+        parts.append(f"{meta.repeated_records:,} seen in earlier files")
+    if meta.repeated_in_file:
+        parts.append(f"{meta.repeated_in_file:,} repeated within it")
+    parts.append(render.size(meta.size))
+    return ", ".join(parts)
+
+
 @click.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=True))
 @click.option("--priority", "-p", type=PRIORITIES, default="normal", show_default=True)
 @click.option("--hold", is_flag=True, help="Queue it held: it waits until trainctl release.")
 @click.option("--move", is_flag=True, help="Delete each file once it is safely queued.")
-@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+@click.option("--reject-duplicates", is_flag=True,
+              help="Refuse (exit 65, nothing queued) a file whose content is already queued, active or done.")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors and warnings.")
 @click.pass_obj
-def enqueue(session: Session, files: tuple[Path, ...], priority: str, hold: bool, move: bool, quiet: bool) -> None:
+def enqueue(session: Session, files: tuple[Path, ...], priority: str, hold: bool, move: bool,
+            reject_duplicates: bool, quiet: bool) -> None:
     """Validate FILES and queue copies of them; prints one id per file.
 
     Either every file is queued or, if any is invalid, none is (exit 65, every problem listed).
+    A file with the same content as a queued, active or done item is queued with a warning
+    (refused with --reject-duplicates).
     """
     from trainer.intake import (
         enqueue,  # here, not at the top: only enqueue pays for the validator
@@ -41,17 +58,22 @@ def enqueue(session: Session, files: tuple[Path, ...], priority: str, hold: bool
 
     layout = session.layout
     queued = enqueue.enqueue_batch(layout, list(files), limits=session.config.spool,
-                                  priority=Priority(priority), hold=hold)
+                                  priority=Priority(priority), hold=hold, reject_duplicates=reject_duplicates)
     for item in queued:
         meta = item.meta
         if not quiet:
             click.echo(meta.id)
-            note(f"queued {meta.name} as {meta.id} ({meta.records:,} records, {render.size(meta.size)}, "
+            note(f"queued {meta.name} as {meta.id} ({_queued_summary(meta)}, "
                  f"{'held' if hold else priority})")
+        if item.duplicates:
+            note(f"warning: {enqueue.duplicate_line(meta.name, list(item.duplicates))}: queued anyway "
+                 f"(--reject-duplicates refuses such files)")
         if move:
             kept = enqueue.delete_source(item)
             if kept:
                 note(f"kept {item.source} although --move was given: {kept}")
+    if queued and queued[0].index_warning:
+        note(f"warning: {queued[0].index_warning}")
     if not quiet and control.read_requests(layout).pause is not None:
         note("the queue is paused: nothing trains until trainctl resume")
 

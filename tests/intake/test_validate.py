@@ -89,14 +89,15 @@ def test_records_count_only_valid_lines():
     (b'"just a string"', "expected a JSON object, got a string"),
     (b"42", "expected a JSON object, got a number"),
     (b"null", "expected a JSON object, got null"),
-    (b'{"input": "x", "output": "y"}', f"expected one of {EXPECTED_SHAPES}"),
+    (b'{"input": "x", "answer": "y"}', f"expected one of {EXPECTED_SHAPES}"),
+    (b'{"input": "x", "output": "y"}', '"instruction" and "output" go together; "instruction" is missing'),
     (b'{"text": "x", "messages": []}', 'ambiguous record: has "messages" and "text"'),
     (b'{"text": "x", "completion": "y"}', 'ambiguous record: has "text" and "completion"'),
     (b'{"messages": "hi"}', '"messages" must be a non-empty list'),
     (b'{"messages": []}', "got an empty list"),
     (b'{"messages": ["hi"]}', "messages[0] must be an object"),
     (b'{"messages": [{"role": "bot", "content": "x"}]}',
-     'messages[0].role "bot" is not one of "system", "user", "assistant"'),
+     'messages[0].role "bot" is not one of "system", "user", "assistant", "tool"'),
     (b'{"messages": [{"content": "x"}]}', 'messages[0] has no "role"'),
     (b'{"messages": [{"role": 1, "content": "x"}]}', "messages[0].role must be a string"),
     (b'{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": 4}]}',
@@ -110,7 +111,7 @@ def test_records_count_only_valid_lines():
     (b'{"prompt": "q", "completion": ""}', '"completion" is empty'),
     (b'{"prompt": "q"}', '"completion" is missing'),
     (b'{"completion": "a"}', '"prompt" is missing'),
-    (b'{"prompt": 1, "completion": "a"}', '"prompt" must be a string, got a number'),
+    (b'{"prompt": 1, "completion": "a"}', '"prompt" must be a string (or, with "completion", a list of messages), got a number'),
     (b'{"prompt": "q", "completion": false}', '"completion" must be a string, got a boolean'),
 ])
 def test_each_problem_is_reported_with_its_line_number(line, expected):
@@ -125,7 +126,7 @@ def test_a_long_bad_role_is_shortened_in_the_reason():
     line = orjson.dumps({"messages": [{"role": "x" * 1000, "content": "y"}]})
     reason = only_problem(validate(line)).reason
     assert len(reason) < 200
-    assert reason.endswith('is not one of "system", "user", "assistant"')
+    assert reason.endswith('is not one of "system", "user", "assistant", "tool"')
 
 
 def test_utf8_problem_is_not_mistaken_for_a_json_problem():
@@ -384,7 +385,7 @@ def is_training_record(value) -> bool:
         for turn in turns:
             if not isinstance(turn, dict):
                 return False
-            if not isinstance(turn.get("role"), str) or turn["role"] not in {"system", "user", "assistant"}:
+            if not isinstance(turn.get("role"), str) or turn["role"] not in {"system", "user", "assistant", "tool"}:
                 return False
             if not isinstance(turn.get("content"), str):
                 return False
@@ -413,7 +414,7 @@ json_values = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
     max_leaves=12,
 )
-roles = st.sampled_from(["system", "user", "assistant", "bot", "", "Assistant"]) | json_values
+roles = st.sampled_from(["system", "user", "assistant", "tool", "bot", "", "Assistant"]) | json_values
 contents = st.sampled_from(["", " ", "hi", "\n\t", "ok\u00e9"]) | json_values
 turns = st.fixed_dictionaries({}, optional={"role": roles, "content": contents, "name": json_values})
 good_turns = st.fixed_dictionaries({"role": st.sampled_from(["system", "user", "assistant"]),
@@ -486,3 +487,81 @@ def test_arbitrary_bytes_never_raise_and_give_a_well_formed_report(
         # still cut at the limit, so the problems must agree.
         assert (chunked.records, chunked.problems, chunked.problem_count) == (
             report.records, report.problems, report.problem_count)
+
+
+# --- one format per file ----------------------------------------------------------------------
+
+SHAREGPT = b'{"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello."}]}'
+ALPACA = b'{"instruction": "Add.", "input": "2+2", "output": "4"}'
+PAIR = (b'{"prompt": [{"role": "user", "content": "Hi"}], '
+        b'"completion": [{"role": "assistant", "content": "Hello."}]}')
+TOOL_CHAT = (b'{"messages": [{"role": "user", "content": "Weather?"}, {"role": "assistant", "content": null, '
+             b'"tool_calls": [{"type": "function", "function": {"name": "w", "arguments": "{}"}}]}, '
+             b'{"role": "tool", "content": "sun"}, {"role": "assistant", "content": "Sunny."}]}')
+PREFERENCE = b'{"prompt": "2+2=", "chosen": "4", "rejected": "5"}'
+
+
+@pytest.mark.parametrize("line, name", [
+    (SHAREGPT, "sharegpt"), (ALPACA, "alpaca"), (PAIR, "conversational prompt/completion"),
+    (TOOL_CHAT, "messages"), (CHAT, "messages"), (TEXT, "text"), (PROMPT, "prompt/completion"),
+])
+def test_a_files_format_is_detected_and_reported(line, name):
+    report = validate(b"\n".join([line] * 3) + b"\n")
+    assert report.ok, report.problems
+    assert (report.records, report.formats) == (3, (name,))
+
+
+def test_the_formats_accepted_side_by_side_before_may_still_share_a_file():
+    report = validate(b"\n".join([TEXT, CHAT, PROMPT, CHAT]) + b"\n")
+    assert report.ok and report.formats == ("messages", "text", "prompt/completion")
+
+
+@pytest.mark.parametrize("first, other, field", [
+    (SHAREGPT, ALPACA, "instruction"),
+    (ALPACA, SHAREGPT, "conversations"),
+    (CHAT, SHAREGPT, "conversations"),
+    (SHAREGPT, CHAT, "messages"),
+    (PROMPT, PAIR, "prompt"),
+    (PAIR, PROMPT, "prompt"),
+])
+def test_a_record_of_another_format_is_a_problem_naming_its_line_and_field(first, other, field):
+    report = validate(b"\n".join([first, first, other, first]) + b"\n")
+    problem = only_problem(report)
+    assert problem.line == 3
+    assert f'(it has "{field}") in a file of ' in problem.reason and "records (line 1)" in problem.reason
+    assert "a file holds one format; split it into one file per format" in problem.reason
+    assert report.records == 3
+
+
+def test_the_first_valid_record_sets_the_format_and_a_broken_one_is_its_own_problem():
+    broken = b'{"conversations": [{"from": "bot", "value": "x"}]}'
+    report = validate(b"\n".join([broken, ALPACA, ALPACA]) + b"\n")
+    assert only_problem(report).line == 1 and 'from "bot" is not one of' in only_problem(report).reason
+    assert report.formats == ("alpaca",)
+
+
+def test_a_file_of_preference_pairs_is_refused_in_one_line_and_every_pair_counted():
+    report = validate(b"\n".join([PREFERENCE] * 50) + b"\n")
+    assert report.records == 0 and report.problem_count == 50
+    assert [p.line for p in report.problems] == [1]
+    assert report.problems[0].reason.startswith("preference pairs (chosen/rejected) are not supported yet: ")
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_file_of_a_new_format_gives_the_same_report_in_any_chunks(seed):
+    rng = random.Random(seed)
+    lines = [SHAREGPT] + [rng.choice([ALPACA, b"", b"{}"]) if rng.random() < 0.2 else SHAREGPT for _ in range(60)]
+    data = b"\n".join(lines) + b"\n"
+    whole = validate(data, record_digests=True)
+    assert whole.records == lines.count(SHAREGPT) and whole.problem_count == lines.count(ALPACA) + lines.count(b"{}")
+    assert len(whole.digests) == 8 * whole.records
+    sizes = [rng.randint(1, 300) for _ in range(20)]
+    assert validate_in_chunks(data, sizes, record_digests=True) == whole
+
+
+def test_digests_are_taken_per_valid_record_only_when_asked():
+    data = b"\n".join([SHAREGPT, b"{}", SHAREGPT + b"  \r", b"", SHAREGPT]) + b"\n"
+    assert validate(data).digests is None
+    report = validate(data, record_digests=True)
+    line_digest = hashlib.sha256(SHAREGPT).digest()[:8]
+    assert report.digests == line_digest * 3  # the CR and spaces JSON ignores are not part of it

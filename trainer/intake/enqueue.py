@@ -2,21 +2,26 @@
 
 A batch is staged whole in one locked ``tmp/BATCH/`` (one sub-directory per item) and only
 published, one rename per item, once every file in it has passed: an invalid file means
-nothing is queued. Enqueueing needs no spool lock, and a crash leaves only staging debris
+nothing is queued. Each file's records are held to one format (reported in its metadata), and
+what was queued before is looked up (trainer.intake.seen): a file with the same content as a
+queued, active or done item is named (or, asked to, refused), and records seen in earlier
+files are counted. Enqueueing needs no spool lock, and a crash leaves only staging debris
 (copies; the user's files are only ever read), never a half item. Kept apart from
 ``trainer.spool.queue`` so that reading the queue (status, list) never imports the validator.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from trainer.config import SpoolConfig
-from trainer.errors import InvalidData, WrongState
+from trainer.errors import InvalidData, NoSuchItem, WrongState
 from trainer.ids import new_id
+from trainer.intake.seen import Repeats, SeenIndex
 from trainer.intake.validate import Report, validate_stream
 from trainer.spool import events, queue
 from trainer.spool.fsutil import (
@@ -67,7 +72,7 @@ def _refuse_unless_regular(mode: int, shown: str) -> None:
         raise InvalidData(f"{shown}: not a regular file (fifo, device or socket): enqueue a regular .jsonl file")
 
 
-def copy_validated(src_fd: int, dest: Path, limits: SpoolConfig) -> Report:
+def copy_validated(src_fd: int, dest: Path, limits: SpoolConfig, *, record_digests: bool = False) -> Report:
     """Copy ``src_fd`` to ``dest`` while validating and hashing it, in one streaming pass.
 
     What is validated is exactly what is queued, even if the source changes meanwhile.
@@ -89,18 +94,57 @@ def copy_validated(src_fd: int, dest: Path, limits: SpoolConfig) -> Report:
 
         with naming(dest):  # a full disk's error names the copy, not "the base dir"
             report = validate_stream(read, max_line_bytes=limits.max_line_bytes,
-                                     max_file_bytes=limits.max_file_bytes, sink=sink, chunk_size=_COPY_CHUNK)
+                                     max_file_bytes=limits.max_file_bytes, sink=sink, chunk_size=_COPY_CHUNK,
+                                     record_digests=record_digests)
             os.fsync(out)
     finally:
         os.close(out)
     return report
 
 
-def new_meta(item_id: str, name: str, source: str, report: Report, priority: Priority) -> ItemMeta:
+def new_meta(item_id: str, name: str, source: str, report: Report, priority: Priority,
+             repeats: Repeats | None = None) -> ItemMeta:
     return ItemMeta(
         id=item_id, name=display_name(name), source=source, sha256=report.sha256, size=report.size,
-        records=report.records, enqueued_at=iso(utc_now()), priority=priority,
+        records=report.records, enqueued_at=iso(utc_now()), priority=priority, formats=report.formats,
+        repeated_records=repeats.earlier if repeats else None, repeated_in_file=repeats.within if repeats else None,
     )
+
+
+DUPLICATE_STATES = (ItemState.PENDING, ItemState.HELD, ItemState.ACTIVE, ItemState.DONE)
+"""An item with the same content in one of these states makes a new file a duplicate (a
+failed or removed one does not: queueing the file again is how one tries again)."""
+
+
+NAMED_DUPLICATES = 3
+"""How many items with the same content a warning names (the newest): one is enough to act on,
+and looking up the state of every earlier copy of a file queued thousands of times would make
+each enqueue of it slower than the last."""
+
+
+def same_content_items(layout: Layout, seen: SeenIndex, sha256: str, batch: dict[str, str]) -> list[tuple[str, str]]:
+    """(id, state) of the newest items with this content that make a file a duplicate (at most
+    NAMED_DUPLICATES); an item of the same batch, not queued yet, has the state "in this batch"."""
+    found = []
+    for item_id in reversed(seen.same_content(sha256)):
+        if len(found) == NAMED_DUPLICATES:
+            break
+        if item_id in batch:
+            found.append((item_id, "in this batch"))
+            continue
+        try:
+            item = queue.find(layout, item_id)
+        except NoSuchItem:
+            continue  # removed since
+        if item.state in DUPLICATE_STATES:
+            found.append((item_id, item.state.value))
+    return found
+
+
+def duplicate_line(name: str, duplicates: list[tuple[str, str]]) -> str:
+    """One line naming the items a file repeats."""
+    items = ", ".join(f"{item_id} ({state})" for item_id, state in duplicates)
+    return f"{display_name(name)}: the same content (sha256) as {items}"
 
 
 @dataclass(frozen=True)
@@ -108,6 +152,8 @@ class Queued:
     meta: ItemMeta
     source: Path
     source_stat: os.stat_result  # as read, so --move deletes only that very file
+    duplicates: tuple[tuple[str, str], ...] = ()  # (id, state) of items with the same content
+    index_warning: str | None = None  # the batch is queued, but trainer.intake.seen could not note it
 
 
 def _problems(path: Path, report: Report) -> list[str]:
@@ -123,13 +169,72 @@ def enqueue_batch(
     limits: SpoolConfig,
     priority: Priority = Priority.NORMAL,
     hold: bool = False,
+    reject_duplicates: bool = False,
 ) -> list[Queued]:
-    """Validate and copy every file, then queue them all, in order; if any is invalid raise
-    ``InvalidData`` listing every problem, and queue none."""
+    """Validate and copy every file, then queue them all, in order; if any is invalid (or, with
+    ``reject_duplicates``, repeats a queued, active or done item) raise ``InvalidData``
+    listing every problem, and queue none."""
+    staged = _stage_files(layout, sources, limits)
+    with staged.stage, SeenIndex(layout) as seen:
+        batch: dict[str, str] = {}
+        checked = []
+        for item_id, src, st, report in staged.files:
+            duplicates = same_content_items(layout, seen, report.sha256, batch)
+            repeats = seen.repeats(report.digests)
+            seen.remember_file(report.sha256, item_id)
+            batch[item_id] = src.name
+            checked.append((item_id, src, st, report, duplicates, repeats))
+        if reject_duplicates and any(entry[4] for entry in checked):
+            raise InvalidData("nothing was queued: --reject-duplicates refuses files already queued, active or done",
+                              [duplicate_line(src.name, dupes) for _, src, _, _, dupes, _ in checked if dupes])
+        # Every item's metadata first: a disk that fills up now fails the batch with nothing
+        # queued.
+        queued = []
+        for item_id, src, st, report, duplicates, repeats in checked:
+            meta = new_meta(item_id, src.name, "enqueue", report, priority, repeats)
+            write_atomic(staged.stage.path / item_id, staged.stage.path / item_id / META_NAME, meta.to_json())
+            queued.append(Queued(meta, src, st, tuple(duplicates)))
+        # Then their event lines, in one write: refused, nothing is queued. Then the renames,
+        # which need no room (a read-only remount in between is the one way to a line for an
+        # item that did not arrive).
+        events.append_first(layout, [(Event.ENQUEUED, e.meta.id, _enqueued_details(e, priority, hold))
+                                     for e in queued])
+        dest_dir = layout.state_dir(ItemState.HELD) if hold else layout.pending(priority)
+        for entry in queued:
+            rename_durably(staged.stage.path / entry.meta.id, dest_dir / entry.meta.id)
+        try:
+            seen.add()
+        except OSError as exc:  # the items are queued: the index is only a statistic
+            warning = (f"the index of queued files and records was not updated ({exc.strerror}): later "
+                       f"files will not count these as seen")
+            queued = [dataclasses.replace(entry, index_warning=warning) for entry in queued]
+    return queued
+
+
+def _enqueued_details(entry: Queued, priority: Priority, hold: bool) -> dict:
+    meta = entry.meta
+    details = {"name": meta.name, "priority": priority.value, "records": meta.records, "size": meta.size,
+               "sha256": meta.sha256, "held": hold, "formats": list(meta.formats),
+               "repeated_records": meta.repeated_records}
+    if entry.duplicates:
+        details["same_content_as"] = [item_id for item_id, _ in entry.duplicates]
+    return details
+
+
+@dataclass
+class _Staged:
+    stage: StagingDir
+    files: list[tuple[str, Path, os.stat_result, Report]]
+
+
+def _stage_files(layout: Layout, sources: list[Path], limits: SpoolConfig) -> _Staged:
+    """Copy and validate every file into one locked staging dir; InvalidData (and nothing
+    left behind) if any cannot be queued."""
     seen: dict[tuple[int, int], Path] = {}
     problems: list[str] = []
     staged: list[tuple[str, Path, os.stat_result, Report]] = []
-    with StagingDir(layout.tmp, f"batch-{new_id()}") as stage:
+    stage = StagingDir(layout.tmp, f"batch-{new_id()}")
+    try:
         for src in sources:
             try:
                 fd, st = _open_regular_file(src)
@@ -144,32 +249,19 @@ def enqueue_batch(
                 seen[st.st_dev, st.st_ino] = src
                 item_id = new_id()
                 make_group_dir(stage.path / item_id)
-                report = copy_validated(fd, stage.path / item_id / DATA_NAME, limits)
+                report = copy_validated(fd, stage.path / item_id / DATA_NAME, limits, record_digests=True)
             finally:
                 os.close(fd)
             if not report.ok:
                 problems.extend(_problems(src, report))
             staged.append((item_id, src, st, report))
         if problems:
-            noun = "file" if len(sources) == 1 else f"of the {len(sources)} files"
-            raise InvalidData(f"nothing was queued: fix the {noun} below", problems)
-        # Every item's metadata first: a disk that fills up now fails the batch with nothing
-        # queued.
-        queued = []
-        for item_id, src, st, report in staged:
-            meta = new_meta(item_id, src.name, "enqueue", report, priority)
-            write_atomic(stage.path / item_id, stage.path / item_id / META_NAME, meta.to_json())
-            queued.append(Queued(meta, src, st))
-        # Then their event lines, in one write: refused, nothing is queued. Then the renames,
-        # which need no room (a read-only remount in between is the one way to a line for an
-        # item that did not arrive).
-        events.append_first(layout, [(Event.ENQUEUED, e.meta.id, {
-            "name": e.meta.name, "priority": priority.value, "records": e.meta.records, "size": e.meta.size,
-            "sha256": e.meta.sha256, "held": hold}) for e in queued])
-        dest_dir = layout.state_dir(ItemState.HELD) if hold else layout.pending(priority)
-        for entry in queued:
-            rename_durably(stage.path / entry.meta.id, dest_dir / entry.meta.id)
-    return queued
+            what = "the file below" if len(sources) == 1 else f"the problems below (in {len(sources)} files given)"
+            raise InvalidData(f"nothing was queued: fix {what}", problems)
+    except BaseException:
+        stage.close()
+        raise
+    return _Staged(stage, staged)
 
 
 def enqueue(layout: Layout, src: Path, *, limits: SpoolConfig, priority: Priority = Priority.NORMAL,

@@ -14,6 +14,7 @@ the files already there when the daemon starts (see ``first_sight_credit``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import stat
@@ -22,14 +23,15 @@ from pathlib import Path
 
 from trainer.config import SpoolConfig
 from trainer.ids import new_id
+from trainer.intake.enqueue import duplicate_line, new_meta, same_content_items
+from trainer.intake.seen import SeenIndex
 from trainer.intake.validate import Problem, Report, validate_stream
 from trainer.spool import events
 from trainer.spool.fsutil import StagingDir, rename_durably, unlink_durably, write_atomic
-from trainer.spool.item import DATA_NAME, META_NAME, ItemError, ItemMeta, display_name
+from trainer.spool.item import DATA_NAME, META_NAME, ItemError, display_name
 from trainer.spool.layout import Layout, is_candidate_name
 from trainer.spool.origin import ORIGIN_NAME, origin_record, restore_to_inbox
 from trainer.states import Event, ItemState, Priority
-from trainer.timefmt import iso, utc_now
 
 MAX_REREADS = 3  # a file still growing after this many reads is rejected, not looped on
 
@@ -155,7 +157,7 @@ def _validate_staged(path: Path, limits: SpoolConfig) -> Report:
                                    "by the trainer group (chmod g+r), then trainctl retry ID")
         try:
             report = validate_stream(lambda n: os.read(fd, n), max_line_bytes=limits.max_line_bytes,
-                                     max_file_bytes=limits.max_file_bytes)
+                                     max_file_bytes=limits.max_file_bytes, record_digests=True)
             if os.fstat(fd).st_size == report.size or report.size > limits.max_file_bytes:
                 return report
         finally:
@@ -166,6 +168,15 @@ def _validate_staged(path: Path, limits: SpoolConfig) -> Report:
 
 def _single_problem(reason: str) -> Report:
     return Report(records=0, size=0, sha256="", problems=(Problem(0, reason),), problem_count=1)
+
+
+def _note_seen(seen: SeenIndex, sha256: str, item_id: str) -> None:
+    """Add the queued file to the index; a failure only costs later counts, so it is logged."""
+    seen.remember_file(sha256, item_id)
+    try:
+        seen.add()
+    except OSError as exc:
+        log.warning("inbox: the index of queued files and records was not updated for %s: %s", item_id, exc)
 
 
 def ingest(layout: Layout, name: str, limits: SpoolConfig, priority: Priority = Priority.NORMAL) -> Ingested | None:
@@ -191,17 +202,21 @@ def ingest(layout: Layout, name: str, limits: SpoolConfig, priority: Priority = 
                 return None
             report = _validate_staged(staged, limits)
             state = ItemState.PENDING if report.ok else ItemState.FAILED
-            meta = ItemMeta(
-                id=item_id, name=display_name(name), source="inbox", sha256=report.sha256, size=report.size,
-                records=report.records, enqueued_at=iso(utc_now()), priority=priority,
-            )
-            problems = tuple(report.describe(display_name(name)))
-            if not report.ok:
-                meta = meta.with_error(ItemError(at=meta.enqueued_at, kind="invalid",
-                                                 message="; ".join(problems[:3])))
-            write_atomic(stage.path, stage.path / META_NAME, meta.to_json())
-            dest = layout.state_dir(state, priority if report.ok else None) / item_id
-            stage.publish(dest)
+            # What was queued before is looked up for a valid file only: a duplicate is said in
+            # the log and the event, never refused (nobody is there to choose otherwise).
+            with SeenIndex(layout) if report.ok else contextlib.nullcontext() as seen:
+                duplicates = same_content_items(layout, seen, report.sha256, {}) if seen else []
+                repeats = seen.repeats(report.digests) if seen else None
+                meta = new_meta(item_id, name, "inbox", report, priority, repeats)
+                problems = tuple(report.describe(display_name(name)))
+                if not report.ok:
+                    meta = meta.with_error(ItemError(at=meta.enqueued_at, kind="invalid",
+                                                     message="; ".join(problems[:3])))
+                write_atomic(stage.path, stage.path / META_NAME, meta.to_json())
+                dest = layout.state_dir(state, priority if report.ok else None) / item_id
+                stage.publish(dest)
+                if seen:
+                    _note_seen(seen, report.sha256, item_id)
         except BaseException:
             if os.path.lexists(staged):
                 try:
@@ -210,8 +225,12 @@ def ingest(layout: Layout, name: str, limits: SpoolConfig, priority: Priority = 
                     stage.keep()  # cannot put it back now: the recovery sweep will
             raise
     if report.ok:
+        extra = {"same_content_as": [i for i, _ in duplicates]} if duplicates else {}
         events.append(layout, Event.ENQUEUED, item_id, name=meta.name, source="inbox",
-                      priority=priority.value, records=meta.records, size=meta.size, sha256=meta.sha256)
+                      priority=priority.value, records=meta.records, size=meta.size, sha256=meta.sha256,
+                      formats=list(meta.formats), repeated_records=meta.repeated_records, **extra)
+        if duplicates:
+            log.warning("inbox: %s: queued as %s anyway", duplicate_line(name, duplicates), item_id)
     else:
         events.append(layout, Event.REJECTED, item_id, name=meta.name, source="inbox",
                       reason=meta.errors[-1].message, problems=report.problem_count)

@@ -5,7 +5,10 @@ not 10 GB. The same pass hashes every byte, which lets enqueue copy a file into 
 validating it: what was checked is exactly what was queued.
 
 What a line must hold (one JSON object in one of the record formats) is decided in
-trainer.intake.formats; this module finds the lines, parses them and reports.
+trainer.intake.formats; this module finds the lines, parses them, holds the file to one format
+(the first record's; see formats' `shares_files` for the exception) and reports. Asked to,
+the same pass takes a digest of every record, for the count of records seen before
+(trainer.intake.seen).
 
 This is a leaf module: stdlib and orjson only, so trainctl can use it without importing torch.
 """
@@ -19,7 +22,17 @@ from typing import Callable
 
 import orjson
 
-from trainer.intake.formats import EXPECTED_SHAPES, plainly_valid, record_problem  # noqa: F401
+from trainer.intake.formats import (  # noqa: F401
+    EXPECTED_SHAPES,
+    FORMATS,
+    Format,
+    diagnose,
+    fast_check_for,
+    may_share_a_file,
+    mixed_problem,
+    plainly_valid,
+    record_problem,
+)
 
 # Under the names tests/test_validate.py imports (with EXPECTED_SHAPES) and holds to its
 # plain reference of the formats.
@@ -32,6 +45,11 @@ otherwise produce millions)."""
 CHUNK_SIZE = 1 << 20
 """Bytes per read: large enough that per-chunk overhead vanishes, small enough that memory
 stays flat however big the file is."""
+
+DIGESTED_RECORDS = 1_000_000
+"""Records per file whose digests are taken (8 bytes each, so at most 8 MB): repeats are
+counted over the first this many records of a larger file (the
+lookup holds them as a set, ~100 bytes each)."""
 
 _BOM = b"\xef\xbb\xbf"
 # JSON's own whitespace; bytes.strip() would also drop \v and \f, which JSON rejects.
@@ -62,6 +80,12 @@ class Report:
     """The first MAX_PROBLEMS_LISTED problems, whole-file problems first."""
     problem_count: int
     """All problems found, listed or not."""
+    formats: tuple[str, ...] = ()
+    """The formats of the valid records, in the table's order (one, but for a file mixing the
+    formats that may share one)."""
+    digests: bytes | None = None
+    """With record_digests: 8 bytes per valid record (the start of the sha256 of its line),
+    for the first DIGESTED_RECORDS records."""
 
     @property
     def ok(self) -> bool:
@@ -87,7 +111,7 @@ class Validator:
     skipped up to its newline.
     """
 
-    def __init__(self, *, max_line_bytes: int, max_file_bytes: int) -> None:
+    def __init__(self, *, max_line_bytes: int, max_file_bytes: int, record_digests: bool = False) -> None:
         if max_line_bytes < 1:
             raise ValueError(f"spool.max_line_bytes must be at least 1, got {max_line_bytes}")
         if max_file_bytes < 0:
@@ -105,6 +129,13 @@ class Validator:
         self._over_size = False
         self._problems: list[Problem] = []
         self._problem_count = 0
+        self._format: Format | None = None  # the first valid record's, which the file must keep
+        self._format_line = 0
+        self._fast = None  # formats.fast_check_for(self._format): the formats that may share the file
+        self._fast_alone = None  # the same for the file's own format only: the common case, faster
+        self._formats_seen: dict[int, None] = {}  # FORMATS index + 1
+        self._refused_listed: set[str] = set()
+        self._digests = bytearray() if record_digests else None
 
     def feed(self, chunk: bytes) -> bool:
         """Check the next chunk; False once the file is over max_file_bytes (stop reading).
@@ -147,6 +178,8 @@ class Validator:
             sha256=self._sha256.hexdigest(),
             problems=tuple(listed),
             problem_count=self._problem_count + len(file_problems),
+            formats=tuple(FORMATS[kind - 1].name for kind in sorted(self._formats_seen)),
+            digests=bytes(self._digests) if self._digests is not None else None,
         )
 
     def _split(self, chunk: bytes) -> None:
@@ -180,11 +213,30 @@ class Validator:
         """Check lines numbered from first on; may_be_too_long: whether any could be over the limit.
 
         All at once when they are all fine; otherwise (rarely: the file has problems) one by
-        one from the first, parsing again those the fast pass had got through.
+        one from the first, parsing again those the fast pass had got through. Until the first
+        record has said which format the file holds, one by one.
         """
+        while self._fast is None and lines:
+            self._check_line(first, lines[0])
+            first, lines = first + 1, lines[1:]
+        if not lines:
+            return
         too_long = may_be_too_long and max(map(len, lines), default=0) > self._max_line_bytes
-        if not too_long and _all_plainly_valid(lines):
+        kinds = None
+        if not too_long and self._fast_alone is not None:
+            # A file of one format (nearly all): the single test, without collecting kinds.
+            if _all_fast(lines, self._fast_alone):
+                kinds = {FORMATS.index(self._format) + 1}
+            elif self._fast is not self._fast_alone:
+                # The older formats mixed: from here on, the test that says which is which.
+                self._fast_alone = None
+        if kinds is None and not too_long and self._fast_alone is None:
+            kinds = _fast_kinds(lines, self._fast)
+        if kinds is not None and 0 not in kinds:
             self._records += len(lines) - lines.count(b"")
+            self._formats_seen.update(dict.fromkeys(kinds))
+            if self._digests is not None:
+                self._digest(filter(None, lines))
             return
         for number, line in enumerate(lines, first):
             self._check_line(number, line)
@@ -199,14 +251,45 @@ class Validator:
         except orjson.JSONDecodeError as error:
             self._check_unparsable_line(number, line, error)
             return
-        if plainly_valid(record):
-            self._records += 1
+        kind = self._fast(record) if self._fast is not None else 0
+        if kind:
+            self._accept(kind, line)
             return
-        reason = record_problem(record)
-        if reason is None:
-            self._records += 1
+        fmt, reason = diagnose(record)
+        if reason is not None:
+            if fmt is not None and fmt.normalise is None:
+                self._refuse(number, fmt, reason)
+            else:
+                self._add(number, reason)
+        elif self._format is None:
+            self._format, self._format_line = fmt, number
+            self._fast = fast_check_for(fmt)
+            self._fast_alone = fast_check_for(fmt, alone=True)
+            self._accept(FORMATS.index(fmt) + 1, line)
+        elif may_share_a_file(self._format, fmt):
+            self._accept(FORMATS.index(fmt) + 1, line)
         else:
-            self._add(number, reason)
+            self._add(number, mixed_problem(fmt, record, self._format, self._format_line))
+
+    def _accept(self, kind: int, line: bytes) -> None:
+        self._records += 1
+        self._formats_seen[kind] = None
+        if self._digests is not None:
+            self._digest((line,))  # a BOM was cut off before this parse
+
+    def _digest(self, lines) -> None:
+        if len(self._digests) < DIGESTED_RECORDS * 8:
+            self._digests += b"".join(map(_line_digest, lines))
+            del self._digests[DIGESTED_RECORDS * 8:]
+
+    def _refuse(self, number: int, fmt: Format, reason: str) -> None:
+        """A record of a format that is recognised only to be refused: listed once per file
+        (a file of them is one problem to fix, not one per line), every one counted."""
+        if fmt.name in self._refused_listed:
+            self._problem_count += 1
+            return
+        self._refused_listed.add(fmt.name)
+        self._add(number, reason)
 
     def _check_unparsable_line(self, number: int, line: bytes, error: orjson.JSONDecodeError) -> None:
         if number == 1 and not self._bom_skipped and line.startswith(_BOM):
@@ -235,18 +318,36 @@ class Validator:
             self._problems.append(Problem(line, reason))
 
 
-def _all_plainly_valid(lines: list[bytes]) -> bool:
-    """The hot path: a fast yes when every line is a valid record or blank, as most are.
-
-    Parsing and the quick checks are chained maps, so no Python loop runs per line: on short
-    lines (~0.5 us each) the loop and its method call cost about a tenth of the time. False
-    means "check them one by one" (a problem, a BOM, a CRLF blank line), not "invalid".
-    """
+def _all_fast(lines: list[bytes], fast_check) -> bool:
+    """The hot path of a file of one format: a fast yes when every line is a valid record of it
+    or blank, as most are. Parsing and the fast check are chained maps, so no Python loop runs
+    per line: on short lines (~0.5 us each) the loop and its method call cost about a tenth of
+    the time. False means "look closer" (a problem, a BOM, a CRLF blank line), not "invalid"."""
     records = filter(None, lines) if b"" in lines else lines
     try:
-        return all(map(plainly_valid, map(orjson.loads, records)))
+        return all(map(fast_check, map(orjson.loads, records)))
     except orjson.JSONDecodeError:
         return False
+
+
+def _fast_kinds(lines: list[bytes], fast_check) -> set[int] | None:
+    """The hot path of a file mixing the older formats: the formats (FORMATS index + 1) of a
+    chunk's lines when every one is plainly a valid record that may share the file, or blank;
+    0 among them, or None (a line that does not parse) means "check them one by one"."""
+    records = filter(None, lines) if b"" in lines else lines
+    try:
+        return set(map(fast_check, map(orjson.loads, records)))
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _line_digest(line: bytes) -> bytes:
+    """A record's identity for counting repeats: the start of the sha256 of its line, without
+    the whitespace JSON ignores at its ends (a CRLF file's records match an LF file's)."""
+    return _sha256(line.strip(_JSON_SPACE)).digest()[:8]
+
+
+_sha256 = hashlib.sha256
 
 
 def validate_stream(
@@ -256,13 +357,15 @@ def validate_stream(
     max_file_bytes: int,
     sink: Callable[[bytes], object] | None = None,
     chunk_size: int = CHUNK_SIZE,
+    record_digests: bool = False,
 ) -> Report:
     """Validate what read(n) returns until it returns b"", passing each chunk to sink too.
 
     Reads never ask for more than one byte past max_file_bytes, so an oversized file costs
     (and sink receives) at most max_file_bytes + 1 bytes.
     """
-    validator = Validator(max_line_bytes=max_line_bytes, max_file_bytes=max_file_bytes)
+    validator = Validator(max_line_bytes=max_line_bytes, max_file_bytes=max_file_bytes,
+                          record_digests=record_digests)
     taken = 0
     while True:
         chunk = read(min(chunk_size, max_file_bytes + 1 - taken))

@@ -74,6 +74,13 @@ class ItemMeta:
     tokens: dict[str, Any] | None = None
     # Its held-out share's evaluation at its end (eval_loss, eval_perplexity, ...).
     eval: dict[str, Any] | None = None
+    # The record format(s) the validator found ("sharegpt"; several only for a file mixing
+    # messages, text and prompt/completion); empty for items queued before formats were kept.
+    formats: tuple[str, ...] = ()
+    # Records whose line was already in a file queued earlier / that repeat a line of this
+    # file (trainer.intake.seen); None: not counted (queued before the count existed).
+    repeated_records: int | None = None
+    repeated_in_file: int | None = None
     schema: int = META_SCHEMA
 
     def to_json(self) -> bytes:
@@ -127,11 +134,18 @@ def parse_meta(raw: bytes) -> ItemMeta:
             parse_iso(not_before)
         except (TypeError, ValueError):
             raise CorruptMeta(f"field 'not_before' is not a time: {not_before!r}") from None
+    formats = data.get("formats") or []
+    if not isinstance(formats, list) or not all(isinstance(f, str) for f in formats):
+        raise CorruptMeta("field 'formats' is not a list of names")
+    repeats = {key: data.get(key) for key in ("repeated_records", "repeated_in_file")}
+    for key, value in repeats.items():
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            raise CorruptMeta(f"field {key!r} is not a number")
     return ItemMeta(
         id=data["id"], name=data["name"], source=data["source"], sha256=data["sha256"],
         size=data["size"], records=data["records"], enqueued_at=data["enqueued_at"],
         priority=priority, attempts=data["attempts"], errors=errors,
-        not_before=not_before, tokens=tokens, eval=evaluation,
+        not_before=not_before, tokens=tokens, eval=evaluation, formats=tuple(formats), **repeats,
     )
 
 

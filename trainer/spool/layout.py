@@ -16,6 +16,7 @@
       report.html         the report page (trainctl report; the daemon's copy if configured)
       eval/NAME.jsonl     named eval sets; eval/prompts.jsonl: sample prompts (docs/training.md)
       models/vNNN/ LATEST  published versions; models/.candidates/vNNN/: held back by the gate
+      index/              what was queued before: files (sha256) and record digests (intake/seen.py)
 
 Each item is a directory ``ID/`` holding ``data.jsonl`` (the queued copy) and
 ``meta.json``. The directory an item is in is its state; every state change is one rename.
@@ -101,6 +102,23 @@ class Layout:
     def models(self) -> Path:
         """Published versions (``vNNN/``, ``LATEST``) and held-back ones (``.candidates/vNNN/``)."""
         return self.root / "models"
+
+    @property
+    def index_dir(self) -> Path:
+        """What was queued before (trainer.intake.seen); made on first use."""
+        return self.root / "index"
+
+    def file_index(self, prefix: str) -> Path:
+        """One "SHA256 ID" line per queued file whose sha256 starts with these two hex digits."""
+        return self.index_dir / "files" / prefix
+
+    def record_index(self, prefix: str) -> Path:
+        """The digests of queued records that start with these two hex digits."""
+        return self.index_dir / "records" / prefix
+
+    @property
+    def index_lock(self) -> Path:
+        return self.index_dir / "lock"
 
     @property
     def daemon_state(self) -> Path:

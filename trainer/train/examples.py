@@ -3,9 +3,11 @@
 Which format a record is in, and what of it is learned, is trainer.intake.formats' business:
 it turns every valid record into one of two forms, and this module encodes those:
 
-- `Chat`: rendered by the tokenizer's chat template; loss on assistant turns only (exact,
-  from the template's ``{% generation %}`` markers, or else by rendering each prefix of the
-  conversation and taking what every assistant turn adds);
+- `Chat`: rendered by the tokenizer's chat template, with its tools; loss on assistant turns
+  only, from ``learn_from`` on (exact, from the template's ``{% generation %}`` markers, or
+  else by rendering each prefix of the conversation and taking what every assistant turn
+  adds). Tool calls and results go to a template that handles them as they are, and as text
+  to one that does not (trainer.train.tool_text);
 - `Plain`: BOS, the pieces tokenized one by one, EOS; loss on the learned pieces and EOS
   (``text`` is one learned piece; ``prompt``/``completion`` the prompt unlearned, then the
   completion learned).
@@ -15,11 +17,15 @@ An example over ``max_length`` tokens is truncated or rejected, as configured.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from trainer.intake.formats import Chat, Piece, Plain, normalise
+from trainer.train import tool_text
 
 IGNORE = -100  # the label PyTorch's cross-entropy skips
+
+_GENERATION_TAG = re.compile(r"{%-?\s*generation\s*-?%}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +98,10 @@ class RecordEncoder:
         self.max_length = max_length
         self.overlong = overlong
         template = tokenizer.chat_template or ""
-        self._exact_chat_mask = "generation" in template
+        # The block tag, not the word: every template that takes add_generation_prompt says
+        # "generation", and one without the markers gives an all-false mask (nothing learned).
+        self._exact_chat_mask = _GENERATION_TAG.search(template) is not None
+        self._native_tools = tool_text.template_handles_tools(template)
         self._bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
         self._eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
 
@@ -107,11 +116,21 @@ class RecordEncoder:
             learn += [piece.learned] * len(tokens)
         return ids + self._eos, learn + [True] * len(self._eos)
 
-    def _chat(self, messages: list[dict]) -> tuple[list[int], list[bool]]:
+    def _chat(self, form: Chat) -> tuple[list[int], list[bool]]:
+        messages, tools, learn_from = form.messages, form.tools, form.learn_from
+        if not self._native_tools and (tools or any(t["role"] == "tool" or t.get("tool_calls") for t in messages)):
+            messages, learn_from = tool_text.as_text(messages, tools, learn_from)
+            tools = None
+        options = {"tools": tools} if tools else {}
         if self._exact_chat_mask:
             out = self.tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
-                                                     return_assistant_tokens_mask=True)
-            return list(out["input_ids"]), [bool(m) for m in out["assistant_masks"]]
+                                                     return_assistant_tokens_mask=True, **options)
+            ids, learn = list(out["input_ids"]), [bool(m) for m in out["assistant_masks"]]
+            if learn_from:
+                # The context's assistant turns are not learned: cut before the rendered context.
+                cut = len(self._render(messages[:learn_from], **options))
+                learn[:cut] = [False] * min(cut, len(learn))
+            return ids, learn
         # No generation markers: an assistant turn is what rendering it adds to the prefix
         # rendered with its generation prompt (so the role header itself is not learned).
         ids: list[int] = []
@@ -123,32 +142,34 @@ class RecordEncoder:
             learn.extend([learned] * len(new))
 
         for end in range(1, len(messages) + 1):
-            if messages[end - 1]["role"] == "assistant":
-                extend(self._assistant_header(messages[:end]), False)
-            extend(self._render(messages[:end]), messages[end - 1]["role"] == "assistant")
+            answer = messages[end - 1]["role"] == "assistant" and end > learn_from
+            if answer:
+                extend(self._assistant_header(messages[:end], options), False)
+            extend(self._render(messages[:end], **options), answer)
         return ids, learn
 
     def _render(self, messages: list[dict], **options) -> list[int]:
         return list(self.tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
                                                        **options)["input_ids"])
 
-    def _assistant_header(self, conversation: list[dict]) -> list[int]:
+    def _assistant_header(self, conversation: list[dict], options: dict) -> list[int]:
         """The conversation's ids up to where its last turn's (an assistant's) content begins."""
         if len(conversation) > 1:
-            return self._render(conversation[:-1], add_generation_prompt=True)
+            return self._render(conversation[:-1], add_generation_prompt=True, **options)
         # A conversation may open with the assistant, but transformers refuses to render an
         # empty one with the generation prompt: the header is then what the turn rendered
         # with two different contents has in common.
         turn = conversation[0]
-        one, other = self._render([{**turn, "content": "a"}]), self._render([{**turn, "content": "b"}])
+        one = self._render([{**turn, "content": "a"}], **options)
+        other = self._render([{**turn, "content": "b"}], **options)
         shared = next((i for i, (x, y) in enumerate(zip(one, other)) if x != y), min(len(one), len(other)))
         return one[:shared]
 
     def encode(self, record: dict) -> tuple[Example | None, bool]:
         """The example for one validated record and whether it was truncated (None: rejected)."""
         match normalise(record):
-            case Chat(messages):
-                ids, learn = self._chat(messages)
+            case Chat() as chat:
+                ids, learn = self._chat(chat)
             case Plain(pieces):
                 ids, learn = self._plain(pieces)
             case form:
