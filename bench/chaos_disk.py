@@ -354,9 +354,10 @@ class Chaos:
             time.sleep(POLL_S)
 
     def metric_lines(self) -> int:
+        """Step lines written so far (an item's evaluation line, "kind": "eval", is no step)."""
         total = 0
         for path in (self.base / "metrics").glob("*.jsonl") if (self.base / "metrics").exists() else []:
-            total += path.read_bytes().count(b"\n")
+            total += sum(1 for line in path.read_bytes().splitlines() if line.strip() and b'"kind"' not in line)
         return total
 
     def staging(self, sub: str) -> bool:

@@ -19,6 +19,7 @@ from helpers.daemon_proc import DaemonProcess, enqueue_sample, metric_steps, sma
 from helpers.exposition import parse  # noqa: E402
 
 from trainer.config import default_config_toml  # noqa: E402
+from trainer.spool import metrics as metrics_log  # noqa: E402
 from trainer.spool import queue  # noqa: E402
 from trainer.spool.layout import init_base  # noqa: E402
 from trainer.states import ItemState  # noqa: E402
@@ -115,8 +116,7 @@ def test_tensorboard_events_hold_the_item_s_loss_at_each_global_step(trained):
     events = EventAccumulator(str(layout.root / "tensorboard" / item_id))
     events.Reload()
     steps = [event.step for event in events.Scalars("train/loss")]
-    assert steps == [record["global_step"] for record in
-                     (orjson.loads(line) for line in (layout.root / "metrics" / f"{item_id}.jsonl").read_bytes().splitlines())]
+    assert steps == [record["global_step"] for record in metrics_log.read(layout, item_id).steps]
 
 
 def test_plot_draws_the_real_item_s_curve(trained):

@@ -142,8 +142,17 @@ class LogFile(logging.handlers.RotatingFileHandler):
         self.addFilter(ItemTag())
 
     def emit(self, record: logging.LogRecord) -> None:
-        super().emit(record)  # errors land in handleError
-        if self.failing and self.stream is not None:
+        super().emit(record)  # errors land in handleError, which drops the stream
+        if self.stream is None:
+            return
+        # Closed after every record (reopened by the next): a file held open for writing pins
+        # its filesystem (a remount read-only fails with EBUSY), and log records are few.
+        stream, self.stream = self.stream, None
+        try:
+            stream.close()
+        except OSError:
+            pass
+        if self.failing:
             self.failing = False
             sys.stderr.write(f"trainer: the log file {self.baseFilename} is written again\n")
 
