@@ -20,6 +20,7 @@ import click
 from ctl import render
 from ctl.session import DEFAULT_BASE_DIR, Session, note
 from trainer.errors import (
+    AmbiguousId,
     ConfigError,
     FormatMismatch,
     InvalidData,
@@ -52,7 +53,7 @@ COMMANDS = {
     "retry": "queue:retry",
     "remove": "queue:remove",
     "move": "queue:move_",
-    "wait": "queue:wait",
+    "wait": "wait:wait",
     "history": "history:history",
     "logs": "history:logs",
     "install-unit": "setup:install_unit",
@@ -98,6 +99,7 @@ EXIT_FOR_ERROR = {
     LayoutError: ExitCode.CONFIG,
     WrongState: ExitCode.FAILED,
     NeedsRoot: ExitCode.NO_PERMISSION,
+    AmbiguousId: ExitCode.USAGE,  # a short id that names several items: say more
 }
 
 

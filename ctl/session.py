@@ -57,7 +57,38 @@ def finish(code: ExitCode) -> None:
 
 
 def item_id_arg(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    return None if value is None else check_id(value)
+    """The one place an ITEM_ID is read: a full id, or any unique prefix of its random part
+    (``3fa9`` for ``...Z-3fa9c1b2``, as ``trainctl list`` shows), like git's short hashes."""
+    if value is None or ctx.resilient_parsing:  # completing: nothing to resolve yet
+        return value
+    from trainer.spool.names import resolve
+
+    session = ctx.find_object(Session)
+    if session is None:  # parsed outside a trainctl run (a test of the command alone)
+        return check_id(value)
+    return resolve(session.layout, value)
+
+
+def complete_item_id(ctx: click.Context, param: click.Parameter, incomplete: str) -> list:
+    """Shell completion of an ITEM_ID: the random parts (or whole ids) that start with what
+    was typed, with each item's state as the description."""
+    from click.shell_completion import CompletionItem
+
+    from trainer.spool.layout import open_base
+    from trainer.spool.names import random_part
+
+    base = ctx.find_root().params.get("base_dir") or DEFAULT_BASE_DIR
+    try:
+        from trainer.spool.names import all_ids
+
+        ids = all_ids(open_base(Path(base)))
+    except Exception:  # completion must never print a traceback into the shell
+        return []
+    short = [CompletionItem(random_part(i), help=state) for i, state in sorted(ids.items())
+             if random_part(i).startswith(incomplete)]
+    if short:
+        return short
+    return [CompletionItem(i, help=state) for i, state in sorted(ids.items()) if i.startswith(incomplete)]
 
 
 

@@ -1,8 +1,7 @@
-"""The queue: ``enqueue``, ``list``, ``show``, ``hold``, ``release``, ``retry``, ``remove``, ``move``, ``wait``."""
+"""The queue: ``enqueue``, ``list``, ``show``, ``hold``, ``release``, ``retry``, ``remove``, ``move``."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import click
@@ -11,9 +10,9 @@ from ctl import render
 from ctl.session import (
     PRIORITIES,
     Session,
-    daemon_running,
     emit_json,
     finish,
+    complete_item_id,
     item_id_arg,
     note,
 )
@@ -25,11 +24,13 @@ from trainer.states import ItemState, Priority
 @click.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=True))
 @click.option("--priority", "-p", type=PRIORITIES, default="normal", show_default=True)
-@click.option("--hold", is_flag=True, help="Queue it held: it waits until trainctl release.")
+@click.option("--hold", is_flag=True, help="Queue it held: it waits until trainctl release ID.")
 @click.option("--move", is_flag=True, help="Delete each file once it is safely queued.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+@click.option("--json", "as_json", is_flag=True, help="Print the queued items as JSON instead of their ids.")
 @click.pass_obj
-def enqueue(session: Session, files: tuple[Path, ...], priority: str, hold: bool, move: bool, quiet: bool) -> None:
+def enqueue(session: Session, files: tuple[Path, ...], priority: str, hold: bool, move: bool, quiet: bool,
+            as_json: bool) -> None:
     """Validate FILES and queue copies of them; prints one id per file.
 
     Either every file is queued or, if any is invalid, none is (exit 65, every problem listed).
@@ -43,7 +44,7 @@ def enqueue(session: Session, files: tuple[Path, ...], priority: str, hold: bool
                                   priority=Priority(priority), hold=hold)
     for item in queued:
         meta = item.meta
-        if not quiet:
+        if not quiet and not as_json:
             click.echo(meta.id)
             note(f"queued {meta.name} as {meta.id} ({meta.records:,} records, {render.size(meta.size)}, "
                  f"{'held' if hold else priority})")
@@ -51,6 +52,10 @@ def enqueue(session: Session, files: tuple[Path, ...], priority: str, hold: bool
             kept = enqueue.delete_source(item)
             if kept:
                 note(f"kept {item.source} although --move was given: {kept}")
+    if as_json:
+        emit_json({"items": [{"id": item.meta.id, "name": item.meta.name, "records": item.meta.records,
+                              "size": item.meta.size, "sha256": item.meta.sha256,
+                              "state": "held" if hold else "pending", "priority": priority} for item in queued]})
     if not quiet and control.read_requests(layout).pause is not None:
         note("the queue is paused: nothing trains until trainctl resume")
 
@@ -60,10 +65,18 @@ def enqueue(session: Session, files: tuple[Path, ...], priority: str, hold: bool
 @click.option("--failed", "which", flag_value="failed")
 @click.option("--held", "which", flag_value="held")
 @click.option("--done", "which", flag_value="done")
+@click.option("-v", "--verbose", "full_ids", is_flag=True, help="Full ids instead of short ones.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def list_(session: Session, which: str | None, as_json: bool) -> None:
-    """The queue: active, then pending in service order (default), or another state."""
+def list_(session: Session, which: str | None, full_ids: bool, as_json: bool) -> None:
+    """The queue: active, then pending in service order (default), or another state.
+
+    The ID column is the shortest prefix of each id's random part that names it alone: any
+    command taking an ITEM_ID takes it."""
+    from ctl import itemview, style
+    from trainer.spool.names import all_ids, short_forms
+    from trainer.timefmt import utc_now
+
     states = {
         None: [ItemState.ACTIVE, ItemState.PENDING],
         "all": list(ItemState),
@@ -75,29 +88,47 @@ def list_(session: Session, which: str | None, as_json: bool) -> None:
     if which is None:  # the active item first, then what comes next
         items.sort(key=lambda item: item.state is not ItemState.ACTIVE)
     if as_json:
-        emit_json({"items": [render.item_dict(item) for item in items]})
+        shorts = short_forms(all_ids(session.layout))
+        emit_json({"items": [{**render.item_dict(item), "short_id": shorts.get(item.id)} for item in items]})
     elif items:
-        click.echo("\n".join(render.item_table(items)))
+        click.echo("\n".join(itemview.list_lines(session.layout, items, now=utc_now(), colour=style.wanted(),
+                                                 full_ids=full_ids)))
     else:
         note(f"no {which or 'pending or active'} items")
 
 
 @click.command()
-@click.argument("item_id", callback=item_id_arg)
+@click.argument("item_id", callback=item_id_arg, shell_complete=complete_item_id)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def show(session: Session, item_id: str, as_json: bool) -> None:
-    """Everything about one item: metadata, errors and its events."""
-    item = render.item_dict(queue.find(session.layout, item_id))
-    history = events.read(session.layout, item_id=item_id).events
+    """Everything about one item: its data, training (time, final loss, tokens, evaluations),
+    the metrics file, every error and its events."""
+    from ctl import itemview, style
+    from trainer.spool import metrics
+    from trainer.spool.names import all_ids, short_forms
+    from trainer.timefmt import utc_now
+
+    layout = session.layout
+    item = render.item_dict(queue.find(layout, item_id))
+    history = events.read(layout, item_id=item_id).events
+    now = utc_now()
+    tail = itemview.metrics_tail(layout, item_id)
+    trained = itemview.trained_seconds(history, now).get(item_id)
+    metrics_path = str(metrics.path(layout, item_id))
     if as_json:
-        emit_json({"item": item, "events": history})
-    else:
-        click.echo("\n".join(render.item_lines(item, history)))
+        evals = tail["evals"]
+        emit_json({"item": item, "events": history,
+                   "training": {"seconds": trained, "final_loss": itemview.final_loss(tail["last"]),
+                                "last_step": tail["last"], "evals": evals, "metrics_path": metrics_path}})
+        return
+    short = short_forms(all_ids(layout)).get(item_id, item_id)
+    click.echo("\n".join(itemview.block(item, history, short=short, tail=tail, trained=trained,
+                                        metrics_path=metrics_path, now=now, colour=style.wanted())))
 
 
 @click.command()
-@click.argument("item_id", callback=item_id_arg)
+@click.argument("item_id", callback=item_id_arg, shell_complete=complete_item_id)
 @click.pass_obj
 def hold(session: Session, item_id: str) -> None:
     """Keep a pending item out of training until release."""
@@ -106,7 +137,7 @@ def hold(session: Session, item_id: str) -> None:
 
 
 @click.command()
-@click.argument("item_id", callback=item_id_arg)
+@click.argument("item_id", callback=item_id_arg, shell_complete=complete_item_id)
 @click.pass_obj
 def release(session: Session, item_id: str) -> None:
     """Put a held item back in its queue."""
@@ -115,7 +146,7 @@ def release(session: Session, item_id: str) -> None:
 
 
 @click.command()
-@click.argument("item_id", required=False, callback=item_id_arg)
+@click.argument("item_id", required=False, callback=item_id_arg, shell_complete=complete_item_id)
 @click.option("--all-failed", is_flag=True, help="Retry every failed item.")
 @click.pass_obj
 def retry(session: Session, item_id: str | None, all_failed: bool) -> None:
@@ -139,7 +170,7 @@ def retry(session: Session, item_id: str | None, all_failed: bool) -> None:
 
 
 @click.command()
-@click.argument("item_id", callback=item_id_arg)
+@click.argument("item_id", callback=item_id_arg, shell_complete=complete_item_id)
 @click.pass_obj
 def remove(session: Session, item_id: str) -> None:
     """Delete an item and its queued copy of the data (not the active item)."""
@@ -148,44 +179,10 @@ def remove(session: Session, item_id: str) -> None:
 
 
 @click.command(name="move")
-@click.argument("item_id", callback=item_id_arg)
+@click.argument("item_id", callback=item_id_arg, shell_complete=complete_item_id)
 @click.option("--priority", "-p", type=PRIORITIES, required=True)
 @click.pass_obj
 def move_(session: Session, item_id: str, priority: str) -> None:
     """Change a pending or held item's priority (it keeps its place by age)."""
     queue.move(session.layout, item_id, Priority(priority))
     note(f"{item_id} moved to {priority}")
-
-
-@click.command()
-@click.argument("item_id", required=False, callback=item_id_arg)
-@click.option("--idle", is_flag=True, help="Wait until inbox, pending and active are all empty.")
-@click.option("--timeout", type=click.FloatRange(min=0), help="Give up after this many seconds (exit 75).")
-@click.option("--interval", type=click.FloatRange(min=0.01), default=0.2, show_default=True, hidden=True)
-@click.pass_obj
-def wait(session: Session, item_id: str | None, idle: bool, timeout: float | None, interval: float) -> None:
-    """Wait for an item to finish (0 done, 1 failed) or for the queue to drain.
-
-    Exits 3 at once if the daemon is not running, or as soon as it dies; 75 on timeout.
-    """
-    if (item_id is None) == (not idle):
-        raise click.UsageError("give an ITEM_ID or --idle (not both)")
-    layout = session.layout
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        if item_id is not None:
-            state = queue.find(layout, item_id).state
-            if state is ItemState.DONE:
-                finish(ExitCode.OK)
-            if state is ItemState.FAILED:
-                note(f"{item_id} failed: trainctl show {item_id}")
-                finish(ExitCode.FAILED)
-        elif queue.is_idle(layout):
-            finish(ExitCode.OK)
-        if not daemon_running(layout):
-            note("the daemon is not running: nothing would ever finish")
-            finish(ExitCode.NOT_RUNNING)
-        if deadline is not None and time.monotonic() >= deadline:
-            note("timed out")
-            finish(ExitCode.TIMEOUT)
-        time.sleep(interval)

@@ -35,6 +35,10 @@ from trainer.states import Liveness
 from trainer.timefmt import iso, parse_iso, utc_now
 
 STATE_SCHEMA = 1
+# While its state says "starting" (the model loading: minutes for a large one, with no
+# heartbeat possible), a daemon is given this long before it is called unresponsive: the
+# time systemd gives it (``EXTEND_TIMEOUT_USEC``) before killing it.
+STARTUP_ALLOWANCE_S = 600.0
 
 
 class Request(str, Enum):
@@ -247,6 +251,8 @@ def liveness(lock_holder: int | None, state: dict | None, now: clock.Reading, st
     age = heartbeat_age(state, now)
     if age is None:  # no heartbeat to judge (the state file is damaged or gone): not a hang
         return Liveness.UNKNOWN
+    if state.get("state") == "starting":
+        stale_after_s = max(stale_after_s, STARTUP_ALLOWANCE_S)
     if age > stale_after_s:
         return Liveness.UNRESPONSIVE
     return Liveness.RUNNING

@@ -66,27 +66,48 @@ def _unwritable(disk: dict) -> str | None:
     return None
 
 
+def previous_runs_state(holder: int | None, state: dict | None, lock_age_s: float | None,
+                        stale_after_s: float) -> dict | None:
+    """The record to judge a daemon by when its state file is still the previous run's (the
+    lock holder is another pid: it has only just started), or None when the file is its own.
+
+    A new daemon writes "starting" within moments of taking the lock; until then it is shown
+    as starting, not judged by its predecessor's stale heartbeat, for as long as a heartbeat
+    may be missed (counted from when it wrote its pid into the lock file)."""
+    if not holder or not state or state.get("pid") in (None, holder):
+        return None
+    if lock_age_s is None or lock_age_s > stale_after_s:
+        return None  # long enough to have written one: judge the old heartbeat (unresponsive)
+    return {"state": "starting", "pid": holder, "reason": "starting up (its state file is not written yet)"}
+
+
 def summarize(
     *, holder: int | None, state: dict | None, state_problem: str | None,
     requests: control.Requests, queues: dict, active: dict | None, disk: dict,
-    now: clock.Reading, stale_after_s: float, base_dir: str,
+    now: clock.Reading, stale_after_s: float, base_dir: str, lock_age_s: float | None = None,
 ) -> dict:
-    live = control.liveness(holder, state, now, stale_after_s)
+    starting = previous_runs_state(holder, state, lock_age_s, stale_after_s)
+    live = Liveness.RUNNING if starting else control.liveness(holder, state, now, stale_after_s)
     live, state_problem = explain_heartbeat(live, state, state_problem, disk, now)
     alive = live is not Liveness.NOT_RUNNING
     last_state = state.get("state") if state else None
+    shown = starting or state  # what the daemon says now (its predecessor's file tells nothing)
     daemon = {
         "liveness": live.value,
         "pid": holder if alive else None,
         # A dead daemon has no state; what its file last said is shown as history only.
-        "state": last_state if alive else None,
+        "state": shown.get("state") if shown and alive else None,
         "last_state": last_state,
         "last_pid": state.get("pid") if state else None,
-        "reason": state.get("reason") if state and alive else None,
+        "reason": shown.get("reason") if shown and alive else None,
         "started_at": state.get("started_at") if state else None,
         "heartbeat_age_s": control.heartbeat_age(state, now),
         "state_problem": state_problem,
     }
+    paused = requests.pause is not None or (alive and last_state == "paused")
+    item = _progress(state if alive and not starting else None, active)
+    if item is not None and paused:  # nothing moves: the last step's speed and an ETA would be false
+        item = {**item, "eta_s": None, "tokens_per_s": None}
     return {
         "schema_version": STATUS_SCHEMA,
         "base_dir": base_dir,
@@ -94,7 +115,7 @@ def summarize(
         "paused": requests.pause is not None,
         "pause_reason": (requests.pause or {}).get("reason"),
         "requests": [name for name in ("stop", "skip", "pause") if getattr(requests, name) is not None],
-        "item": _progress(state if alive else None, active),
+        "item": item,
         "queues": queues,
         "last_checkpoint": state.get("last_checkpoint") if state else None,
         "last_error": state.get("last_error") if state else None,
@@ -121,6 +142,15 @@ def collect(layout: Layout, config: Config, now: clock.Reading) -> dict:
     return summarize(
         holder=lock_holder(layout), state=state, state_problem=problem,
         requests=control.read_requests(layout), queues=queue.counts(layout), active=active,
-        disk=disk_usage(layout),
+        disk=disk_usage(layout), lock_age_s=_lock_age(layout, now),
         now=now, stale_after_s=config.daemon.stale_after_seconds, base_dir=str(layout.root),
     )
+
+
+def _lock_age(layout: Layout, now: clock.Reading) -> float | None:
+    """Seconds since the lock file was last written: the daemon writes its pid into it as it
+    takes the lock (wall clock: the file's mtime)."""
+    try:
+        return now.wall.timestamp() - os.stat(layout.daemon_lock).st_mtime
+    except OSError:
+        return None
