@@ -151,7 +151,7 @@ def enqueue_batch(
                 problems.extend(_problems(src, report))
             staged.append((item_id, src, st, report))
         if problems:
-            noun = "file" if len(sources) == 1 else f"of the {len(sources)} files"
+            noun = "problem" if len(problems) == 1 else f"{len(problems)} problems"
             raise InvalidData(f"nothing was queued: fix the {noun} below", problems)
         # Every item's metadata first: a disk that fills up now fails the batch with nothing
         # queued.

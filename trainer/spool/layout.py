@@ -138,6 +138,14 @@ def _read_format(path: Path) -> dict:
     return data
 
 
+def _init_command(layout: Layout) -> str:
+    """The command that initialises this base dir, as it can be pasted: the global option goes
+    before the command, and the path is quoted for the shell when it needs to be."""
+    import shlex  # only on this error path: trainctl's start-up does not pay for it
+
+    return f"trainctl --base-dir {shlex.quote(str(layout.root))} init"
+
+
 def check_format(layout: Layout) -> None:
     """Refuse a base dir of another format or version, with what to do about it."""
     try:
@@ -145,12 +153,11 @@ def check_format(layout: Layout) -> None:
     except FileNotFoundError:
         if not layout.root.is_dir():
             raise NotABaseDir(
-                f"{layout.root}: no such directory: create it with trainctl init "
-                f"--base-dir {layout.root} (or set {BASE_DIR_ENV})"
+                f"{layout.root}: no such directory: create it with {_init_command(layout)} "
+                f"(or point --base-dir or {BASE_DIR_ENV} at the one you meant)"
             ) from None
         raise NotABaseDir(
-            f"{layout.root}: not a trainer base dir (no FORMAT file): run trainctl init "
-            f"--base-dir {layout.root}"
+            f"{layout.root}: not a trainer base dir (no FORMAT file): run {_init_command(layout)}"
         ) from None
     if data.get("format") != FORMAT_NAME or data.get("version") not in READABLE_VERSIONS:
         raise FormatMismatch(
