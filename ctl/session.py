@@ -5,17 +5,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import orjson
 
-from trainer.config import Config, load_config
 from trainer.errors import ConfigError
 from trainer.exitcodes import ExitCode
 from trainer.ids import check_id
 from trainer.spool.layout import Layout, open_base
 from trainer.spool.lock import lock_holder
 from trainer.states import Priority
+
+if TYPE_CHECKING:
+    from trainer.config import Config
 
 JSON_SCHEMA = 1
 DEFAULT_BASE_DIR = "/var/lib/trainer"
@@ -40,6 +43,8 @@ class Session:
         if self._config is None:
             if self.config_path is not None and not self.config_path.exists():
                 raise ConfigError(f"--config {self.config_path}: no such file")
+            from trainer.config import load_config  # on first use: status seldom needs it
+
             self._config = load_config(self.config_path or self.layout.config_file)
         return self._config
 

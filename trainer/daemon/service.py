@@ -94,6 +94,7 @@ class Daemon:
         self.activity = Activity()
         self.reporter = Reporter(layout, self.notifier, memory_growth_limit=config.daemon.memory_growth_bytes,
                                  metrics=metrics)
+        self.reporter.stale_after_s = config.daemon.stale_after_seconds
         self.engine: TrainingEngine | None = None
         self.housekeeping: Housekeeping | None = None
         self._watcher = None
@@ -205,6 +206,7 @@ class Daemon:
             return
         self.config = replace(self.config, spool=fresh.spool, daemon=fresh.daemon, checkpoint=fresh.checkpoint,
                               snapshot=fresh.snapshot, consolidate=fresh.consolidate, events=fresh.events)
+        self.reporter.stale_after_s = fresh.daemon.stale_after_seconds
         if self.engine is not None:
             self.engine.set_checkpoint_config(fresh.checkpoint)
             self.housekeeping.config = self.config

@@ -18,7 +18,6 @@ from pathlib import Path
 
 from trainer.errors import NoSuchItem, WrongState
 from trainer.ids import ID_LENGTH, check_id, is_id
-from trainer.spool import events
 from trainer.spool.fsutil import exclusive_lock, rename_durably, write_atomic
 from trainer.spool.item import Item, ItemError, ItemMeta, load_item
 from trainer.spool.layout import Layout, is_candidate_name
@@ -27,6 +26,14 @@ from trainer.states import Event, ItemState, Priority
 from trainer.timefmt import iso, parse_iso, utc_now
 
 _reported_unmovable: set[str] = set()  # logged once per process, not at every poll
+
+
+def _log_event(layout: Layout, event: Event, item_id: str, **details: object) -> None:
+    # Imported when a change is logged, not at import: `trainctl status` and `list` read the
+    # queue and never write an event, and the event log module is ~1 ms of their start-up.
+    from trainer.spool import events
+
+    events.append(layout, event, item_id, **details)
 
 
 # --- reading -------------------------------------------------------------------------------
@@ -205,7 +212,7 @@ def _change(
             raise WrongState(f"cannot {action} {item_id}: it is {item.state.value} (only {names} items)")
         result, event, details = change(item)
         if event is not None:
-            events.append(layout, event, item_id, **details)
+            _log_event(layout, event, item_id, **details)
     return result
 
 
@@ -312,7 +319,7 @@ def claim_next(layout: Layout, retry_due: RetryDue = retry_over_by_wall_clock) -
                             "left in the queue", directory / item_id, exc.strerror)
                     continue
                 attempts = item.meta.attempts if item.meta else None
-                events.append(layout, Event.CLAIMED, item_id, priority=priority.value, attempts=attempts)
+                _log_event(layout, Event.CLAIMED, item_id, priority=priority.value, attempts=attempts)
                 return claimed
     return None
 
@@ -387,6 +394,6 @@ def claim_specific(layout: Layout, item_id: str) -> Item | None:
         if active_item(layout) is not None:
             raise WrongState(f"{active_item(layout).id} is already active: requeue or finish it first")
         claimed = _move(layout, item, ItemState.ACTIVE, item.priority)
-        events.append(layout, Event.CLAIMED, item_id, priority=item.priority.value if item.priority else None,
+        _log_event(layout, Event.CLAIMED, item_id, priority=item.priority.value if item.priority else None,
                       attempts=item.meta.attempts if item.meta else None)
         return claimed

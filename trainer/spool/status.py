@@ -8,13 +8,17 @@ killed daemon's state file says "training" forever.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from trainer import clock
-from trainer.config import Config
 from trainer.spool import control, queue
 from trainer.spool.layout import Layout
 from trainer.spool.lock import lock_holder
 from trainer.states import Liveness
+
+if TYPE_CHECKING:  # only for the annotation: status reads the config only when it must
+    from trainer.config import Config
 
 STATUS_SCHEMA = 1
 
@@ -132,18 +136,32 @@ def disk_usage(layout: Layout) -> dict:
             "free_inodes": fs.f_favail if fs.f_files else None, "read_only": bool(fs.f_flag & os.ST_RDONLY)}
 
 
-def collect(layout: Layout, config: Config, now: clock.Reading) -> dict:
+def stale_after(state: dict | None, holder: int | None, config: Config | Callable[[], Config]) -> float:
+    """The heartbeat age past which the daemon is called unresponsive: the daemon's own, as its
+    state file says (its running config, whatever the file on disk says now), else the
+    config's. The config is loaded only then: a plain ``trainctl status`` does not pay for it."""
+    own = state.get("stale_after_s") if state else None
+    if isinstance(own, (int, float)) and not isinstance(own, bool) and own > 0:
+        return float(own)
+    if holder is None:
+        return 0.0  # no daemon: no heartbeat to judge
+    return (config() if callable(config) else config).daemon.stale_after_seconds
+
+
+def collect(layout: Layout, config: Config | Callable[[], Config], now: clock.Reading) -> dict:
+    """``config``: the config, or a function that loads it (called only when needed)."""
     state, problem = control.read_state(layout)
+    holder = lock_holder(layout)
     current = queue.active_item(layout)
     active = None
     if current is not None:
         active = {"id": current.id, "name": current.meta.name if current.meta else None,
                   "records": current.meta.records if current.meta else None}
     return summarize(
-        holder=lock_holder(layout), state=state, state_problem=problem,
+        holder=holder, state=state, state_problem=problem,
         requests=control.read_requests(layout), queues=queue.counts(layout), active=active,
         disk=disk_usage(layout), lock_age_s=_lock_age(layout, now),
-        now=now, stale_after_s=config.daemon.stale_after_seconds, base_dir=str(layout.root),
+        now=now, stale_after_s=stale_after(state, holder, config), base_dir=str(layout.root),
     )
 
 
