@@ -11,7 +11,7 @@ import time
 
 import orjson
 import pytest
-from helpers.common import REPO, as_user, trainctl
+from helpers.common import OTHERS_PYTHON, REPO, as_user, trainctl
 
 from trainer.exitcodes import ExitCode
 from trainer.intake import enqueue
@@ -269,7 +269,7 @@ def test_a_user_outside_the_group_gets_one_line_naming_the_path(open_layout, cha
     uid = _nobody()
     as_nobody = as_user(uid)
     for args in (["enqueue", str(src)], ["pause"], ["list"]):
-        result = subprocess.run([*as_nobody, sys.executable, "-m", "ctl", "--base-dir", str(layout.root), *args],
+        result = subprocess.run([*as_nobody, OTHERS_PYTHON(), "-m", "ctl", "--base-dir", str(layout.root), *args],
                                 capture_output=True, text=True, cwd=REPO)
         assert result.returncode == ExitCode.NO_PERMISSION, (args, result.stderr)
         line = _one_line_error(result)

@@ -14,7 +14,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from helpers.common import REPO, as_user, trainctl, unprivileged_ids  # noqa: E402
+from helpers.common import OTHERS_PYTHON, REPO, as_user, trainctl, unprivileged_ids  # noqa: E402
 from helpers.daemon_proc import DaemonProcess, enqueue_sample, metric_steps, small_config  # noqa: E402
 
 from trainer.config import default_config_toml, load_config  # noqa: E402
@@ -303,7 +303,7 @@ def test_the_snapshot_date_is_persisted_so_restarts_and_clock_jumps_do_not_repea
 def test_an_unreadable_queued_file_fails_naming_its_path_and_the_next_item_trains(open_layout, demo_model,
                                                                                      tmp_path):
     uid, gid = unprivileged_ids()
-    probe = subprocess.run([*as_user(uid, gid), sys.executable, "-c", "import trainer.daemon.service, torch"],
+    probe = subprocess.run([*as_user(uid, gid), OTHERS_PYTHON(), "-c", "import trainer.daemon.service, torch"],
                            capture_output=True, text=True, cwd=REPO, timeout=120)
     if probe.returncode != 0:
         pytest.skip(f"uid {uid} cannot run the project's python here: {probe.stderr.strip()[-200:]}")
@@ -321,7 +321,7 @@ def test_an_unreadable_queued_file_fails_naming_its_path_and_the_next_item_train
     os.chmod(locked, 0o600)
     log_path = layout.root.parent / "daemon.log"
     with open(log_path, "wb") as log:
-        daemon = subprocess.run([*as_user(uid, gid), sys.executable, "-m", "trainer.daemon", "run", "--base-dir",
+        daemon = subprocess.run([*as_user(uid, gid), OTHERS_PYTHON(), "-m", "trainer.daemon", "run", "--base-dir",
                                  str(layout.root), "--exit-when-idle"],
                                 stdout=log, stderr=subprocess.STDOUT, cwd=REPO, timeout=180)
     output = log_path.read_text(errors="replace")
@@ -339,7 +339,7 @@ def test_an_unreadable_queued_file_fails_naming_its_path_and_the_next_item_train
     os.chown(failed.data_path, uid, gid)
     assert trainctl(layout.root, "retry", locked_id).returncode == 0
     with open(log_path, "ab") as log:
-        again = subprocess.run([*as_user(uid, gid), sys.executable, "-m", "trainer.daemon", "run", "--base-dir",
+        again = subprocess.run([*as_user(uid, gid), OTHERS_PYTHON(), "-m", "trainer.daemon", "run", "--base-dir",
                                 str(layout.root), "--exit-when-idle"],
                                stdout=log, stderr=subprocess.STDOUT, cwd=REPO, timeout=180)
     assert again.returncode == 0, log_path.read_text(errors="replace")
@@ -365,7 +365,7 @@ def test_a_queued_item_directory_owned_by_someone_else_is_left_alone_and_the_que
     os.chmod(stuck, 0o700)  # the daemon can neither read nor move it
     log_path = layout.root.parent / "daemon.log"
     with open(log_path, "wb") as log:
-        daemon = subprocess.Popen([*as_user(uid, gid), sys.executable, "-m", "trainer.daemon", "run",
+        daemon = subprocess.Popen([*as_user(uid, gid), OTHERS_PYTHON(), "-m", "trainer.daemon", "run",
                                    "--base-dir", str(layout.root)], stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
     try:
         deadline = time.monotonic() + 180
