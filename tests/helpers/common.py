@@ -69,11 +69,13 @@ def as_user(uid: int, gid: int | None = None, groups: tuple[int, ...] = ()) -> l
     """argv prefix running a command as another user (needs root and setpriv): root ignores
     file modes, so this is how a test makes permissions really apply. Put ``OTHERS_PYTHON()``
     after it, not ``sys.executable``: where the checkout sits under a directory other users
-    cannot traverse (a ``mktemp -d`` parent), they run a readable copy of it instead."""
+    cannot traverse (a ``mktemp -d`` parent), they run a readable copy of it instead.
+
+    Nothing may come between setpriv and the program: setpriv still holds root's
+    capabilities when it execs it (a Python under /root is reached that way), a program in
+    between (env) would not."""
     group_arg = f"--groups={','.join(map(str, groups))}" if groups else "--clear-groups"
-    prefix = ["setpriv", f"--reuid={uid}", f"--regid={uid if gid is None else gid}", group_arg]
-    copy = readable_checkout()
-    return prefix if copy is None else [*prefix, "env", f"PYTHONPATH={copy}"]
+    return ["setpriv", f"--reuid={uid}", f"--regid={uid if gid is None else gid}", group_arg]
 
 
 def OTHERS_PYTHON() -> str:  # noqa: N802  (read as a constant where a command is spelled out)
@@ -89,7 +91,8 @@ VENV_COPY = "venv"
 def readable_checkout() -> Path | None:
     """None where other users can reach the checkout; otherwise a copy of its packages and of
     the venv in a fresh world-readable directory, made of hard links (no data is copied; the
-    files keep their own modes), removed at exit."""
+    files keep their own modes), removed at exit. The copied venv finds the copied packages
+    through a .pth file in place of the editable install's, which names the checkout."""
     closed = closed_to_other_users(REPO)
     if closed is None:
         return None
@@ -104,6 +107,11 @@ def readable_checkout() -> Path | None:
         for name in ("trainer", "ctl"):
             shutil.copytree(REPO / name, root / name, symlinks=True, copy_function=os.link)
         shutil.copytree(sys.prefix, root / VENV_COPY, symlinks=True, copy_function=os.link)
+        for site in (root / VENV_COPY).glob("lib/python*/site-packages"):
+            for pth in site.glob("*.pth"):
+                if str(REPO) in pth.read_text(errors="replace"):
+                    pth.unlink()  # a link in the copy: the venv's own file stays
+            (site / "readable-checkout.pth").write_text(f"{root}\n")
     except OSError as exc:  # another filesystem (no hard links across): say how to run them
         import pytest
 
