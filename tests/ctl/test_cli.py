@@ -37,7 +37,7 @@ def test_init_then_status_with_no_arguments(tmp_path):
 def test_uninitialised_base_dir_is_one_line_with_the_fix(tmp_path):
     result = trainctl(tmp_path / "nowhere", "status")
     assert result.returncode == ExitCode.CONFIG
-    assert "trainctl init" in _one_line_error(result)
+    assert f"trainctl --base-dir {tmp_path / 'nowhere'} init" in _one_line_error(result)
 
 
 def test_foreign_format_version_is_refused_clearly(layout):
