@@ -3,7 +3,6 @@ output helpers and argument checks."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,12 +24,14 @@ DEFAULT_BASE_DIR = "/var/lib/trainer"
 PRIORITIES = click.Choice([p.value for p in Priority])
 
 
-@dataclass
 class Session:
-    base_dir: Path
-    config_path: Path | None
-    _layout: Layout | None = None
-    _config: Config | None = None
+    """The base dir and config of one trainctl run, each opened on first use. (A plain class:
+    a dataclass would cost every command ~0.5 ms of start-up to build.)"""
+
+    def __init__(self, base_dir: Path, config_path: Path | None) -> None:
+        self.base_dir, self.config_path = base_dir, config_path
+        self._layout: Layout | None = None
+        self._config: Config | None = None
 
     @property
     def layout(self) -> Layout:

@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -89,8 +88,9 @@ def send_consolidate(layout: Layout) -> dict:
 
 # --- read by the daemon (every optimizer step: one listdir, then only what exists) ----------
 
-@dataclass(frozen=True)
-class Requests:
+# A NamedTuple, not a frozen dataclass: built at import, and a dataclass costs every trainctl
+# command ~0.5 ms of start-up (it compiles its methods); this one needs none of theirs.
+class Requests(NamedTuple):
     pause: dict | None = None
     skip: dict | None = None
     stop: dict | None = None

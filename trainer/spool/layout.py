@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import orjson
 
@@ -45,8 +45,9 @@ def is_candidate_name(name: str) -> bool:
     return not name.startswith(".") and not name.endswith(IN_PROGRESS_SUFFIXES)
 
 
-@dataclass(frozen=True)
-class Layout:
+# A NamedTuple, not a frozen dataclass: built at import, and a dataclass costs every trainctl
+# command ~0.5 ms of start-up (it compiles its methods); this one needs none of theirs.
+class Layout(NamedTuple):
     root: Path
 
     @property
