@@ -30,6 +30,9 @@ class Session:
 
     def __init__(self, base_dir: Path, config_path: Path | None) -> None:
         self.base_dir, self.config_path = base_dir, config_path
+        # Said at once, whether or not this command ends up reading the config (status seldom does).
+        if config_path is not None and not config_path.exists():
+            raise ConfigError(f"--config {config_path}: no such file")
         self._layout: Layout | None = None
         self._config: Config | None = None
 
@@ -42,8 +45,6 @@ class Session:
     @property
     def config(self) -> Config:
         if self._config is None:
-            if self.config_path is not None and not self.config_path.exists():
-                raise ConfigError(f"--config {self.config_path}: no such file")
             from trainer.config import load_config  # on first use: status seldom needs it
 
             self._config = load_config(self.config_path or self.layout.config_file)
