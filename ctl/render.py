@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import math
 from datetime import timezone
+from typing import TYPE_CHECKING
 
-from trainer.spool.item import Item, display_name
 from trainer.timefmt import parse_iso
+
+if TYPE_CHECKING:
+    from trainer.spool.item import Item
 
 
 def display(value: object) -> str:
-    return display_name(value) if isinstance(value, str) else str(value)
+    if not isinstance(value, str):
+        return str(value)
+    from trainer.spool.item import display_name  # on first use: status prints no file names
+
+    return display_name(value)
 
 
 def size(n: int | None) -> str:
