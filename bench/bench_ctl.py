@@ -1,10 +1,13 @@
 """trainctl's speed, measured side by side in one run.
 
-    .venv/bin/python bench/bench_ctl.py [--items 10000] [--files 1000] [--runs 15]
+    .venv/bin/python bench/bench_ctl.py [--items 10000] [--files 1000] [--runs 15] [--against REV]
 
 - `trainctl status` and `trainctl list` wall time (real subprocesses) with 0 and with
   --items pending items, next to `python -c pass` and a bare import of trainctl's
   dependencies (click + orjson + psutil) as the floor;
+- the target: `trainctl status` at --items pending over the bare import, as a ratio;
+- with --against REV: `trainctl status` as it was at git revision REV, in the same rounds
+  (both started the same way, `python -c "from ctl.cli import main; main()"`);
 - `trainctl enqueue` of --files small valid files in one call: per-file cost, next to a
   plain copy of the same files with fsync (the floor for crash-safe queueing).
 Prints a markdown table to paste into docs/performance.md.
@@ -51,6 +54,22 @@ def trainctl(base: Path, *args: str) -> list[str]:
     return [*entry, "--base-dir", str(base), *args]
 
 
+def extract_revision(rev: str, into: Path) -> Path:
+    """The packages as they were at git revision rev, unpacked (and byte-compiled) under into."""
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", rev, "trainer", "ctl"],
+                             check=True, capture_output=True).stdout
+    into.mkdir()
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(into)], check=True)
+    return into
+
+
+def started_in(tree: Path, base: Path, *args: str) -> list[str]:
+    """trainctl run from the packages in ``tree`` (first on sys.path: the current directory)."""
+    return ["env", "-C", str(tree), sys.executable, "-c", "import sys; from ctl.cli import main; main()",
+            "--base-dir", str(base), *args]
+
+
 def fill(base: Path, items: int, sample: Path) -> None:
     layout, _ = init_base(base, default_config_toml())
     limits = Config().spool
@@ -88,6 +107,7 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=10_000)
     parser.add_argument("--files", type=int, default=1_000)
     parser.add_argument("--runs", type=int, default=21)
+    parser.add_argument("--against", metavar="REV", help="also time status as it was at this git revision")
     args = parser.parse_args()
     # Measure start-up as an installed copy runs: with bytecode cached. (Where
     # PYTHONDONTWRITEBYTECODE is set, every run would otherwise recompile the project.)
@@ -111,6 +131,10 @@ def main() -> None:
             f"`trainctl status --json`, {many}": trainctl(full, "status", "--json"),
             f"`trainctl list`, {many}": trainctl(full, "list"),
         }
+        if args.against:
+            old = extract_revision(args.against, work / "old")
+            commands[f"`trainctl status`, {many}, started with -c"] = started_in(REPO, full, "status")
+            commands[f"`trainctl status`, {many}, at {args.against}, started with -c"] = started_in(old, full, "status")
         medians = walls(commands, args.runs)
         floor = medians["`python -c pass`"]
         rows = list(medians.items())
