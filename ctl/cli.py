@@ -54,7 +54,8 @@ COMMANDS = {
     "move": "queue:move_",
     "wait": "wait:wait",
     "history": "history:history",
-    "logs": "history:logs",
+    "logs": "logs:logs",
+    "plot": "plot:plot",
     "install-unit": "setup:install_unit",
 }
 

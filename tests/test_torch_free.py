@@ -13,9 +13,10 @@ PROBE = """
 import sys
 from ctl.cli import cli
 import trainer.spool.queue, trainer.intake.inbox, trainer.spool.sweep, trainer.spool.status, trainer.spool.control, trainer.spool.lock
-import trainer.daemon.service, trainer.demo.run, trainer.demo.sample_data
+import trainer.daemon.service, trainer.daemon.main, trainer.daemon.sinks, trainer.daemon.prometheus
+import trainer.demo.run, trainer.demo.sample_data
 commands = [["init", "--demo"], ["enqueue", sys.argv[2]], ["status", "--json"], ["list", "--all"],
-            ["history"], ["pause"], ["resume"], ["wait", "--idle", "--timeout", "0"]]
+            ["history"], ["pause"], ["resume"], ["wait", "--idle", "--timeout", "0"], ["logs"], ["plot", "--all"]]
 for args in commands:
     try:
         cli.main(["--base-dir", sys.argv[1], *args], standalone_mode=False)

@@ -182,6 +182,21 @@ class EventsConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class MetricsConfig:
+    """[metrics]: figures for the tools people already run (metrics/ID.jsonl is always written)."""
+
+    prometheus_textfile: str = _setting(
+        "", "A file the daemon rewrites atomically in Prometheus' text format, at most once per optimizer "
+            "step and once a second, for node_exporter's textfile collector (e.g. "
+            "/var/lib/prometheus/node-exporter/{name}.prom, where {name} becomes the base dir's name: "
+            "trainer, trainer-1... for instances sharing one config). The daemon must be able to write "
+            "in its directory (docs/operations.md). Empty: off. No port is opened.")
+    tensorboard: bool = _setting(
+        False, "Write TensorBoard event files per item under tensorboard/ID/ in the base dir "
+               "(needs the tensorboard package: pip install 'trainer[tensorboard]').")
+
+
+@dataclass(frozen=True, kw_only=True)
 class Config:
     spool: SpoolConfig = field(default_factory=SpoolConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
@@ -191,6 +206,7 @@ class Config:
     snapshot: SnapshotConfig = field(default_factory=SnapshotConfig)
     consolidate: ConsolidateConfig = field(default_factory=ConsolidateConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
 
 SECTIONS: dict[str, type] = {f.name: f.default_factory for f in dataclasses.fields(Config)}  # type: ignore[misc]

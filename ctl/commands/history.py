@@ -1,12 +1,11 @@
-"""What happened: ``history`` (the event log) and ``logs`` (the daemon's log)."""
+"""What happened: ``history``, the event log (the daemon's own log is ``logs.py``)."""
 
 from __future__ import annotations
 
 import click
 
 from ctl import render, when
-from ctl.session import Session, complete_item_id, emit_json, finish, item_id_arg, note
-from trainer.exitcodes import ExitCode
+from ctl.session import Session, complete_item_id, emit_json, item_id_arg, note
 from trainer.spool import events
 from trainer.timefmt import parse_iso, utc_now
 
@@ -61,28 +60,3 @@ def history(session: Session, since: str | None, until: str | None, item_id: str
     if log.unreadable_lines:
         note(f"skipped {log.unreadable_lines} unreadable line(s) in the event log ({session.layout.events_dir})")
 
-
-@click.command()
-@click.option("-f", "--follow", is_flag=True)
-@click.option("-n", "lines", type=click.IntRange(min=0), default=50, show_default=True)
-@click.option("--unit", default="trainer", show_default=True, help="The systemd unit (trainer@0 for a GPU instance).")
-def logs(follow: bool, lines: int, unit: str) -> None:
-    """The daemon's log from the journal (wraps journalctl -u UNIT)."""
-    import shutil  # here, not at the top: it costs every trainctl command ~5 ms of start-up
-    import subprocess  # only here: it costs every other command ~6 ms of start-up
-
-    journalctl = shutil.which("journalctl")
-    if journalctl is None:
-        note("no journal here (journalctl not found): run the daemon in a terminal to see its log")
-        finish(ExitCode.FAILED)
-    argv = [journalctl, "-u", unit, "-n", str(lines), "--no-pager", "-o", "short-iso"]
-    if follow:
-        argv.append("-f")
-    try:
-        code = subprocess.call(argv)
-    except KeyboardInterrupt:
-        code = 0
-    if code != 0:
-        note(f"journalctl failed (exit {code}): is there a journal, and may you read it "
-             f"(join the systemd-journal or adm group)?")
-        finish(ExitCode.FAILED)

@@ -235,6 +235,7 @@ def test_history_tolerates_a_torn_last_line(layout, chat_file):
 
 
 def test_logs_without_a_journal_says_so(layout, tmp_path):
+    layout.log_target.write_bytes(b'{"journal": true, "unit": "trainer.service"}')  # a daemon under systemd
     empty = tmp_path / "nobin"
     empty.mkdir()
     result = trainctl(layout.root, "logs", env={"PATH": str(empty)})

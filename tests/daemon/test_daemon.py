@@ -56,6 +56,7 @@ def test_second_daemon_refuses_to_start_naming_the_first(base, daemons):
                             capture_output=True, text=True, cwd=REPO, timeout=60)
     assert second.returncode == ExitCode.LOCKED
     assert f"pid {first.pid}" in second.stderr and "Traceback" not in second.stderr
+    assert orjson.loads(base.log_target.read_bytes())["pid"] == first.pid, "where the log goes is still the first's"
 
 
 def test_kill_9_mid_training_then_restart_resumes_the_item_at_its_checkpoint(base, daemons, tmp_path):

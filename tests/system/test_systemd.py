@@ -228,6 +228,21 @@ def test_items_enqueued_with_trainctl_are_trained_to_done(unit):
     assert box.show("trainer.service", "ActiveState")["ActiveState"] == "active"
 
 
+def test_trainctl_logs_reads_the_daemon_s_journal_and_no_log_file_is_written(unit):
+    box = unit
+    box.systemctl("start", "trainer")
+    item_id = enqueue(box, "logged", 20)
+    trainctl(box, "wait", item_id, "--timeout", "300")
+    target = orjson.loads(box.path(f"{BASE}/run/log.json").read_bytes())
+    assert target["journal"] is True and target["unit"] == "trainer.service"
+    assert not box.path(f"{BASE}/logs/trainer.log").exists()
+    shown = trainctl(box, "logs", "-n", "300", user=None).stdout  # root: may read the system journal
+    assert "ready (pid" in shown and f"done {item_id}" in shown
+    about = trainctl(box, "logs", "--item", item_id, "-n", "300", user=None).stdout.splitlines()
+    assert any(f"done {item_id}" in line for line in about) and all(item_id in line for line in about), about
+    assert any("checkpoint" in line for line in about), "tagged TRAINER_ITEM= though its text names no item"
+
+
 def test_kill_9_of_the_main_pid_restarts_and_resumes_from_the_checkpoint(unit):
     box = unit
     item_id = start_and_wait_training(box)

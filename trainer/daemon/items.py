@@ -20,6 +20,7 @@ from typing import Protocol, TypeVar
 
 from trainer.clock import Now
 from trainer.config import Config
+from trainer.daemon import logs
 from trainer.daemon.policy import MAX_RETRY_DELAY_S, first_sight_deadline, retry_delay
 from trainer.daemon.reporter import Activity
 from trainer.errors import DiskUnwritable, InvalidData, ItemFailed, RestartRequested, Shutdown, TrainerError
@@ -141,6 +142,7 @@ class ItemTrainer:
 
     def train(self, item: Item) -> Outcome:
         self.activity.start_item(item.id, item.meta.name if item.meta else None)
+        logs.tag_item(item.id)  # every log line until the end names the item (trainctl logs --item)
         self.host.publish(DaemonState.TRAINING)
         try:
             while True:
@@ -167,6 +169,7 @@ class ItemTrainer:
             return self._failed(item, f"{type(exc).__name__}: {exc}", transient=True)
         finally:
             self.activity.end_item()
+            logs.tag_item(None)
 
     def _train(self, item: Item, plan: ItemPlan) -> Outcome:
         if plan.stats:  # empty when resuming: recorded the first time

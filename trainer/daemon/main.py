@@ -1,29 +1,42 @@
-"""``trainer run``: parse the command line, open the base dir, load the config, run the service.
+"""``trainer``: the daemon's command line (click, like trainctl).
 
     trainer run [--base-dir DIR] [--config FILE] [--exit-when-idle]
+    trainer --version | -h
+
+Start-up stays lean: click here, torch only once the daemon loads the model.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
+
+import click
 
 from trainer.config import load_config
 from trainer.errors import ConfigError, TrainerError
 from trainer.exitcodes import ExitCode
 from trainer.spool.layout import BASE_DIR_ENV, open_base
+from trainer.spool.lock import lock_holder
+
+DEFAULT_BASE_DIR = "/var/lib/trainer"
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="trainer", description="The continuous fine-tuning daemon.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run the daemon in the foreground (systemd runs exactly this)")
-    run.add_argument("--base-dir", type=Path, default=Path(os.environ.get(BASE_DIR_ENV, "/var/lib/trainer")))
-    run.add_argument("--config", type=Path)
-    run.add_argument("--exit-when-idle", action="store_true", help="exit 0 once inbox, pending and active are empty")
-    args = parser.parse_args(argv)
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="trainer", prog_name="trainer")
+def cli() -> None:
+    """The continuous fine-tuning daemon (steer it with trainctl)."""
+
+
+@cli.command()
+@click.option("--base-dir", type=click.Path(path_type=Path), envvar=BASE_DIR_ENV,
+              default=DEFAULT_BASE_DIR, show_default=True, help=f"The base directory (or set {BASE_DIR_ENV}).")
+@click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="Config file (default: BASE_DIR/config.toml).")
+@click.option("--exit-when-idle", is_flag=True, help="Exit 0 once inbox, pending and active are empty.")
+def run(base_dir: Path, config_path: Path | None, exit_when_idle: bool) -> None:
+    """Run the daemon in the foreground (systemd runs exactly this)."""
     # Whatever umask it was started with, nothing the daemon creates is open to others (the
     # unit sets 0007 anyway): training data and weights may be private, and a world-writable
     # checkpoint could be swapped under it. The spool sets its own modes; this covers the
@@ -33,23 +46,30 @@ def main(argv: list[str] | None = None) -> None:
 
     logs.setup()
     try:
-        layout = open_base(args.base_dir)
-        if args.config is not None and not args.config.exists():
-            raise ConfigError(f"--config {args.config}: no such file")
-        config = load_config(args.config or layout.config_file)
+        layout = open_base(base_dir)
+        if config_path is not None and not config_path.exists():
+            raise ConfigError(f"--config {config_path}: no such file")
+        config = load_config(config_path or layout.config_file)
     except TrainerError as exc:
         print(f"trainer: {exc}", file=sys.stderr)
         sys.exit(ExitCode.CONFIG)
+    if lock_holder(layout) is None:  # else this one exits 73 at once: the running daemon's log stays its own
+        logs.to_base_dir(layout)
     from trainer.daemon.service import Daemon
+    from trainer.daemon.sinks import sinks_for
 
-    daemon = Daemon(layout, config, config_path=args.config)
+    daemon = Daemon(layout, config, config_path=config_path, metrics=sinks_for(layout, config))
     daemon.signals.install()
     try:
-        code = daemon.run(exit_when_idle=args.exit_when_idle)
+        code = daemon.run(exit_when_idle=exit_when_idle)
     except ConfigError as exc:
         print(f"trainer: {exc}", file=sys.stderr)
         code = ExitCode.CONFIG
     sys.exit(int(code))
+
+
+def main(argv: list[str] | None = None) -> None:
+    cli.main(args=argv, prog_name="trainer")
 
 
 if __name__ == "__main__":

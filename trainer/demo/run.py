@@ -4,7 +4,7 @@ Builds the demo model and sample data offline (`trainctl init --demo`), queues f
 trainctl (an invalid one is refused with its line numbers), drops one into the inbox the
 safe way (copy to .name, then mv), runs the daemon until the queue is empty (it takes the
 inbox file, trains every item for real, snapshots and consolidates), then shows status,
-list and history.
+list and history, and ends on the loss curve.
 """
 
 from __future__ import annotations
@@ -56,6 +56,13 @@ def main() -> None:
     trainctl(base, "status")
     trainctl(base, "history", "-n", "8")
     print(f"\nThe base dir is {base}: look around with ls (checkpoints/, snapshots/, models/, metrics/).")
+    show_loss_curve(base)
+
+
+def show_loss_curve(base: Path) -> None:
+    """The demo ends on what the training did: every item's loss over the model's steps."""
+    print("\n# the loss over every item trained (trainctl plot ITEM for one, --png FILE for an image)")
+    trainctl(base, "plot", "--all", "--height", "10")
 
 
 if __name__ == "__main__":

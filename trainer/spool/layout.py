@@ -12,6 +12,7 @@
       run/                daemon.json (the daemon's state), daemon.lock, spool.lock
       events/YYYY-MM.jsonl  append-only event log, one segment per UTC month
       events/v1/YYYY-MM.jsonl  format 1's single events.jsonl, split by month on upgrade
+      logs/trainer.log[.N]  the daemon's log when it runs outside systemd (rotated by size)
 
 Each item is a directory ``ID/`` holding ``data.jsonl`` (the queued copy) and
 ``meta.json``. The directory an item is in is its state; every state change is one rename.
@@ -97,6 +98,20 @@ class Layout(NamedTuple):
     def housekeeping(self) -> Path:
         """When the last snapshot and consolidation happened (the daemon's own record)."""
         return self.run / "housekeeping.json"
+
+    @property
+    def log_target(self) -> Path:
+        """Where the running (or last) daemon sends its log: the journal or ``log_file``."""
+        return self.run / "log.json"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def log_file(self) -> Path:
+        """The daemon's log outside systemd; rotated to ``trainer.log.1``, ``.2``..."""
+        return self.logs_dir / "trainer.log"
 
     @property
     def daemon_lock(self) -> Path:

@@ -34,6 +34,7 @@ from trainer.train.loss import forward_packed, summed_loss
 from trainer.train.packing import Row
 from trainer.train.protocol import ItemPlan, Progress, TrainState
 from trainer.train.schedule import lr_at, should_checkpoint
+from trainer.train.world import World, shard_indices
 
 log = logging.getLogger("trainer.engine")
 
@@ -57,9 +58,11 @@ def _versions() -> dict:
 
 
 class Engine:
-    def __init__(self, base: Path, config: Config) -> None:
+    def __init__(self, base: Path, config: Config, world: World | None = None) -> None:
         self.base = base
         self.config = config
+        # The processes this trainer runs on (one by default); see world.py for the step protocol.
+        self.world = world or World()
         self.store = CheckpointStore(base / "checkpoints", keep_last=config.checkpoint.keep_last)
         self.state = TrainState()
         self.last_checkpoint: Checkpoint | None = None
@@ -103,6 +106,7 @@ class Engine:
         self.state = TrainState(micro_batch_size=cfg.micro_batch_size, base=base)
         if checkpoint is not None:
             self._restore(checkpoint)
+        self.share_with_followers()
         return checkpoint
 
     def _load_model(self, base: str | None) -> None:
@@ -123,6 +127,7 @@ class Engine:
         it): fresh adapter, fresh optimizer, same training history; checkpointed at once."""
         self._load_model(base)
         self.state.base = base
+        self.share_with_followers()
         return self.checkpoint()
 
     def checkpoint_estimate(self) -> int:
@@ -253,6 +258,7 @@ class Engine:
             raise ItemFailed("weights became non-finite and there is no checkpoint to roll back to",
                              transient=False)
         self._restore(checkpoint)
+        self.share_with_followers()
 
     # --- items ---------------------------------------------------------------------------
 
@@ -345,16 +351,8 @@ class Engine:
         lr = lr_at(self.state.global_step, self.config.train, cursor.item_step, plan.total_steps)
         loss, grad_norm, applied = None, None, False
         if targets:
-            loss, grad_norm = self._gradients(rows, targets)
-            applied = math.isfinite(loss) and (grad_norm is None or math.isfinite(grad_norm))
-            if applied:
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
-                self.optimizer.step()
-                self._nonfinite_in_a_row = 0
-            else:
-                self._nonfinite_in_a_row += 1
-            self.optimizer.zero_grad(set_to_none=True)
+            loss, grad_norm, applied = self.apply_step(self._hand_out(rows, targets, lr), targets, lr)
+            self._nonfinite_in_a_row = 0 if applied else self._nonfinite_in_a_row + 1
         cursor.item_step += 1
         if applied:
             self.state.global_step += 1
@@ -381,39 +379,83 @@ class Engine:
                         eta_s=max(0, plan.total_steps - cursor.item_step) * self._step_time,
                         host_rss_bytes=self._process.memory_info().rss, gpu_bytes=gpu)
 
-    def _gradients(self, rows: list[Row], targets: int) -> tuple[float, float | None]:
-        """Accumulate the step's gradients; on out-of-memory halve the micro-batch and redo."""
+    def apply_step(self, mine: list[Row], targets: int, lr: float) -> tuple[float, float | None, bool]:
+        """One optimizer step from this rank's rows (every rank calls it with its share): the
+        loss and gradient norm (both global), and whether the update was applied (not when
+        either is not finite; the same answer on every rank, as both are global)."""
+        loss, grad_norm = self._gradients(mine, targets)
+        applied = math.isfinite(loss) and (grad_norm is None or math.isfinite(grad_norm))
+        if applied:
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss, grad_norm, applied
+
+    def _hand_out(self, rows: list[Row], targets: int, lr: float) -> list[Row]:
+        """The leader posts every follower its share of the step; returns its own."""
+        if not self.world.distributed:
+            return rows
+        size = self.world.size
+        shares = [[rows[i] for i in shard_indices(len(rows), rank, size)] for rank in range(size)]
+        return self.world.post([("step", share, targets, lr) for share in shares])[1]
+
+    def share_with_followers(self) -> None:
+        """After the weights changed other than by a step (start, rollback, a new base): the
+        followers load the same model and take the leader's weights and optimizer state."""
+        if not self.world.distributed:
+            return
+        self.world.post([("load", self.state.base, self.state.micro_batch_size)] * self.world.size)
+        self.world.share_tensors(self.params.values())
+        self.world.share(self.optimizer.state_dict())
+
+    def release_followers(self) -> None:
+        """The leader is done: the followers return from ``follower.follow``."""
+        if self.world.distributed:
+            self.world.post([("stop",)] * self.world.size)
+
+    def _gradients(self, mine: list[Row], targets: int) -> tuple[float, float | None]:
+        """Accumulate the step's gradients over this rank's share of the rows, then sum them
+        over the ranks; on out-of-memory (on any rank) every rank halves the micro-batch and
+        redoes the step. ``targets`` is the step's global target count."""
         while True:
             micro = self.state.micro_batch_size
+            total, out_of_memory = 0.0, False
             try:
-                total = 0.0
-                for start in range(0, len(rows), micro):
-                    chunk = rows[start:start + micro]
-                    ids = torch.tensor([r.input_ids for r in chunk], device=self.device)
-                    positions = torch.tensor([r.position_ids for r in chunk], device=self.device)
-                    labels = torch.tensor([r.labels for r in chunk], device=self.device)
-                    logits = forward_packed(self.model, ids, positions)
-                    loss = summed_loss(logits, labels) / targets
-                    del logits
-                    loss.backward()
-                    total += loss.item()
-                break
+                for start in range(0, len(mine), micro):
+                    total += self._backward(mine[start:start + micro], targets)
             except torch.OutOfMemoryError:
-                self.optimizer.zero_grad(set_to_none=True)
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
-                if micro == 1:
-                    raise ItemFailed("out of memory even at micro-batch 1: lower train.max_length or use "
-                                     "LoRA", transient=True) from None
-                self.state.micro_batch_size = micro // 2
-                log.warning("out of memory at micro-batch %d: retrying the step with %d (and twice the "
-                            "accumulation, so the batch is unchanged)", micro, micro // 2)
+                out_of_memory = True
+            if not self.world.any(out_of_memory):
+                break
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if micro == 1:
+                raise ItemFailed("out of memory even at micro-batch 1: lower train.max_length or use "
+                                 "LoRA", transient=True) from None
+            self.state.micro_batch_size = micro // 2
+            log.warning("out of memory at micro-batch %d: retrying the step with %d (and twice the "
+                        "accumulation, so the batch is unchanged)", micro, micro // 2)
+        total = self.world.sum(total)
+        self.world.sum_gradients(self.params.values())
         max_norm = self.config.train.max_grad_norm
         if max_norm > 0:
             norm = torch.nn.utils.clip_grad_norm_(self.params.values(), max_norm).item()
         else:
             norm = None
         return total, norm
+
+    def _backward(self, chunk: list[Row], targets: int) -> float:
+        """One micro-batch's forward and backward; its share of the step's loss."""
+        ids = torch.tensor([r.input_ids for r in chunk], device=self.device)
+        positions = torch.tensor([r.position_ids for r in chunk], device=self.device)
+        labels = torch.tensor([r.labels for r in chunk], device=self.device)
+        logits = forward_packed(self.model, ids, positions)
+        loss = summed_loss(logits, labels) / targets
+        del logits
+        loss.backward()
+        return loss.item()
 
 
 class _MetricsFile:

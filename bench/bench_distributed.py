@@ -1,0 +1,182 @@
+"""Data-parallel training on the CPU: 2 gloo ranks against one process, side by side.
+
+    .venv/bin/python bench/bench_distributed.py [--models tiny,34m] [--runs 3] [--records 600]
+
+Contenders, each its own process tree, alternating, medians of --runs, one epoch over the same
+chat data (bench_train.py's), 8 rows of 256 tokens a step, fp32:
+
+- 1 process x 1 thread;
+- 1 process x 2 threads (torch's intra-op threads: the other way to use a second core);
+- 2 ranks x 1 thread, under torch's elastic agent (gloo), each rank training on half of
+  every step's rows (trainer/train/world.py).
+
+Reported: real tokens/s and the ratio to 1 x 1; the share of the 2-rank step spent in the
+collectives (the agreement on out-of-memory, the loss sum, the gradient sum); and how far the
+2-rank weights end from the 1-process ones when the ranks' rows are NOT the single process's
+micro-batches (7 rows a step: float reassociation, amplified by Adam).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from bench_train import BATCH, LR, MODELS, ROW, WARMUP, make_data  # noqa: E402
+
+
+def _config(rows: int):
+    from trainer.config import CheckpointConfig, Config, TrainConfig
+
+    return Config(train=TrainConfig(max_length=ROW, micro_batch_size=rows, learning_rate=LR, warmup_steps=WARMUP,
+                                    max_grad_norm=1.0),
+                  checkpoint=CheckpointConfig(every_steps=0, every_minutes=0))
+
+
+def train(model_dir: str, data: str, out: str, threads: int, rows: int) -> None:
+    """One rank's (or the lone process's) run; rank 0 writes the figures to ``out``."""
+    import torch
+
+    from trainer.train.engine import Engine
+    from trainer.train.world import World
+
+    torch.set_num_threads(threads)
+    world = World.from_environment()
+    if world.distributed:
+        torch.distributed.init_process_group("gloo")
+    spent = {"collectives": 0.0}
+
+    class TimedWorld(World):
+        def _timed(self, name, *args):
+            started = time.perf_counter()
+            try:
+                return getattr(World, name)(self, *args)
+            finally:
+                spent["collectives"] += time.perf_counter() - started
+
+        def any(self, flag):
+            return self._timed("any", flag)
+
+        def sum(self, value):
+            return self._timed("sum", value)
+
+        def sum_gradients(self, params):
+            return self._timed("sum_gradients", params)
+
+    base = Path(tempfile.mkdtemp(prefix=f"dist-bench-{world.rank}-"))
+    try:
+        shutil.copytree(model_dir, base / "models" / "base")
+        engine = Engine(base, _config(rows), TimedWorld(world.rank, world.size))
+        engine.start()
+        path = Path(data)
+        plan = engine.prepare("bench", hashlib.sha256(path.read_bytes()).hexdigest(), path)
+        tokens, start, end = 0, time.perf_counter(), time.perf_counter()
+        spent["collectives"] = 0.0
+
+        def step(progress) -> bool:
+            nonlocal tokens, end
+            tokens += progress.tokens
+            end = time.perf_counter()
+            return True
+
+        engine.train(plan, step)
+        if world.is_leader:
+            seconds = end - start
+            torch.save({"tokens_per_s": tokens / seconds, "seconds": seconds,
+                        "collective_share": spent["collectives"] / seconds,
+                        "params": {n: p.detach().clone() for n, p in engine.params.items()}}, out)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+        if world.distributed:
+            torch.distributed.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(nproc: int, model_dir: Path, data: Path, out: Path, threads: int, rows: int) -> None:
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id="bench", rdzv_backend="c10d",
+                          rdzv_endpoint=f"127.0.0.1:{_free_port()}", max_restarts=0, monitor_interval=0.1,
+                          start_method="spawn")
+    elastic_launch(config, train)(str(model_dir), str(data), str(out), threads, rows)
+
+
+def run(nproc: int, threads: int, model_dir: Path, data: Path, work: Path, rows: int = BATCH) -> dict:
+    out = work / f"out-{nproc}-{threads}-{rows}.pt"
+    argv = [sys.executable, __file__, "--launch", str(nproc), "--threads", str(threads), "--rows", str(rows),
+            "--model-dir", str(model_dir), "--data", str(data), "--out", str(out)]
+    done = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+    if done.returncode != 0:
+        raise SystemExit(f"{nproc} x {threads} failed:\n{done.stderr[-3000:]}")
+    import torch
+
+    return torch.load(out, weights_only=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="tiny,34m")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--records", type=int, default=600)
+    parser.add_argument("--launch", type=int)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--rows", type=int, default=BATCH)
+    parser.add_argument("--model-dir", type=Path)
+    parser.add_argument("--data", type=Path)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    if args.launch:
+        launch(args.launch, args.model_dir, args.data, args.out, args.threads, args.rows)
+        return
+
+    from trainer.train.demo_model import build_demo_model
+
+    work = Path(tempfile.mkdtemp(prefix="bench-dist-"))
+    try:
+        data = make_data(work / "chat.jsonl", args.records)
+        print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
+        print(f"data: {args.records} records, {os.cpu_count()} cores, fp32 CPU, gloo\n")
+        contenders = {"1 process x 1 thread": (1, 1), "1 process x 2 threads": (1, 2), "2 ranks x 1 thread": (2, 1)}
+        for name in args.models.split(","):
+            model_dir = work / name / "models" / "base"
+            build_demo_model(model_dir, **MODELS[name])
+            results: dict[str, list[dict]] = {label: [] for label in contenders}
+            for _ in range(args.runs):
+                for label, (nproc, threads) in contenders.items():
+                    results[label].append(run(nproc, threads, model_dir, data, work))
+            floor = statistics.median(r["tokens_per_s"] for r in results["1 process x 1 thread"])
+            print(f"### {name} model\n")
+            print("| contender | real tokens/s (median) | vs 1 x 1 | train s (median) | in collectives |")
+            print("|---|---:|---:|---:|---:|")
+            for label, runs in results.items():
+                tps = statistics.median(r["tokens_per_s"] for r in runs)
+                secs = statistics.median(r["seconds"] for r in runs)
+                share = statistics.median(r["collective_share"] for r in runs) if label.startswith("2") else 0.0
+                print(f"| {label} | {tps:,.0f} | {tps / floor:.2f}x | {secs:.1f} | {share:.1%} |")
+            one, two = (run(n, 1, model_dir, data, work, rows=7) for n in (1, 2))
+            worst = max((one["params"][k] - two["params"][k]).abs().max().item() for k in one["params"])
+            print(f"\n7 rows a step (ranks of 4 and 3, the one process in one micro-batch of 7): final weights "
+                  f"max |dw| = {worst:.2e}\n")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""A follower rank: trains on the shares of each step the leader posts, nothing else.
+
+Followers read no data, write nothing to disk and take no decision: every choice (which
+item, when to stop, skip or pause, when to checkpoint) is the leader's, and reaches them as
+the next command. They hold the same weights and optimizer state as the leader because they
+start from the leader's (``Engine.share_with_followers``) and then apply the same summed
+gradients at every step.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+
+import numpy as np
+import torch
+
+from trainer.train.engine import Engine
+
+log = logging.getLogger("trainer.follower")
+
+
+def follow(engine: Engine) -> int:
+    """Serve the leader's commands until it says stop; returns the optimizer steps taken."""
+    cfg = engine.config.train
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True)
+        torch.set_num_threads(1)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    steps = 0
+    while True:
+        command = engine.world.receive()
+        kind = command[0]
+        if kind == "step":
+            _, mine, targets, lr = command
+            engine.apply_step(mine, targets, lr)
+            steps += 1
+        elif kind == "load":
+            _, base, micro_batch_size = command
+            _load(engine, base)
+            engine.state.micro_batch_size = micro_batch_size
+        elif kind == "stop":
+            return steps
+        else:
+            raise RuntimeError(f"rank {engine.world.rank}: unknown command from the leader: {kind!r}")
+
+
+def _load(engine: Engine, base: str | None) -> None:
+    """The leader's model (the configured one, or the base a consolidation moved to), then
+    its weights and optimizer state."""
+    if getattr(engine, "model", None) is None or engine.state.base != base:
+        engine._load_model(base)
+        engine.state.base = base
+    engine.world.share_tensors(engine.params.values())
+    engine.optimizer.load_state_dict(engine.world.share())
