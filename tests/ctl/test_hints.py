@@ -122,7 +122,7 @@ def test_the_hints_were_found():
 @pytest.mark.parametrize("where,hint", HINTS, ids=[f"{w} trainctl {h}" for w, h in HINTS])
 def test_a_printed_hint_parses_as_printed(where, hint, layout, limits, chat_file, monkeypatch):
     item_id = enqueue.enqueue(layout, chat_file(), limits=limits).id
-    values = {"{ID}": item_id, "ID": item_id, "{BASE}": str(layout.root), "FILE.jsonl": str(chat_file()),
+    values = {"{ID}": item_id, "ID": item_id, "ITEM": item_id, "ITEM_ID": item_id, "{BASE}": str(layout.root), "FILE.jsonl": str(chat_file()),
               "FILE": str(chat_file()), "{X}": "x", "N": "1"}
     args = [values.get(word, word) for word in hint.split()]
     if args[0] != "--base-dir":
