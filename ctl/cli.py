@@ -75,9 +75,9 @@ class LazyGroup(click.Group):
 
 
 @click.group(cls=LazyGroup, invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
-# readable=False: an unreadable base dir is ours to report (exit 77, naming the group to join).
-# Plain strings, made paths below: click.Path's checks would not add to ours (open_base and
-# load_config name the problem), and building one costs every command ~1 ms (it imports locale).
+# Plain strings, made paths below: ours are the checks (an unreadable base dir is exit 77,
+# naming the group to join; open_base and load_config name any other problem), and click.Path
+# would cost every command ~1 ms of start-up (it imports locale).
 @click.option("--base-dir", metavar="DIRECTORY", envvar=BASE_DIR_ENV, default=DEFAULT_BASE_DIR, show_default=True,
               help=f"The trainer's base directory (or set {BASE_DIR_ENV}).")
 @click.option("--config", "config_path", metavar="FILE", help="Config file (default: BASE_DIR/config.toml).")
