@@ -189,7 +189,7 @@ def list_lines(layout: Layout, items: list[Item], *, now: datetime, colour: bool
     events of the items that have left pending, loss tails, and the active item's progress."""
     from trainer.spool import control, events
     from trainer.spool.names import all_ids, short_forms
-    from trainer.spool.status import _progress
+    from trainer.spool.status import item_progress
 
     shorts = short_forms(all_ids(layout)) if not full_ids else {}
     started = [item for item in items if item.state.value != "pending"]
@@ -201,6 +201,6 @@ def list_lines(layout: Layout, items: list[Item], *, now: datetime, colour: bool
         trained = {k: v for k, v in trained_seconds(log, now).items() if k in wanted}
     tails = {item.id: metrics_tail(layout, item.id) for item in started}
     state, _ = control.read_state(layout)
-    active = _progress(state, None) if any(item.state.value == "active" for item in items) else None
+    active = item_progress(state, None) if any(item.state.value == "active" for item in items) else None
     return table(items, shorts=shorts, trained=trained, tails=tails, active_progress=active, now=now,
                  colour=colour, full_ids=full_ids)

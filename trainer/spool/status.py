@@ -32,7 +32,9 @@ def eta_seconds(progress: dict) -> float | None:
     return max(0.0, (total - step) * per_step)
 
 
-def _progress(state: dict | None, active: dict | None) -> dict | None:
+def item_progress(state: dict | None, active: dict | None) -> dict | None:
+    """The current item as status shows it: the daemon's progress (percent, ETA) or, without
+    one, the active item's name and records."""
     item = state.get("item") if state else None
     if isinstance(item, dict):
         progress = dict(item)
@@ -109,7 +111,7 @@ def summarize(
         "state_problem": state_problem,
     }
     paused = requests.pause is not None or (alive and last_state == "paused")
-    item = _progress(state if alive and not starting else None, active)
+    item = item_progress(state if alive and not starting else None, active)
     if item is not None and paused:  # nothing moves: the last step's speed and an ETA would be false
         item = {**item, "eta_s": None, "tokens_per_s": None}
     return {
