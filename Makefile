@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench clean screenshot
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(VENV)/bin/python bench/bench_ctl.py
 	$(VENV)/bin/python bench/bench_validate.py
+
+# The README's picture: the demo's report page in headless Chromium (Debian's chromium package).
+screenshot: $(STAMP)
+	DEMO_DIR=/tmp/trainer-demo $(VENV)/bin/python -m trainer.demo
+	$(VENV)/bin/python tests/helpers/browser.py /tmp/trainer-demo/base/report.html docs/report.png
 
 clean:
 	rm -rf $(VENV) demo

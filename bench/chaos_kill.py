@@ -129,12 +129,20 @@ def events(base: Path) -> list[dict]:
     return event_log.read(Layout(base)).events
 
 
-def metric_lines(base: Path) -> dict[str, list[dict]]:
-    """Every metrics line, per item, in the order written."""
+def metric_lines(base: Path, kind: str | None = None) -> dict[str, list[dict]]:
+    """Every step line (or, with ``kind``, every line of that kind: "eval"), per item, in the
+    order written."""
     found = {}
     for path in sorted((base / "metrics").glob("*.jsonl")) if (base / "metrics").exists() else []:
-        found[path.stem] = [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+        lines = [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+        found[path.stem] = [r for r in lines if r.get("kind") == kind]
     return found
+
+
+def eval_numbers(base: Path) -> dict[str, list[dict]]:
+    """Each item's held-out evaluations (every line, a repeat after a crash included), timeless."""
+    return {item: [{k: v for k, v in r.items() if k != "t"} for r in rows]
+            for item, rows in metric_lines(base, "eval").items()}
 
 
 def final_checkpoint(base: Path) -> dict:
@@ -547,6 +555,14 @@ def report(straight: Path, base: Path, chaos: Chaos, final: Run, *, final_code: 
         seen |= {r["global_step"] for r in run.new_lines}
     if duplicates:
         problems.append(f"{duplicates} steps trained again below the restored checkpoint")
+    # Evaluation too: each item's held-out numbers bitwise those of the straight run, however
+    # often a kill made it evaluate again.
+    straight_evals, chaos_evals = eval_numbers(straight), eval_numbers(base)
+    evals_identical = set(straight_evals) == set(chaos_evals) and all(
+        all(r == straight_evals[item][0] for r in rows) if rows else not straight_evals[item]
+        for item, rows in chaos_evals.items())
+    if not evals_identical:
+        problems.append("held-out eval numbers differ from the straight run's")
     want, got = final_checkpoint(straight), final_checkpoint(base)
     identical = {name: want.get(name) == got.get(name) for name in want}
     if not all(identical.values()):
@@ -557,6 +573,7 @@ def report(straight: Path, base: Path, chaos: Chaos, final: Run, *, final_code: 
     return {
         "ok": not problems,
         "problems": problems,
+        "eval_identical": evals_identical,
         "items": len(queued),
         "steps": max(reference),
         "kills": sum(1 for r in runs if r.killed),

@@ -29,6 +29,7 @@ from trainer.errors import (
     NoSuchItem,
     NotABaseDir,
     TrainerError,
+    UnknownVersion,
     WrongState,
 )
 from trainer.exitcodes import ExitCode
@@ -56,7 +57,11 @@ COMMANDS = {
     "history": "history:history",
     "logs": "logs:logs",
     "plot": "plot:plot",
+    "report": "report:report",
     "install-unit": "setup:install_unit",
+    "eval": "evaluate:eval_",
+    "promote": "evaluate:promote",
+    "discard": "evaluate:discard",
 }
 
 
@@ -92,6 +97,7 @@ def cli(ctx: click.Context, base_dir: str, config_path: str | None) -> None:
 
 EXIT_FOR_ERROR = {
     NoSuchItem: ExitCode.NO_SUCH_ITEM,
+    UnknownVersion: ExitCode.NO_SUCH_ITEM,
     InvalidData: ExitCode.DATA_INVALID,
     ConfigError: ExitCode.CONFIG,
     NotABaseDir: ExitCode.CONFIG,

@@ -119,11 +119,25 @@ def status_lines(status: dict, colour: bool = False) -> list[str]:
             line += f"; GPU allocated {size(memory['gpu'].get('allocated'))}, reserved {size(memory['gpu'].get('reserved'))}"
         lines.append(line)
     lines.append(f"disk        {_disk_line(status['disk'])}")
+    lines += _eval_lines(status)
     error = status.get("last_error")
     if error:
         lines.append(f"last error  {paint(_kv(error), 'bad', colour)}")
     if status["daemon"].get("state_problem") and status["daemon"]["liveness"] != "unknown":
         lines.append(f"warning     {status['daemon']['state_problem']}")
+    return lines
+
+
+def _eval_lines(status: dict) -> list[str]:
+    """The last held-out evaluation, and every version the regression gate held back."""
+    lines = []
+    last = status.get("last_eval")
+    if isinstance(last, dict) and isinstance(last.get("eval_loss"), (int, float)):
+        lines.append(f"last eval   {last.get('item_id')}: held-out loss {last['eval_loss']:.4f}, "
+                     f"token accuracy {last.get('eval_token_accuracy', 0):.3f}")
+    for held in status.get("held_back") or []:
+        lines.append(f"held back   {held['version']}: {held.get('reason') or 'failed the regression gate'} "
+                     f"(trainctl promote {held['version']} / discard {held['version']})")
     return lines
 
 
@@ -187,3 +201,16 @@ def event_brief(event: dict, shorts: dict[str, str]) -> str:
         details.append(f"{key}={display(str(value))}")
     who = shorts.get(event.get("id"), event.get("id") or "-")
     return f"{stamp}  {event.get('event', '?'):<9}  {who:<8}  {' '.join(details)}".rstrip()
+
+
+def eval_lines(results: list[dict]) -> list[str]:
+    """``trainctl eval``: one line per version and eval set, then each version's sample outputs."""
+    lines = [f"{'version':<8} {'set':<16} {'loss':>8} {'ppl':>9} {'acc':>6} {'tokens':>8}"]
+    for result in results:
+        for name, n in sorted((result.get("sets") or {}).items()):
+            lines.append(f"{result['version']:<8} {display(name)[:16]:<16} {n['loss']:>8.4f} {n['perplexity']:>9.2f} "
+                         f"{n['token_accuracy']:>6.3f} {n['tokens']:>8}")
+    for result in results:
+        for sample in result.get("samples") or []:
+            lines.append(f"{result['version']}: {display(sample['prompt'])!s} -> {display(sample['output'])}")
+    return lines

@@ -8,16 +8,17 @@ import ast
 from helpers.common import REPO
 
 LEAVES = {"trainer", "trainer.errors", "trainer.states", "trainer.exitcodes", "trainer.ids", "trainer.timefmt",
-          "trainer.clock", "trainer.config"}
+          "trainer.clock", "trainer.config", "trainer.gate"}
 # A package may import the leaves, itself and the packages listed here (at module level or inside
 # functions alike).
 MAY_IMPORT = {
     "trainer.spool": set(),
     "trainer.intake": {"trainer.spool"},
     "trainer.demo": {"trainer.spool"},
-    "trainer.daemon": {"trainer.spool", "trainer.intake", "trainer.train.protocol", "trainer.train.engine"},
+    "trainer.report": {"trainer.spool"},
+    "trainer.daemon": {"trainer.spool", "trainer.intake", "trainer.train.protocol", "trainer.train.engine", "trainer.report"},
     "trainer.train": {"trainer.spool", "trainer.intake", "trainer.demo"},
-    "ctl": {"trainer.spool", "trainer.intake", "trainer.daemon.units", "trainer.demo"},
+    "ctl": {"trainer.spool", "trainer.intake", "trainer.daemon.units", "trainer.demo", "trainer.report"},
 }
 HEAVY = ("torch", "transformers", "safetensors", "peft", "numpy")
 

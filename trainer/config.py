@@ -19,8 +19,8 @@ MiB = 1 << 20
 
 
 def _setting(default: Any, doc: str, *, minimum: float | None = None,
-             choices: tuple[str, ...] | None = None) -> Any:
-    return field(default=default, metadata={"doc": doc, "min": minimum, "choices": choices})
+             choices: tuple[str, ...] | None = None, maximum: float | None = None) -> Any:
+    return field(default=default, metadata={"doc": doc, "min": minimum, "choices": choices, "max": maximum})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -197,6 +197,44 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ReportConfig:
+    """[report]: the HTML page of the trainer's state (`trainctl report`)."""
+
+    every_minutes: float = _setting(
+        0.0, "Keep BASE_DIR/report.html current: the daemon rewrites it at most this often, when idle and "
+             "between optimizer steps (atomically, readable by the daemon's group; a failed write is logged "
+             "and changes nothing else). 0: only `trainctl report` writes it.", minimum=0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalConfig:
+    """[eval]: held-out evaluation, sample outputs and the regression gate (docs/training.md#evaluation)."""
+
+    enabled: bool = _setting(
+        True, "Evaluate at the end of each item (its held-out share) and at every consolidation (every "
+              "eval set, the regression gate, sample outputs).")
+    holdout_fraction: float = _setting(
+        0.02, "Share of each item's records held out of training and evaluated instead, chosen by a hash "
+              "of each record (no random state: the same records whatever restarts happen). 0 holds "
+              "nothing out. Read when an item starts; an item in progress keeps its own.",
+        minimum=0, maximum=0.5)
+    max_tokens: int = _setting(
+        16384, "Most tokens evaluated per eval set per model at one evaluation (records in a fixed order "
+               "until this many): keeps evaluation to a few percent of training time.", minimum=256)
+    max_new_tokens: int = _setting(
+        32, "Tokens generated (greedily) per sample prompt of eval/prompts.jsonl.", minimum=1)
+    max_prompts: int = _setting(8, "Sample prompts answered at each evaluation (the first ones of "
+                                   "eval/prompts.jsonl).", minimum=0)
+    gate: bool = _setting(
+        True, "Hold a consolidated version back (models/.candidates/) when it is worse than the current "
+              "version or the base on any eval set by more than gate_tolerance.")
+    gate_tolerance: float = _setting(
+        0.02, "Relative eval-loss increase the gate lets through (0.02: 2 %). Epoch-to-epoch noise of a "
+              "real model's held-out loss is well under 1 %; a poisoned or mislabelled item raises it by "
+              "several percent.", minimum=0)
+
+
+@dataclass(frozen=True, kw_only=True)
 class Config:
     spool: SpoolConfig = field(default_factory=SpoolConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
@@ -207,6 +245,8 @@ class Config:
     consolidate: ConsolidateConfig = field(default_factory=ConsolidateConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 SECTIONS: dict[str, type] = {f.name: f.default_factory for f in dataclasses.fields(Config)}  # type: ignore[misc]
@@ -234,6 +274,9 @@ def _check_value(key: str, value: Any, spec: dataclasses.Field) -> Any:
     minimum = spec.metadata.get("min")
     if minimum is not None and value < minimum:
         raise ConfigError(f"{key}: must be >= {minimum}, got {value!r}")
+    maximum = spec.metadata.get("max")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{key}: must be <= {maximum}, got {value!r}")
     return value
 
 

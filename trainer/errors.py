@@ -31,6 +31,14 @@ class NoSuchItem(TrainerError):
     """No item with that id exists (or the id is not a well-formed id)."""
 
 
+class UnknownVersion(NoSuchItem):
+    """No published version, held-back candidate or base model by that name."""
+
+
+class GateRefused(TrainerError):
+    """Promoting a held-back candidate that still fails the regression gate (needs --force)."""
+
+
 class InvalidData(TrainerError):
     """A training file failed validation; nothing was queued."""
 

@@ -62,3 +62,7 @@ class Event(str, Enum):
     MOVED = "moved"
     REJECTED = "rejected"  # an inbox file that failed validation (kept, as a failed item)
     RESTORED = "restored"  # a half-ingested inbox file put back after a crash
+    EVALUATED = "evaluated"  # an item's held-out share was evaluated at its end
+    HELD_BACK = "held_back"  # the regression gate kept a consolidated version aside
+    PROMOTED = "promoted"  # a held-back candidate became a version (trainctl promote)
+    DISCARDED = "discarded"  # a held-back candidate was removed (trainctl discard)

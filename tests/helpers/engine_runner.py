@@ -2,8 +2,9 @@
 
     engine_runner.py BASE CONFIG_JSON ITEM_PATH...
 
-Prints one JSON line per optimizer step ({"global_step", "loss"}) and, at the end,
-{"finished": sha256 of the trained weights}. Killed at any moment and started again, it
+Prints one JSON line per optimizer step ({"global_step", "loss"}), one per item finished
+({"item_eval": its held-out evaluation}) and, at the end, {"finished": sha256 of the
+trained weights, "eval": their numbers on the first item's records}. Killed at any moment and started again, it
 continues from the newest valid checkpoint: the item in progress from its cursor, then the
 rest. (The daemon does this with the real queue; this runner keeps the engine test small.)
 """
@@ -48,9 +49,17 @@ def main() -> None:
         return True
 
     for item_id, sha, path in items[start:]:
-        engine.train(engine.prepare(item_id, sha, path), report)
-    print(orjson.dumps({"finished": weights_digest(engine), "global_step": engine.state.global_step}).decode(),
-          flush=True)
+        if engine.train(engine.prepare(item_id, sha, path), report):
+            # The held-out evaluation at the item's end (kept in the checkpointed state).
+            print(orjson.dumps({"item_eval": engine.state.last_eval}).decode(), flush=True)
+    # The final weights scored on a fixed set, as consolidation scores a named eval set.
+    from trainer.train import evalsets, release_eval
+
+    records = list(evalsets.read_records(paths[0]))
+    numbers = release_eval.scorer(engine.config, engine.encoder, engine.pad_id).score(
+        engine.model, engine.device, records)
+    print(orjson.dumps({"finished": weights_digest(engine), "global_step": engine.state.global_step,
+                        "eval": numbers}).decode(), flush=True)
 
 
 if __name__ == "__main__":

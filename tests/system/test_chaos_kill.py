@@ -28,6 +28,7 @@ def test_killed_eight_times_the_daemon_loses_nothing_and_ends_bit_identical(tmp_
     assert report["loaded_unverified_checkpoints"] == 0 and report["corrupt_committed_checkpoints"] == 0
     assert report["debris_left"] == []
     assert all(report["final_files_identical"].values()), "weights, optimizer, RNG and TrainState bit-identical"
+    assert report["eval_identical"], "every item's held-out eval numbers bitwise those of the straight run"
     assert report["restarts_resumed_from_a_checkpoint"] >= 4
 
 

@@ -160,7 +160,8 @@ def training_step(box) -> int:
 
 def metric_steps(box, item_id: str) -> list[int]:
     path = box.path(f"{BASE}/metrics/{item_id}.jsonl")
-    return [orjson.loads(line)["step"] for line in path.read_bytes().splitlines()] if path.exists() else []
+    lines = [orjson.loads(line) for line in path.read_bytes().splitlines()] if path.exists() else []
+    return [line["step"] for line in lines if "kind" not in line]  # an "eval" line is not a step
 
 
 def start_and_wait_training(box, records=800) -> str:

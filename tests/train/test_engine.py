@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 
 from trainer.config import CheckpointConfig, Config, TrainConfig  # noqa: E402
 from trainer.demo.sample_data import write_sample_chat  # noqa: E402
-from trainer.train import engine as engine_module  # noqa: E402
+from trainer.train import step as step_module  # noqa: E402
 from trainer.train.engine import Engine, ItemFailed  # noqa: E402
 
 
@@ -40,7 +40,9 @@ def test_an_item_trains_and_the_loss_goes_down(base):
     engine.start()
     data = write_sample_chat(base / "d.jsonl", 300, seed=1)
     plan = _plan(engine, data)
-    assert plan.stats["examples"] == 300 and plan.total_steps > 5
+    # The token statistics count the training share; the held-out share is left for evaluation.
+    assert plan.stats["examples"] + plan.stats["held_out"] == 300 and plan.stats["held_out"] > 0
+    assert plan.total_steps > 5
     losses = []
     assert engine.train(plan, lambda p: losses.append(p.loss) or True)
     assert len(losses) == plan.total_steps and losses[-1] < losses[0]
@@ -75,14 +77,14 @@ def test_non_finite_losses_skip_steps_then_fail_the_item_and_roll_back(base, mon
     engine = Engine(base, _config(max_nonfinite_steps=3))
     engine.start()
     plan = _plan(engine, write_sample_chat(base / "d.jsonl", 300, seed=1))
-    real = engine_module.summed_loss
+    real = step_module.summed_loss
     seen = []
 
     def poisoned(logits, labels):
         loss = real(logits, labels)
         return loss * float("nan") if len(seen) >= 4 else loss
 
-    monkeypatch.setattr(engine_module, "summed_loss", poisoned)
+    monkeypatch.setattr(step_module, "summed_loss", poisoned)
     saved = {}
 
     def step(progress):
@@ -111,7 +113,7 @@ def test_out_of_memory_halves_the_micro_batch_and_keeps_the_batch(base, monkeypa
     shutil.rmtree(base / "checkpoints")
     engine = Engine(base, _config(micro_batch_size=8, grad_accum_steps=1))
     engine.start()
-    real = engine_module.forward_packed
+    real = step_module.forward_packed
     ooms = []
 
     def small_gpu(model, ids, positions):
@@ -120,7 +122,7 @@ def test_out_of_memory_halves_the_micro_batch_and_keeps_the_batch(base, monkeypa
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
         return real(model, ids, positions)
 
-    monkeypatch.setattr(engine_module, "forward_packed", small_gpu)
+    monkeypatch.setattr(step_module, "forward_packed", small_gpu)
     engine.train(_plan(engine, base / "d.jsonl"), lambda p: True)
     assert ooms == [8, 4], "halved twice, then remembered"
     assert engine.state.micro_batch_size == 2
@@ -135,7 +137,7 @@ def test_out_of_memory_at_micro_batch_one_fails_the_item(base, monkeypatch):
     def no_memory(*args):
         raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
 
-    monkeypatch.setattr(engine_module, "forward_packed", no_memory)
+    monkeypatch.setattr(step_module, "forward_packed", no_memory)
     with pytest.raises(ItemFailed) as caught:
         engine.train(_plan(engine, write_sample_chat(base / "d.jsonl", 20, seed=1)), lambda p: True)
     assert caught.value.transient and "micro-batch 1" in caught.value.reason
@@ -197,6 +199,10 @@ def test_every_step_is_reported_and_written_to_the_item_metrics_file(base):
     seen = []
     engine.train(plan, lambda p: seen.append(p) or True)
     lines = [orjson.loads(line) for line in (base / "metrics" / "metrics-item.jsonl").read_bytes().splitlines()]
+    *lines, evaluation = lines  # the item's held-out evaluation comes last, marked with its kind
+    assert evaluation["kind"] == "eval" and evaluation["step"] == engine.state.global_step
+    assert evaluation == {**evaluation, **{k: v for k, v in engine.state.last_eval.items() if k in evaluation}}
+    assert all("kind" not in line for line in lines)
     assert [line["step"] for line in lines] == [p.step for p in seen] == list(range(1, plan.total_steps + 1))
     last = lines[-1]
     for key in ("loss", "smoothed_loss", "lr", "grad_norm", "tokens_per_s", "eta_s", "host_rss_bytes"):

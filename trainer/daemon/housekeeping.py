@@ -21,9 +21,10 @@ from trainer.config import Config
 from trainer.daemon.notify import Notifier
 from trainer.daemon.policy import snapshot_due, space_needed
 from trainer.errors import NotEnoughSpace
-from trainer.spool import events
+from trainer.spool import candidates, events
 from trainer.spool.fsutil import free_bytes, write_atomic
 from trainer.spool.layout import Layout
+from trainer.states import Event
 from trainer.train.protocol import TrainingEngine
 
 log = logging.getLogger("trainer.daemon")
@@ -117,6 +118,16 @@ class Housekeeping:
             self._block(f"{exc.strerror} (consolidation waiting)", self.config.daemon.disk_check_seconds)
             return None
         self._postponements.pop("consolidation", None)
+        if version.parent.name == candidates.CANDIDATES:
+            # Held back by the regression gate: the items it covers count as consolidated (the
+            # next idle moment must not make another candidate of the same weights).
+            self._save(consolidated_items=done, held_back=version.name)
+            gate = candidates.find(version.parent.parent, version.name).gate
+            self._until_written(lambda: events.append(self.layout, Event.HELD_BACK, None, version=version.name,
+                                                      reason=gate.get("reason"), compared_with=gate.get("compared_with")))
+            log.warning("%s held back by the regression gate: %s (trainctl promote %s / discard %s)",
+                        version.name, gate.get("reason"), version.name, version.name)
+            return version.name
         self._save(consolidated_items=done, last_version=version.name)
         log.info("consolidated into %s", version.name)
         return version.name

@@ -180,6 +180,7 @@ class ItemTrainer:
         while True:
             self._action = control.Action.NONE
             if self.engine.train(plan, self._after_step):
+                self._record_eval(item)
                 self.host.until_written(lambda: queue.complete(self.layout, item.id, steps=plan.total_steps,
                                                                global_step=self.engine.state.global_step))
                 log.info("done %s", item.id)
@@ -191,6 +192,15 @@ class ItemTrainer:
             if self._action is control.Action.SKIP:
                 return self._skipped(item)
             return self._stopped(item)
+
+    def _record_eval(self, item: Item) -> None:
+        """The held-out numbers the engine kept for this item: its metadata, the event log, the status."""
+        evaluation = getattr(self.engine.state, "last_eval", None)
+        if not evaluation or evaluation.get("item_id") != item.id:
+            return
+        numbers = {k: v for k, v in evaluation.items() if k not in ("item_id", "kind")}
+        self.host.until_written(lambda: queue.record_eval(self.layout, item.id, numbers))
+        self.activity.last_eval = {"item_id": item.id, **numbers}
 
     def _after_step(self, progress: Progress) -> bool:
         """After every optimizer step: report progress, obey requests and signals."""

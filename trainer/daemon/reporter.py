@@ -53,6 +53,7 @@ class Activity:
     model_load_s: float | None = None  # imports + weights
     rss_after_items: list[int] = field(default_factory=list)
     gpu: dict | None = None
+    last_eval: dict | None = None  # the last item's held-out evaluation
 
     def start_item(self, item_id: str, name: str | None) -> None:
         self.item_id, self.item_name, self.progress = item_id, name, None
@@ -93,7 +94,8 @@ class Reporter:
             last_error=activity.last_error, reason=reason, model_load_s=activity.model_load_s,
             stale_after_s=self.stale_after_s,
             memory={"rss_after_items": activity.rss_after_items[-5:], "gpu": activity.gpu,
-                    "growth_limit": self.memory_growth_limit})
+                    "growth_limit": self.memory_growth_limit},
+            last_eval=activity.last_eval)
         self._write_state(record)
         self.metrics.state(state, reason)
         self.notifier.status(_summary(state, reason, item))

@@ -28,6 +28,7 @@ from trainer.daemon import items, startup
 from trainer.daemon.housekeeping import Housekeeping
 from trainer.daemon.notify import Notifier
 from trainer.daemon.policy import error_backoff, memory_creeping
+from trainer.daemon.report_page import ReportPage
 from trainer.daemon.reporter import Activity, MetricsSink, Reporter
 from trainer.errors import AlreadyRunning, ConfigError, DiskUnwritable, RestartRequested, Shutdown
 from trainer.exitcodes import ExitCode
@@ -97,6 +98,7 @@ class Daemon:
         self.reporter.stale_after_s = config.daemon.stale_after_seconds
         self.engine: TrainingEngine | None = None
         self.housekeeping: Housekeeping | None = None
+        self.report_page = ReportPage(layout)
         self._watcher = None
         self._scanner = None
         self._renamed: set[str] = set()
@@ -147,6 +149,7 @@ class Daemon:
             self.reload()
         if progress.checkpointed:
             self.until_written(lambda: self.housekeeping.snapshot_if_due(self.clock.now().local))
+        self.report_page.refresh_if_due(self.config, self.clock.now().monotonic)
 
     # --- a disk that refuses writes (full, over quota, read-only) -------------------------------
 
@@ -205,12 +208,13 @@ class Daemon:
             log.error("reload refused, keeping the running config: %s", exc)
             return
         self.config = replace(self.config, spool=fresh.spool, daemon=fresh.daemon, checkpoint=fresh.checkpoint,
-                              snapshot=fresh.snapshot, consolidate=fresh.consolidate, events=fresh.events)
+                              snapshot=fresh.snapshot, consolidate=fresh.consolidate, events=fresh.events,
+                              report=fresh.report)
         self.reporter.stale_after_s = fresh.daemon.stale_after_seconds
         if self.engine is not None:
             self.engine.set_checkpoint_config(fresh.checkpoint)
             self.housekeeping.config = self.config
-        log.info("config reloaded (spool, daemon, checkpoint, snapshot, consolidate, events; model and "
+        log.info("config reloaded (spool, daemon, checkpoint, snapshot, consolidate, events, report; model and "
                  "train settings need a restart)")
 
     # --- start-up -------------------------------------------------------------------------------
@@ -328,6 +332,7 @@ class Daemon:
         worked = self._take_inbox(now)
         self.housekeeping.snapshot_if_due(now.local)
         self.housekeeping.expire_events_if_due(now.utc)
+        self.report_page.refresh_if_due(self.config, now.monotonic)
         self._disk_works()
         if requests.pause is not None:
             return worked

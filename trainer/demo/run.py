@@ -4,7 +4,7 @@ Builds the demo model and sample data offline (`trainctl init --demo`), queues f
 trainctl (an invalid one is refused with its line numbers), drops one into the inbox the
 safe way (copy to .name, then mv), runs the daemon until the queue is empty (it takes the
 inbox file, trains every item for real, snapshots and consolidates), then shows status,
-list and history, and ends on the loss curve.
+list and history, writes the report page (base/report.html) and ends on the loss curve.
 """
 
 from __future__ import annotations
@@ -55,7 +55,10 @@ def main() -> None:
     trainctl(base, "list", "--done")
     trainctl(base, "status")
     trainctl(base, "history", "-n", "8")
-    print(f"\nThe base dir is {base}: look around with ls (checkpoints/, snapshots/, models/, metrics/).")
+    print("\n# the trainer's state as one self-contained HTML page (open it in any browser)")
+    trainctl(base, "report")
+    print(f"\nThe base dir is {base}: look around with ls (checkpoints/, snapshots/, models/, metrics/), "
+          f"or open {base / 'report.html'}.")
     show_loss_curve(base)
 
 

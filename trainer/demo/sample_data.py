@@ -49,3 +49,22 @@ def write_sample_chat(path: Path, records: int, seed: int = 0) -> Path:
         for _ in range(records):
             fh.write(orjson.dumps(record(rng)) + b"\n")
     return path
+
+
+PROMPTS = ("What is 12 plus 30?", "Reverse these words: river stone cloud",
+           "How many words are in: maple signal harbor copper")
+
+
+def write_eval_files(eval_dir: Path, *, general_records: int = 50, seed: int = 999) -> list[Path]:
+    """The demo's eval files, unless present: ``general.jsonl`` (a fixed set of the same tasks,
+    seeded apart from any training file) and ``prompts.jsonl`` (a few questions answered at
+    each evaluation)."""
+    written = []
+    general, prompts = eval_dir / "general.jsonl", eval_dir / "prompts.jsonl"
+    if not general.exists():
+        written.append(write_sample_chat(general, general_records, seed=seed))
+    if not prompts.exists():
+        prompts.write_bytes(b"".join(orjson.dumps({"messages": [{"role": "user", "content": q}]}) + b"\n"
+                                     for q in PROMPTS))
+        written.append(prompts)
+    return written

@@ -72,6 +72,8 @@ class ItemMeta:
     not_before: str | None = None  # a retry waits until then (UTC ISO time)
     # Token statistics from the engine's survey (count, mean, p95, max, truncated, ...).
     tokens: dict[str, Any] | None = None
+    # Its held-out share's evaluation at its end (eval_loss, eval_perplexity, ...).
+    eval: dict[str, Any] | None = None
     schema: int = META_SCHEMA
 
     def to_json(self) -> bytes:
@@ -119,6 +121,7 @@ def parse_meta(raw: bytes) -> ItemMeta:
     tokens = data.get("tokens")
     if tokens is not None and not isinstance(tokens, dict):
         raise CorruptMeta("field 'tokens' is not an object")
+    evaluation = data.get("eval") if isinstance(data.get("eval"), dict) else None
     if not_before is not None:
         try:
             parse_iso(not_before)
@@ -128,7 +131,7 @@ def parse_meta(raw: bytes) -> ItemMeta:
         id=data["id"], name=data["name"], source=data["source"], sha256=data["sha256"],
         size=data["size"], records=data["records"], enqueued_at=data["enqueued_at"],
         priority=priority, attempts=data["attempts"], errors=errors,
-        not_before=not_before, tokens=tokens,
+        not_before=not_before, tokens=tokens, eval=evaluation,
     )
 
 

@@ -13,6 +13,9 @@
       events/YYYY-MM.jsonl  append-only event log, one segment per UTC month
       events/v1/YYYY-MM.jsonl  format 1's single events.jsonl, split by month on upgrade
       logs/trainer.log[.N]  the daemon's log when it runs outside systemd (rotated by size)
+      report.html         the report page (trainctl report; the daemon's copy if configured)
+      eval/NAME.jsonl     named eval sets; eval/prompts.jsonl: sample prompts (docs/training.md)
+      models/vNNN/ LATEST  published versions; models/.candidates/vNNN/: held back by the gate
 
 Each item is a directory ``ID/`` holding ``data.jsonl`` (the queued copy) and
 ``meta.json``. The directory an item is in is its state; every state change is one rename.
@@ -91,6 +94,16 @@ class Layout(NamedTuple):
         return self.root / "events.jsonl"
 
     @property
+    def eval_dir(self) -> Path:
+        """Named eval sets (``NAME.jsonl``) and sample prompts (``prompts.jsonl``), dropped by people."""
+        return self.root / "eval"
+
+    @property
+    def models(self) -> Path:
+        """Published versions (``vNNN/``, ``LATEST``) and held-back ones (``.candidates/vNNN/``)."""
+        return self.root / "models"
+
+    @property
     def daemon_state(self) -> Path:
         return self.run / "daemon.json"
 
@@ -112,6 +125,16 @@ class Layout(NamedTuple):
     def log_file(self) -> Path:
         """The daemon's log outside systemd; rotated to ``trainer.log.1``, ``.2``..."""
         return self.logs_dir / "trainer.log"
+
+    @property
+    def report_page(self) -> Path:
+        """The report page (``trainctl report``, or the daemon's copy with ``[report] every_minutes``)."""
+        return self.root / "report.html"
+
+    @property
+    def report_cache(self) -> Path:
+        """Each item's metrics reduced for the report's charts (display only: rebuilt if lost)."""
+        return self.run / "report-cache.json"
 
     @property
     def daemon_lock(self) -> Path:
@@ -246,7 +269,7 @@ def init_base(root: Path, config_text: str, *, config_link: Path | None = None) 
         # anyone could then replace inbox/ or events/. Whatever else the umask allows
         # stays (readable by all, so that trainctl can name a refusal by its path).
         os.chmod(layout.root, stat.S_IMODE(os.stat(layout.root).st_mode) & ~0o002)
-    for path in (layout.root / "pending", *layout.spool_dirs(), layout.events_dir):
+    for path in (layout.root / "pending", *layout.spool_dirs(), layout.events_dir, layout.eval_dir):
         _make_dir(path)
     # Shared by every group member: made here with the group's mode, not by whoever comes first
     # with whatever umask they have. (Event segments get theirs from their first appender.)

@@ -1,4 +1,5 @@
-"""Per-item training figures, ``metrics/ID.jsonl``: one JSON object per optimizer step.
+"""Per-item training figures, ``metrics/ID.jsonl``: one JSON object per optimizer step, and
+lines with a "kind" ("eval": the item's held-out evaluation at its end).
 
 A line without ``"kind"`` is a step; ``"kind": "eval"`` an evaluation at a global step
 (``step``); a kind this release does not know (a newer writer's) is skipped, not an error.
@@ -24,7 +25,7 @@ class MetricsLog:
     """The step records of one item, in the order written, and how many lines were unreadable."""
 
     steps: list[dict] = field(default_factory=list)
-    evals: list[dict] = field(default_factory=list)
+    evals: list[dict] = field(default_factory=list)  # "kind": "eval" lines (held-out evaluations)
     unreadable_lines: int = 0
 
 

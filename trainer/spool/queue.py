@@ -398,6 +398,13 @@ def set_tokens(layout: Layout, item_id: str, tokens: dict) -> Item:
     return _annotate_active(layout, item_id, "token statistics", tokens=tokens)
 
 
+def record_eval(layout: Layout, item_id: str, numbers: dict) -> Item:
+    """Record the active item's held-out evaluation in its metadata, and an ``evaluated`` event."""
+    item = _annotate_active(layout, item_id, "evaluation", eval=numbers)
+    events.append(layout, Event.EVALUATED, item_id, **numbers)
+    return item
+
+
 def claim_specific(layout: Layout, item_id: str) -> Item | None:
     """Claim this pending item (the one a checkpoint is in the middle of), or None if it is not
     pending (held, removed or failed meanwhile)."""

@@ -90,7 +90,8 @@ def previous_runs_state(holder: int | None, state: dict | None, lock_age_s: floa
 def summarize(
     *, holder: int | None, state: dict | None, state_problem: str | None,
     requests: control.Requests, queues: dict, active: dict | None, disk: dict,
-    now: clock.Reading, stale_after_s: float, base_dir: str, lock_age_s: float | None = None,
+    now: clock.Reading, stale_after_s: float, base_dir: str, held_back: list[dict] | None = None,
+    lock_age_s: float | None = None,
 ) -> dict:
     starting = previous_runs_state(holder, state, lock_age_s, stale_after_s)
     live = Liveness.RUNNING if starting else control.liveness(holder, state, now, stale_after_s)
@@ -125,6 +126,8 @@ def summarize(
         "queues": queues,
         "last_checkpoint": state.get("last_checkpoint") if state else None,
         "last_error": state.get("last_error") if state else None,
+        "last_eval": state.get("last_eval") if state else None,
+        "held_back": held_back or [],
         "memory": state.get("memory") if state and alive else None,
         "disk": disk,
     }
@@ -164,7 +167,18 @@ def collect(layout: Layout, config: Config | Callable[[], Config], now: clock.Re
         requests=control.read_requests(layout), queues=queue.counts(layout), active=active,
         disk=disk_usage(layout), lock_age_s=_lock_age(layout, now),
         now=now, stale_after_s=stale_after(state, holder, config), base_dir=str(layout.root),
+        held_back=_held_back(layout),
     )
+
+
+def _held_back(layout: Layout) -> list[dict]:
+    """The versions the gate held back. The candidates module (and the event log it imports)
+    loads only where its directory exists: a plain status stays light."""
+    if not os.path.isdir(layout.root / "models" / ".candidates"):  # candidates.CANDIDATES
+        return []
+    from trainer.spool import candidates
+
+    return [{"version": c.name, "reason": c.gate.get("reason")} for c in candidates.held_back(layout.root / "models")]
 
 
 def _lock_age(layout: Layout, now: clock.Reading) -> float | None:

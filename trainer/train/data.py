@@ -13,6 +13,7 @@ from pathlib import Path
 
 import orjson
 
+from trainer.train.evalsets import is_held_out, record_key
 from trainer.train.examples import Example, RecordEncoder, TokenStats
 from trainer.train.packing import Packer, Row
 
@@ -46,12 +47,17 @@ class Cursor:
     # The survey's results, so a resumed item need not be surveyed (tokenized) again.
     rows_per_epoch: int = 0
     total_steps: int = 0
+    # The held-out share the item started with ([eval] holdout_fraction then): a resumed item
+    # keeps it whatever the config says now, so it trains on exactly the same records.
+    # Checkpoints from before evaluation existed have none: 0, nothing held out.
+    holdout: float = 0.0
 
     def to_json(self) -> dict:
         return {"item_id": self.item_id, "sha256": self.sha256, "epoch": self.epoch,
                 "records_done": self.records_done, "packer": self.packer,
                 "pending_rows": self.pending_rows, "item_step": self.item_step,
-                "rows_per_epoch": self.rows_per_epoch, "total_steps": self.total_steps}
+                "rows_per_epoch": self.rows_per_epoch, "total_steps": self.total_steps,
+                "holdout": self.holdout}
 
     @classmethod
     def from_json(cls, data: dict) -> "Cursor":
@@ -70,7 +76,8 @@ class RowStream:
     """Rows of one epoch from the cursor on; ``cursor`` stays current as rows are taken.
 
     ``examples``: the item's records already encoded (by ``survey``), one entry per record
-    (None: rejected); then the file is not read or tokenized again.
+    (None: rejected or held out); then the file is not read or tokenized again. A held-out
+    record still counts in ``records_done``: the cursor counts lines read, not rows trained.
     """
 
     def __init__(self, path: Path, encoder: RecordEncoder, cursor: Cursor, row_length: int, pad_id: int,
@@ -85,7 +92,8 @@ class RowStream:
         if examples is not None:
             self._encoded = iter(examples[cursor.records_done:])
         else:
-            self._encoded = (encoder.encode(record)[0] for record in records(path, skip=cursor.records_done))
+            self._encoded = (None if is_held_out(record_key(record), cursor.holdout) else encoder.encode(record)[0]
+                             for record in records(path, skip=cursor.records_done))
         self._exhausted = False
 
     def _fill(self) -> bool:
@@ -118,16 +126,35 @@ CACHE_TOKENS = 16_000_000
 training pass (tokenizing is ~10% of a small model's step time); larger ones are re-read."""
 
 
+@dataclass
+class HeldOut:
+    """What the survey kept out of training: the held-out records, and the training records
+    that a named eval set also holds (reported: the eval leaves them out, see evaluate.py)."""
+
+    records: int = 0
+    in_eval_sets: int = 0
+
+
 def survey(path: Path, encoder: RecordEncoder, row_length: int, pad_id: int,
-           cache_tokens: int = CACHE_TOKENS) -> tuple[TokenStats, int, list[Example | None] | None]:
-    """One pass over the item: token statistics, rows per epoch, and (when small enough) the
-    encoded examples for ``RowStream``."""
+           cache_tokens: int = CACHE_TOKENS, *, holdout: float = 0.0,
+           eval_keys: frozenset[bytes] = frozenset(), held: HeldOut | None = None,
+           ) -> tuple[TokenStats, int, list[Example | None] | None]:
+    """One pass over the item's training share: token statistics, rows per epoch, and (when
+    small enough) the encoded examples for ``RowStream`` (None for a held-out record)."""
     stats = TokenStats()
+    held = held if held is not None else HeldOut()
     packer = Packer(row_length, pad_id)
     rows = 0
     cache: list[Example | None] | None = []
     cached_tokens = 0
     for record in records(path):
+        key = record_key(record)
+        if is_held_out(key, holdout):
+            held.records += 1
+            if cache is not None:
+                cache.append(None)
+            continue
+        held.in_eval_sets += key in eval_keys
         example, truncated = encoder.encode(record)
         stats.add(example, truncated=truncated)
         if cache is not None:

@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     """
     import argparse
 
-    from trainer.demo.sample_data import write_sample_chat
+    from trainer.demo.sample_data import write_eval_files, write_sample_chat
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("base", type=Path)
@@ -112,6 +112,9 @@ def main(argv: list[str] | None = None) -> None:
     for n in range(3):
         write_sample_chat(samples / f"chat-{n}.jsonl", 300, seed=100 + n)
     print(f"sample data in {samples}")
+    (args.base / "eval").mkdir(exist_ok=True)
+    if write_eval_files(args.base / "eval"):
+        print(f"eval set and sample prompts in {args.base / 'eval'}")
 
 
 if __name__ == "__main__":

@@ -27,10 +27,10 @@ from trainer.config import CheckpointConfig, Config
 from trainer.errors import DiskUnwritable, ItemFailed
 from trainer.spool.fsutil import append_line, disk_refusal
 from trainer.train import model as model_io
+from trainer.train import step
 from trainer.train.checkpoint import Checkpoint, CheckpointStore
-from trainer.train.data import Cursor, RowStream, survey
+from trainer.train.data import Cursor, HeldOut, RowStream, survey
 from trainer.train.examples import RecordEncoder
-from trainer.train.loss import forward_packed, summed_loss
 from trainer.train.packing import Row
 from trainer.train.protocol import ItemPlan, Progress, TrainState
 from trainer.train.schedule import lr_at, should_checkpoint
@@ -71,6 +71,7 @@ class Engine:
         self._step_time: float | None = None
         self._process = psutil.Process()
         self.metrics_dir = base / "metrics"
+        self.base_eval_cache: dict[str, dict] = {}  # the base model's eval numbers by set (never change)
         # Called with the estimated size before every save; the daemon blocks there until the
         # disk has room (or raises to give up). The default does nothing.
         self.space_guard: Callable[[int], None] = lambda estimate: None
@@ -158,9 +159,14 @@ class Engine:
         return releases.snapshot(self, directory, day, keep_days=keep_days)
 
     def consolidate(self, directory: Path, *, keep_versions: int):
-        from trainer.train import releases
+        """The next version, evaluated first: one the regression gate refuses is published
+        into ``models/.candidates/`` instead (the returned path says which)."""
+        from trainer.train import release_eval, releases
 
-        return releases.consolidate(self, directory, keep_versions=keep_versions)
+        evaluation = release_eval.at_consolidation(self, directory) if self.config.eval.enabled else None
+        held_back = evaluation is not None and not evaluation["gate"]["passed"]
+        return releases.consolidate(self, directory, keep_versions=keep_versions,
+                                    extra={"eval": evaluation} if evaluation else None, held_back=held_back)
 
     def memory(self) -> dict:
         gpu = None
@@ -274,9 +280,18 @@ class Engine:
         saved = self.state.cursor
         if (saved and saved.get("item_id") == item_id and saved.get("sha256") == sha256
                 and saved.get("total_steps")):
-            return ItemPlan(item_id, sha256, data_path, saved["rows_per_epoch"], saved["total_steps"], {}, None)
-        stats, rows, examples = survey(data_path, self.encoder, self.config.train.max_length, self.pad_id)
-        summary = stats.summary()
+            return ItemPlan(item_id, sha256, data_path, saved["rows_per_epoch"], saved["total_steps"], {}, None,
+                            holdout=saved.get("holdout", 0.0))
+        holdout = self.config.eval.holdout_fraction if self.config.eval.enabled else 0.0
+        stats, rows, examples, held = _survey(self, data_path, holdout)
+        if held.records and not stats.examples:
+            holdout = 0.0  # so small an item that its held-out share is all of it: train on it all
+            stats, rows, examples, held = _survey(self, data_path, holdout)
+        if held.in_eval_sets:
+            log.warning("%s: %d training record(s) also in an eval set (left out of that set's numbers)",
+                        item_id, held.in_eval_sets)
+        summary = {**stats.summary(), "held_out": held.records, "holdout_fraction": holdout,
+                   "in_eval_sets": held.in_eval_sets}
         if summary["target_tokens"] == 0:
             why = "every example would train on zero tokens"
             if summary["rejected"]:
@@ -285,7 +300,7 @@ class Engine:
                 why += f" ({summary['truncated']} truncated to train.max_length before any answer)"
             raise ItemFailed(why, transient=False)
         steps = math.ceil(rows / self.rows_per_step()) * self.config.train.epochs_per_item
-        return ItemPlan(item_id, sha256, data_path, rows, steps, summary, examples)
+        return ItemPlan(item_id, sha256, data_path, rows, steps, summary, examples, holdout=holdout)
 
     def _cursor_for(self, plan: ItemPlan) -> Cursor:
         saved = self.state.cursor
@@ -295,7 +310,8 @@ class Engine:
             log.warning("the checkpoint was in the middle of item %s; starting %s from its beginning "
                         "(the updates already made from %s stay)", saved.get("item_id"), plan.item_id,
                         saved.get("item_id"))
-        return Cursor(plan.item_id, plan.sha256, rows_per_epoch=plan.rows_per_epoch, total_steps=plan.total_steps)
+        return Cursor(plan.item_id, plan.sha256, rows_per_epoch=plan.rows_per_epoch, total_steps=plan.total_steps,
+                      holdout=plan.holdout)
 
     def already_trained(self, plan: ItemPlan) -> bool:
         """True when the last checkpoint already finished this exact item (a crash came between
@@ -336,6 +352,8 @@ class Engine:
             cursor.epoch += 1
             cursor.records_done, cursor.packer, cursor.pending_rows = 0, None, []
             self.state.cursor = cursor.to_json()
+        # Evaluated before the item's last checkpoint, which keeps the numbers (last_eval).
+        self.state.last_eval = _evaluate_holdout(self, plan, cursor.holdout, metrics)
         self.state.cursor = None
         self.state.last_completed = {"item_id": plan.item_id, "sha256": plan.sha256}
         self.state.items_completed += 1
@@ -351,7 +369,7 @@ class Engine:
         lr = lr_at(self.state.global_step, self.config.train, cursor.item_step, plan.total_steps)
         loss, grad_norm, applied = None, None, False
         if targets:
-            loss, grad_norm, applied = self.apply_step(self._hand_out(rows, targets, lr), targets, lr)
+            loss, grad_norm, applied = step.apply_step(self, self._hand_out(rows, targets, lr), targets, lr)
             self._nonfinite_in_a_row = 0 if applied else self._nonfinite_in_a_row + 1
         cursor.item_step += 1
         if applied:
@@ -379,19 +397,6 @@ class Engine:
                         eta_s=max(0, plan.total_steps - cursor.item_step) * self._step_time,
                         host_rss_bytes=self._process.memory_info().rss, gpu_bytes=gpu)
 
-    def apply_step(self, mine: list[Row], targets: int, lr: float) -> tuple[float, float | None, bool]:
-        """One optimizer step from this rank's rows (every rank calls it with its share): the
-        loss and gradient norm (both global), and whether the update was applied (not when
-        either is not finite; the same answer on every rank, as both are global)."""
-        loss, grad_norm = self._gradients(mine, targets)
-        applied = math.isfinite(loss) and (grad_norm is None or math.isfinite(grad_norm))
-        if applied:
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return loss, grad_norm, applied
-
     def _hand_out(self, rows: list[Row], targets: int, lr: float) -> list[Row]:
         """The leader posts every follower its share of the step; returns its own."""
         if not self.world.distributed:
@@ -414,50 +419,6 @@ class Engine:
         if self.world.distributed:
             self.world.post([("stop",)] * self.world.size)
 
-    def _gradients(self, mine: list[Row], targets: int) -> tuple[float, float | None]:
-        """Accumulate the step's gradients over this rank's share of the rows, then sum them
-        over the ranks; on out-of-memory (on any rank) every rank halves the micro-batch and
-        redoes the step. ``targets`` is the step's global target count."""
-        while True:
-            micro = self.state.micro_batch_size
-            total, out_of_memory = 0.0, False
-            try:
-                for start in range(0, len(mine), micro):
-                    total += self._backward(mine[start:start + micro], targets)
-            except torch.OutOfMemoryError:
-                out_of_memory = True
-            if not self.world.any(out_of_memory):
-                break
-            self.optimizer.zero_grad(set_to_none=True)
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
-            if micro == 1:
-                raise ItemFailed("out of memory even at micro-batch 1: lower train.max_length or use "
-                                 "LoRA", transient=True) from None
-            self.state.micro_batch_size = micro // 2
-            log.warning("out of memory at micro-batch %d: retrying the step with %d (and twice the "
-                        "accumulation, so the batch is unchanged)", micro, micro // 2)
-        total = self.world.sum(total)
-        self.world.sum_gradients(self.params.values())
-        max_norm = self.config.train.max_grad_norm
-        if max_norm > 0:
-            norm = torch.nn.utils.clip_grad_norm_(self.params.values(), max_norm).item()
-        else:
-            norm = None
-        return total, norm
-
-    def _backward(self, chunk: list[Row], targets: int) -> float:
-        """One micro-batch's forward and backward; its share of the step's loss."""
-        ids = torch.tensor([r.input_ids for r in chunk], device=self.device)
-        positions = torch.tensor([r.position_ids for r in chunk], device=self.device)
-        labels = torch.tensor([r.labels for r in chunk], device=self.device)
-        logits = forward_packed(self.model, ids, positions)
-        loss = summed_loss(logits, labels) / targets
-        del logits
-        loss.backward()
-        return loss.item()
-
-
 class _MetricsFile:
     """Per-item metrics, one JSON line per optimizer step, for people to plot. Appended whole
     or not at all (``fsutil.append_line``); a step redone after a crash appears again (its
@@ -468,9 +429,45 @@ class _MetricsFile:
         self.path = path
 
     def append(self, progress: Progress) -> None:
+        self.append_record(progress.record())
+
+    def append_record(self, record: dict) -> None:
         from trainer.timefmt import iso, utc_now
 
-        append_line(self.path, orjson.dumps({"t": iso(utc_now()), **progress.record()}) + b"\n")
+        append_line(self.path, orjson.dumps({"t": iso(utc_now()), **record}) + b"\n")
+
+
+def _survey(engine: Engine, data_path: Path, holdout: float):
+    """``data.survey`` of the item's training share, noting its records that a named eval set holds."""
+    from trainer.train import evalsets
+
+    keys: frozenset[bytes] = frozenset()
+    if engine.config.eval.enabled:
+        keys = frozenset(evalsets.record_key(r) for s in evalsets.named_sets(engine.base, engine.config.spool)
+                         for r in s.records)
+    held = HeldOut()
+    stats, rows, examples = survey(data_path, engine.encoder, engine.config.train.max_length, engine.pad_id,
+                                   holdout=holdout, eval_keys=keys, held=held)
+    return stats, rows, examples, held
+
+
+def _evaluate_holdout(engine: Engine, plan: ItemPlan, holdout: float, metrics: _MetricsFile) -> dict | None:
+    """The item's held-out share scored by the weights just trained: a metrics line, and the
+    numbers for the state (checkpointed with the item's end) that the daemon records."""
+    if holdout <= 0 or not engine.config.eval.enabled:
+        return None
+    from trainer.train import release_eval
+
+    numbers = release_eval.holdout(engine, plan.data_path, holdout)
+    if numbers is None:
+        return None
+    record = {"kind": "eval", "set": "holdout", "step": engine.state.global_step,
+              "eval_loss": numbers["loss"], "eval_perplexity": numbers["perplexity"],
+              "eval_token_accuracy": numbers["token_accuracy"], "tokens": numbers["tokens"]}
+    engine.until_written(lambda: metrics.append_record(record))
+    log.info("%s held-out eval: loss %.4f, token accuracy %.3f (%d tokens)", plan.item_id, numbers["loss"],
+             numbers["token_accuracy"], numbers["tokens"])
+    return {"item_id": plan.item_id, **record, "records": numbers["records"]}
 
 
 def _raise(refused: DiskUnwritable) -> None:

@@ -15,6 +15,7 @@ import random
 import numpy as np
 import torch
 
+from trainer.train import step
 from trainer.train.engine import Engine
 
 log = logging.getLogger("trainer.follower")
@@ -35,7 +36,7 @@ def follow(engine: Engine) -> int:
         kind = command[0]
         if kind == "step":
             _, mine, targets, lr = command
-            engine.apply_step(mine, targets, lr)
+            step.apply_step(engine, mine, targets, lr)
             steps += 1
         elif kind == "load":
             _, base, micro_batch_size = command

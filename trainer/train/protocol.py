@@ -27,6 +27,10 @@ class TrainState:
     last_completed: dict | None = None  # {"item_id", "sha256"} of the last item finished
     base: str | None = None  # the model dir trained on (relative to the base dir); None: model.path
     items_completed: int = 0
+    # The last item's held-out evaluation ({"item_id", "set", "step", "eval_loss", ...}), saved
+    # with the checkpoint that finishes the item, so a crash before the daemon records it
+    # loses nothing (and nothing is evaluated twice). None: not evaluated.
+    last_eval: dict | None = None
 
     @property
     def smoothed_loss(self) -> float | None:
@@ -42,6 +46,7 @@ class ItemPlan:
     total_steps: int
     stats: dict
     examples: list | None = field(default=None, repr=False, compare=False)  # encoded, when small
+    holdout: float = 0.0  # the share of records held out of training ([eval] holdout_fraction)
 
 
 @dataclass(frozen=True)

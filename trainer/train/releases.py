@@ -26,6 +26,7 @@ import orjson
 import torch
 
 from trainer.errors import NotEnoughSpace
+from trainer.spool import candidates
 from trainer.spool.fsutil import disk_refusal, free_bytes, fsync_dir, remove_dirs, write_atomic
 from trainer.timefmt import iso, utc_now
 from trainer.train.engine import WEIGHTS_FILE, Engine
@@ -176,16 +177,22 @@ def versions(models: Path) -> list[str]:
     return sorted(names, key=lambda n: int(n[1:]))
 
 
-def consolidate(engine: Engine, models: Path, *, keep_versions: int) -> Path:
+def consolidate(engine: Engine, models: Path, *, keep_versions: int, extra: dict | None = None,
+                held_back: bool = False) -> Path:
     """Publish the trained model as the next version ``vNNN``.
 
     LoRA: the adapter is merged into its base into a full model, verified, and training then
     continues on that version with a fresh adapter. Full fine-tuning: the current weights are
     published (hard-linked from the checkpoint). Earlier versions stay, up to retention.
+
+    ``extra`` is merged into its metadata (evaluation: "eval"). ``held_back``: the regression
+    gate refused it: it is published the same way into ``models/.candidates/vNNN`` instead,
+    ``LATEST`` is left alone and training goes on as it was (LoRA: no new base).
     """
     models.mkdir(parents=True, exist_ok=True)
-    existing = versions(models)
-    name = f"v{(int(existing[-1][1:]) + 1) if existing else 1:03d}"
+    name = candidates.next_version(models)  # numbers count held-back candidates too: never reused
+    destination = models / candidates.CANDIDATES if held_back else models
+    destination.mkdir(exist_ok=True)
     # A merge writes the whole model; a full fine-tune's publication is a hard link.
     need = _weights_size(engine) + (64 << 20) if engine.is_lora else 16 << 20
     _check_space(models, need)
@@ -200,10 +207,14 @@ def consolidate(engine: Engine, models: Path, *, keep_versions: int) -> Path:
         else:
             _export(engine, staging)
         (staging / VERSION_FILE).write_bytes(orjson.dumps(
-            _provenance(engine, kind="consolidated", version=name, parent=parent), option=orjson.OPT_INDENT_2))
+            _provenance(engine, kind="consolidated", version=name, parent=parent, **(extra or {})),
+            option=orjson.OPT_INDENT_2))
         _verify(engine, staging)
 
-    _build_and_publish(models / f"{STAGING}{name}", models / name, build, room_needed=need)
+    _build_and_publish(destination / f"{STAGING}{name}", destination / name, build, room_needed=need)
+    if held_back:
+        log.warning("%s held back by the regression gate (models/%s/%s)", name, candidates.CANDIDATES, name)
+        return destination / name
     # The version is published: LATEST must follow it, waiting for the disk if need be (making
     # the version again would publish it twice).
     engine.until_written(lambda: write_atomic(models, models / "LATEST", (name + "\n").encode()))

@@ -1,0 +1,82 @@
+"""One optimizer step on this rank's share of the rows: the arithmetic every rank runs.
+
+The leader (``Engine._optimizer_step``) and the followers (``follower.follow``) call
+``apply_step`` with their share; ``world.py`` says how the shares add up to one process's
+update. Out-of-memory backoff and the non-finite check are decided the same on every rank.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import TYPE_CHECKING
+
+import torch
+
+from trainer.errors import ItemFailed
+from trainer.train.loss import forward_packed, summed_loss
+from trainer.train.packing import Row
+
+if TYPE_CHECKING:
+    from trainer.train.engine import Engine
+
+log = logging.getLogger("trainer.engine")
+
+
+def apply_step(engine: Engine, mine: list[Row], targets: int, lr: float) -> tuple[float, float | None, bool]:
+    """One optimizer step from this rank's rows (every rank calls it with its share): the
+    loss and gradient norm (both global), and whether the update was applied (not when
+    either is not finite; the same answer on every rank, as both are global)."""
+    loss, grad_norm = gradients(engine, mine, targets)
+    applied = math.isfinite(loss) and (grad_norm is None or math.isfinite(grad_norm))
+    if applied:
+        for group in engine.optimizer.param_groups:
+            group["lr"] = lr
+        engine.optimizer.step()
+    engine.optimizer.zero_grad(set_to_none=True)
+    return loss, grad_norm, applied
+
+
+def gradients(engine: Engine, mine: list[Row], targets: int) -> tuple[float, float | None]:
+    """Accumulate the step's gradients over this rank's share of the rows, then sum them
+    over the ranks; on out-of-memory (on any rank) every rank halves the micro-batch and
+    redoes the step. ``targets`` is the step's global target count."""
+    while True:
+        micro = engine.state.micro_batch_size
+        total, out_of_memory = 0.0, False
+        try:
+            for start in range(0, len(mine), micro):
+                total += backward(engine, mine[start:start + micro], targets)
+        except torch.OutOfMemoryError:
+            out_of_memory = True
+        if not engine.world.any(out_of_memory):
+            break
+        engine.optimizer.zero_grad(set_to_none=True)
+        if engine.device.type == "cuda":
+            torch.cuda.empty_cache()
+        if micro == 1:
+            raise ItemFailed("out of memory even at micro-batch 1: lower train.max_length or use "
+                             "LoRA", transient=True) from None
+        engine.state.micro_batch_size = micro // 2
+        log.warning("out of memory at micro-batch %d: retrying the step with %d (and twice the "
+                    "accumulation, so the batch is unchanged)", micro, micro // 2)
+    total = engine.world.sum(total)
+    engine.world.sum_gradients(engine.params.values())
+    max_norm = engine.config.train.max_grad_norm
+    if max_norm > 0:
+        norm = torch.nn.utils.clip_grad_norm_(engine.params.values(), max_norm).item()
+    else:
+        norm = None
+    return total, norm
+
+
+def backward(engine: Engine, chunk: list[Row], targets: int) -> float:
+    """One micro-batch's forward and backward; its share of the step's loss."""
+    ids = torch.tensor([r.input_ids for r in chunk], device=engine.device)
+    positions = torch.tensor([r.position_ids for r in chunk], device=engine.device)
+    labels = torch.tensor([r.labels for r in chunk], device=engine.device)
+    logits = forward_packed(engine.model, ids, positions)
+    loss = summed_loss(logits, labels) / targets
+    del logits
+    loss.backward()
+    return loss.item()
