@@ -20,8 +20,8 @@ from helpers.common import REPO
 from ctl import cli as cli_module
 from trainer.intake import enqueue
 
-PLACEHOLDER = re.compile(r"^(\{[A-Z]+\}|[A-Z][A-Z_]*(\.jsonl)?)$")  # {ID}, ID, FILE.jsonl, N
-WORD = re.compile(r"^[-\w./{}=']+$")
+PLACEHOLDER = re.compile(r"^(\{[A-Z]+\}|[A-Z][A-Z_]*(\.jsonl)?|%[sdr])$")  # {ID}, ID, FILE.jsonl, N, %s
+WORD = re.compile(r"^[-\w./{}='%]+$")
 
 
 def _template(node: ast.AST) -> str | None:
@@ -81,7 +81,7 @@ def _cut(words: list[str]) -> list[str]:
             command = cli_module.cli.get_command(click.Context(cli_module.cli), word)
             if command is None:
                 break  # not a command: the parse below says so
-        elif PLACEHOLDER.match(word) or word.startswith("/"):
+        elif PLACEHOLDER.match(word) or (word.startswith("/") and len(word) > 1):
             out.append(word)
         else:
             break
@@ -123,7 +123,7 @@ def test_the_hints_were_found():
 def test_a_printed_hint_parses_as_printed(where, hint, layout, limits, chat_file, monkeypatch):
     item_id = enqueue.enqueue(layout, chat_file(), limits=limits).id
     values = {"{ID}": item_id, "ID": item_id, "ITEM": item_id, "ITEM_ID": item_id, "{BASE}": str(layout.root), "FILE.jsonl": str(chat_file()),
-              "FILE": str(chat_file()), "{X}": "x", "N": "1"}
+              "FILE": str(chat_file()), "{X}": "x", "N": "1", "%s": "x", "%d": "1", "%r": "x"}
     args = [values.get(word, word) for word in hint.split()]
     if args[0] != "--base-dir":
         args = ["--base-dir", str(layout.root), *args]
