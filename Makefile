@@ -9,14 +9,18 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check --config-settings editable_mode=compat -e '.[test]'
+	@echo 'make: installing into $(VENV) (torch and transformers: a few minutes)'
+	$(VENV)/bin/pip install --disable-pip-version-check --progress-bar on --config-settings editable_mode=compat -e '.[test]'
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/python -m trainer.demo
 
+# Progress without a line per test: the count collected, then one line per test file with a
+# dot per test and the share done (-q showed neither the count nor which file ran); -rs lists
+# each skipped test with its reason at the end.
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -rs
 
 bench: $(STAMP)
 	$(VENV)/bin/python bench/bench_ctl.py

@@ -20,6 +20,7 @@ import click
 from ctl import render
 from ctl.session import DEFAULT_BASE_DIR, Session, note
 from trainer.errors import (
+    AmbiguousId,
     ConfigError,
     FormatMismatch,
     InvalidData,
@@ -32,7 +33,6 @@ from trainer.errors import (
     WrongState,
 )
 from trainer.exitcodes import ExitCode
-from trainer.spool import events
 from trainer.spool.fsutil import disk_refusal
 from trainer.spool.layout import BASE_DIR_ENV
 
@@ -53,7 +53,7 @@ COMMANDS = {
     "retry": "queue:retry",
     "remove": "queue:remove",
     "move": "queue:move_",
-    "wait": "queue:wait",
+    "wait": "wait:wait",
     "versions": "versions:versions_",
     "rollback": "versions:rollback",
     "history": "history:history",
@@ -82,17 +82,17 @@ class LazyGroup(click.Group):
 
 
 @click.group(cls=LazyGroup, invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
-# readable=False: an unreadable base dir is ours to report (exit 77, naming the group to join).
-@click.option("--base-dir", type=click.Path(path_type=Path, file_okay=False, readable=False),
-              envvar=BASE_DIR_ENV, default=DEFAULT_BASE_DIR, show_default=True,
+# Plain strings, made paths below: ours are the checks (an unreadable base dir is exit 77,
+# naming the group to join; open_base and load_config name any other problem), and click.Path
+# would cost every command ~1 ms of start-up (it imports locale).
+@click.option("--base-dir", metavar="DIRECTORY", envvar=BASE_DIR_ENV, default=DEFAULT_BASE_DIR, show_default=True,
               help=f"The trainer's base directory (or set {BASE_DIR_ENV}).")
-@click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False),
-              help="Config file (default: BASE_DIR/config.toml).")
+@click.option("--config", "config_path", metavar="FILE", help="Config file (default: BASE_DIR/config.toml).")
 @click.version_option(package_name="trainer", prog_name="trainctl")
 @click.pass_context
-def cli(ctx: click.Context, base_dir: Path, config_path: Path | None) -> None:
+def cli(ctx: click.Context, base_dir: str, config_path: str | None) -> None:
     """Feed and steer the trainer daemon. With no command, shows its status."""
-    ctx.obj = Session(base_dir, config_path)
+    ctx.obj = Session(Path(base_dir), Path(config_path) if config_path else None)
     if ctx.invoked_subcommand is None:
         ctx.invoke(cli.get_command(ctx, "status"))
 
@@ -107,6 +107,7 @@ EXIT_FOR_ERROR = {
     LayoutError: ExitCode.CONFIG,
     WrongState: ExitCode.FAILED,
     NeedsRoot: ExitCode.NO_PERMISSION,
+    AmbiguousId: ExitCode.USAGE,  # a short id that names several items: say more
 }
 
 
@@ -132,6 +133,9 @@ def main(argv: list[str] | None = None) -> None:
 
 def _report_unrecorded_events() -> None:
     """Event lines the disk refused (the changes they record are done): said, not lost silently."""
+    events = sys.modules.get("trainer.spool.events")
+    if events is None:  # never imported by this command: it wrote no event (status, list)
+        return
     for line in events.unrecorded():
         note(f"warning: the disk refused this event log line, it is not recorded: "
              f"{line.decode(errors='replace').rstrip()}")

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import math
-from datetime import datetime
+from datetime import timezone
+from typing import TYPE_CHECKING
 
-from trainer.spool.item import Item, display_name
+from trainer.timefmt import parse_iso
+
+if TYPE_CHECKING:
+    from trainer.spool.item import Item
 
 
 def display(value: object) -> str:
-    return display_name(value) if isinstance(value, str) else str(value)
+    if not isinstance(value, str):
+        return str(value)
+    from trainer.spool.item import (
+        display_name,  # on first use: status prints no file names
+    )
+
+    return display_name(value)
 
 
 def size(n: int | None) -> str:
@@ -59,7 +69,7 @@ def _daemon_line(daemon: dict) -> str:
     return line
 
 
-def _item_line(item: dict) -> str:
+def _item_line(item: dict, paused: bool) -> str:
     parts = [f"{item.get('id')} {item.get('name') or ''}".rstrip()]
     if item.get("step") is not None and item.get("total") is not None:
         progress = f"step {item['step']}/{item['total']}"
@@ -68,6 +78,9 @@ def _item_line(item: dict) -> str:
         parts.append(progress)
     if isinstance(item.get("loss"), (int, float)):
         parts.append(f"loss {item['loss']:.4f}")
+    if paused:  # the last step's speed and an ETA would both be false while nothing moves
+        parts.append("paused")
+        return "  ".join(parts)
     if isinstance(item.get("tokens_per_s"), (int, float)):
         parts.append(f"{item['tokens_per_s']:,.0f} tok/s")
     if item.get("eta_s") is not None:
@@ -75,14 +88,21 @@ def _item_line(item: dict) -> str:
     return "  ".join(parts)
 
 
-def status_lines(status: dict) -> list[str]:
+LIVENESS_ROLE = {"running": "good", "unknown": "warn", "unresponsive": "bad", "not-running": "warn"}
+
+
+def status_lines(status: dict, colour: bool = False) -> list[str]:
+    from ctl.style import paint
+
     q = status["queues"]
-    lines = [f"daemon      {_daemon_line(status['daemon'])}"]
+    daemon = status["daemon"]
+    lines = [f"daemon      {paint(_daemon_line(daemon), LIVENESS_ROLE.get(daemon['liveness'], 'warn'), colour)}"]
+    paused = status["paused"] or daemon.get("state") == "paused"
     if status["paused"]:
         reason = f": {status['pause_reason']}" if status.get("pause_reason") else ""
-        lines.append(f"paused      yes{reason} (trainctl resume to continue)")
+        lines.append(f"paused      {paint('yes' + reason, 'warn', colour)} (trainctl resume to continue)")
     if status["item"]:
-        lines.append(f"item        {_item_line(status['item'])}")
+        lines.append(f"item        {_item_line(status['item'], paused)}")
     lines.append(
         f"queues      pending {q['pending']} (high {q['pending.high']}, normal {q['pending.normal']}, "
         f"low {q['pending.low']}) · active {q['active']} · held {q['held']} · failed {q['failed']} "
@@ -104,7 +124,7 @@ def status_lines(status: dict) -> list[str]:
     lines += _eval_lines(status)
     error = status.get("last_error")
     if error:
-        lines.append(f"last error  {_kv(error)}")
+        lines.append(f"last error  {paint(_kv(error), 'bad', colour)}")
     if status["daemon"].get("state_problem") and status["daemon"]["liveness"] != "unknown":
         lines.append(f"warning     {status['daemon']['state_problem']}")
     return lines
@@ -154,40 +174,6 @@ def item_dict(item: Item) -> dict:
     return out
 
 
-def item_table(items: list[Item]) -> list[str]:
-    rows = [("ID", "STATE", "PRIO", "TRIES", "RECORDS", "SIZE", "NAME")]
-    for item in items:
-        meta = item.meta
-        state = item.state.value
-        rows.append((
-            item.id, state, item.priority.value if item.priority else "-",
-            str(meta.attempts) if meta else "?", f"{meta.records:,}" if meta else "?",
-            size(meta.size) if meta else "?",
-            (meta.name + (f"  [{meta.last_error.message}]" if state == "failed" and meta.last_error else ""))
-            if meta else f"({item.meta_problem})",
-        ))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
-    return ["  ".join(c.ljust(w) for c, w in zip(r[:-1], widths)) + "  " + r[-1] for r in rows]
-
-
-def item_lines(item: dict, history: list[dict]) -> list[str]:
-    lines = [f"{'id':<12}{item['id']}", f"{'state':<12}{item['state']}"]
-    for key in ("priority", "name", "source", "records", "size", "sha256", "enqueued_at", "attempts",
-                "not_before", "tokens", "problem"):
-        value = item.get(key)
-        if value is None:
-            continue
-        if key == "size":
-            value = f"{size(value)} ({value:,} bytes)"
-        lines.append(f"{key:<12}{value}")
-    lines.append(f"{'path':<12}{item['path']}")
-    for error in item.get("errors") or []:
-        lines.append(f"{'error':<12}{error['at']}  [{error['kind']}, attempt {error['attempt']}] {error['message']}")
-    for event in history:
-        lines.append(f"{'event':<12}{event_line(event, with_id=False)}")
-    return lines
-
-
 def event_line(event: dict, *, with_id: bool = True) -> str:
     skip = {"t", "event", "id"}
     details = " ".join(f"{k}={v}" for k, v in event.items() if k not in skip and v is not None)
@@ -195,16 +181,28 @@ def event_line(event: dict, *, with_id: bool = True) -> str:
     return f"{event.get('t')}  {event.get('event'):<9}{who}  {details}".rstrip()
 
 
-def parse_when(text: str, now: datetime) -> datetime:
-    """'--since' values: an ISO date/time, or an age like 90s, 30m, 2h, 7d."""
-    from datetime import timedelta
+_HASH_KEYS = {"sha256", "hash", "config_hash"}
 
-    from trainer.timefmt import parse_iso
 
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    if text and text[-1] in units and text[:-1].replace(".", "", 1).isdigit():
-        return now - timedelta(seconds=float(text[:-1]) * units[text[-1]])
-    return parse_iso(text)
+def event_brief(event: dict, shorts: dict[str, str]) -> str:
+    """An event for reading (``trainctl history``): the time to the second, short ids, no hashes
+    (``-v`` shows everything)."""
+    stamp = str(event.get("t") or "?")
+    try:
+        stamp = parse_iso(stamp).astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+    except ValueError:
+        pass
+    details = []
+    for key, value in event.items():
+        if key in ("t", "event", "id") or value is None or key in _HASH_KEYS:
+            continue
+        if isinstance(value, str) and value in shorts:
+            value = shorts[value]
+        elif isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value):
+            continue
+        details.append(f"{key}={display(str(value))}")
+    who = shorts.get(event.get("id"), event.get("id") or "-")
+    return f"{stamp}  {event.get('event', '?'):<9}  {who:<8}  {' '.join(details)}".rstrip()
 
 
 def eval_lines(results: list[dict]) -> list[str]:

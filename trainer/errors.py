@@ -114,3 +114,7 @@ class Shutdown(Exception):
 
 class RestartRequested(Exception):
     """Resident memory kept growing: checkpointed, exit for systemd to restart the daemon cleanly."""
+
+
+class AmbiguousId(TrainerError):
+    """A short id matches more than one item: the message lists them."""

@@ -11,8 +11,8 @@ from datetime import datetime
 
 import click
 
-from ctl import render
-from ctl.session import Session, finish, item_id_arg, note
+from ctl import when
+from ctl.session import Session, complete_item_id, finish, item_id_arg, note
 from trainer.exitcodes import ExitCode
 from trainer.spool import logfile
 from trainer.spool.layout import Layout
@@ -44,18 +44,18 @@ def source(target: dict | None, file_exists: bool, unit_option: str | None) -> S
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines as they come (Ctrl-C stops).")
 @click.option("-n", "lines", type=click.IntRange(min=0), default=50, show_default=True,
               help="Show the last N records.")
-@click.option("--item", "item_id", callback=item_id_arg, help="Only the lines about this item.")
-@click.option("--since", help="An ISO time, or an age such as 30m, 2h, 7d.")
+@click.option("--item", "item_id", callback=item_id_arg, shell_complete=complete_item_id,
+              help="Only the lines about this item (a short id works).")
+@click.option("--since", help=f"From this time: {when.HELP}.")
 @click.option("--unit", help="Read this systemd unit's journal (default: where the daemon logs).")
 @click.pass_obj
 def logs(session: Session, follow: bool, lines: int, item_id: str | None, since: str | None,
          unit: str | None) -> None:
     """The daemon's log: the journal under systemd, BASE_DIR/logs/trainer.log otherwise."""
     try:
-        since_at = render.parse_when(since, utc_now()) if since else None
+        since_at = when.parse(since, utc_now()) if since else None
     except (ValueError, OverflowError):
-        raise click.BadParameter(f"{since!r}: use an ISO time (2026-11-28T09:00) or an age (30m, 2h, 7d)",
-                                 param_hint="--since") from None
+        raise click.BadParameter(f"{since!r}: use {when.HELP}", param_hint="--since") from None
     layout = session.layout
     where = source(logfile.target(layout), bool(logfile.files(layout)), unit)
     if where is None:

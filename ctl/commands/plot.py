@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from ctl import chart
-from ctl.session import Session, finish, item_id_arg, note
+from ctl.session import Session, complete_item_id, finish, item_id_arg, note
 from trainer.errors import NoSuchItem
 from trainer.exitcodes import ExitCode
 from trainer.spool import metrics, queue
@@ -55,7 +55,7 @@ def default_item(layout: Layout) -> str | None:
 
 
 @click.command()
-@click.argument("item_id", required=False, callback=item_id_arg)
+@click.argument("item_id", required=False, callback=item_id_arg, shell_complete=complete_item_id)
 @click.option("--all", "all_items", is_flag=True, help="Every item with figures, in training order, on one axis.")
 @click.option("--metric", type=click.Choice(list(METRICS)), default="loss", show_default=True)
 @click.option("--png", type=click.Path(path_type=Path, dir_okay=False), help="Also write the chart to FILE as a PNG "

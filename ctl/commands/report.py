@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ctl import render
+from ctl import when
 from ctl.session import Session
 from trainer.report import build
 from trainer.timefmt import utc_now
@@ -26,10 +26,9 @@ def report(session: Session, output: str | None, since: str | None) -> None:
     readable by the daemon's group.
     """
     try:
-        since_at = render.parse_when(since, utc_now()) if since else None
+        since_at = when.parse(since, utc_now()) if since else None
     except (ValueError, OverflowError):
-        raise click.BadParameter(f"{since!r}: use an ISO time (2026-11-28T09:00) or an age (30m, 2h, 7d)",
-                                 param_hint="--since") from None
+        raise click.BadParameter(f"{since!r}: use {when.HELP}", param_hint="--since") from None
     layout = session.layout
     html = build.render(layout, session.config, since=since_at)
     if output == "-":

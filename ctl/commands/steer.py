@@ -14,6 +14,11 @@ from trainer.spool import control, queue
 @click.pass_obj
 def pause(session: Session, reason: str | None) -> None:
     """Pause after the current optimizer step (checkpointed; the pause survives restarts)."""
+    already = control.read_requests(session.layout).pause
+    if already is not None:  # level-triggered: a second request would change nothing
+        why = f": {already['reason']}" if already.get("reason") else ""
+        note(f"already paused (since {already.get('at', 'an unknown time')}{why}): trainctl resume lifts it")
+        return
     control.send_pause(session.layout, reason)
     if daemon_running(session.layout):
         note("pause requested: the daemon pauses after its current optimizer step")

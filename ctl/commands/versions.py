@@ -7,8 +7,7 @@ from pathlib import Path
 import click
 
 from ctl import render
-from ctl.session import Session, daemon_running, emit_json, note
-from trainer.ids import check_id
+from ctl.session import Session, daemon_running, emit_json, item_id_arg, note
 from trainer.spool import control, versions
 from trainer.spool.layout import Layout
 
@@ -20,10 +19,10 @@ def is_version(text: str) -> bool:
 
 
 def item_or_version_arg(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """``show``'s argument: an item id, or a version name (v001)."""
+    """``show``'s argument: an item id (or a short form of one), or a version name (v001)."""
     if value is None or versions.is_name(value):
         return value
-    return check_id(value)
+    return item_id_arg(ctx, param, value)
 
 
 def _rows(layout: Layout) -> list[tuple[str, str, dict]]:

@@ -11,7 +11,7 @@ import time
 
 import orjson
 import pytest
-from helpers.common import REPO, as_user, trainctl
+from helpers.common import OTHERS_PYTHON, REPO, as_user, trainctl
 
 from trainer.exitcodes import ExitCode
 from trainer.intake import enqueue
@@ -37,7 +37,7 @@ def test_init_then_status_with_no_arguments(tmp_path):
 def test_uninitialised_base_dir_is_one_line_with_the_fix(tmp_path):
     result = trainctl(tmp_path / "nowhere", "status")
     assert result.returncode == ExitCode.CONFIG
-    assert "trainctl init" in _one_line_error(result)
+    assert f"trainctl --base-dir {tmp_path / 'nowhere'} init" in _one_line_error(result)
 
 
 def test_foreign_format_version_is_refused_clearly(layout):
@@ -270,7 +270,7 @@ def test_a_user_outside_the_group_gets_one_line_naming_the_path(open_layout, cha
     uid = _nobody()
     as_nobody = as_user(uid)
     for args in (["enqueue", str(src)], ["pause"], ["list"]):
-        result = subprocess.run([*as_nobody, sys.executable, "-m", "ctl", "--base-dir", str(layout.root), *args],
+        result = subprocess.run([*as_nobody, OTHERS_PYTHON(), "-m", "ctl", "--base-dir", str(layout.root), *args],
                                 capture_output=True, text=True, cwd=REPO)
         assert result.returncode == ExitCode.NO_PERMISSION, (args, result.stderr)
         line = _one_line_error(result)

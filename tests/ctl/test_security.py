@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers.common import REPO, as_user, trainctl, write_jsonl
+from helpers.common import OTHERS_PYTHON, REPO, as_user, trainctl, write_jsonl
 
 from trainer.config import Config
 from trainer.errors import WrongState
@@ -39,7 +39,7 @@ def _as(uid: int, *groups: int) -> list[str]:
 
 
 def _run_as(prefix: list[str], base: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*prefix, sys.executable, "-m", "ctl", "--base-dir", str(base), *args],
+    return subprocess.run([*prefix, OTHERS_PYTHON(), "-m", "ctl", "--base-dir", str(base), *args],
                           capture_output=True, text=True, cwd=REPO, timeout=60)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -66,16 +67,58 @@ def unprivileged_ids() -> tuple[int, int]:
 
 def as_user(uid: int, gid: int | None = None, groups: tuple[int, ...] = ()) -> list[str]:
     """argv prefix running a command as another user (needs root and setpriv): root ignores
-    file modes, so this is how a test makes permissions really apply."""
-    closed = closed_to_other_users(REPO)
-    if closed is not None:
-        import pytest
+    file modes, so this is how a test makes permissions really apply. Put ``OTHERS_PYTHON()``
+    after it, not ``sys.executable``: where the checkout sits under a directory other users
+    cannot traverse (a ``mktemp -d`` parent), they run a readable copy of it instead.
 
-        pytest.skip(f"{closed} (mode {closed.stat().st_mode & 0o777:04o}) is closed to other users, so a command run "
-                    f"as another user cannot import the checkout: clone under a directory others can traverse "
-                    f"(or chmod o+x {closed}) to run this test")
+    Nothing may come between setpriv and the program: setpriv still holds root's
+    capabilities when it execs it (a Python under /root is reached that way), a program in
+    between (env) would not."""
     group_arg = f"--groups={','.join(map(str, groups))}" if groups else "--clear-groups"
     return ["setpriv", f"--reuid={uid}", f"--regid={uid if gid is None else gid}", group_arg]
+
+
+def OTHERS_PYTHON() -> str:  # noqa: N802  (read as a constant where a command is spelled out)
+    """The Python another user can run with this checkout importable (see ``as_user``)."""
+    copy = readable_checkout()
+    return sys.executable if copy is None else str(copy / VENV_COPY / Path(sys.executable).relative_to(sys.prefix))
+
+
+VENV_COPY = "venv"
+
+
+@functools.cache
+def readable_checkout() -> Path | None:
+    """None where other users can reach the checkout; otherwise a copy of its packages and of
+    the venv in a fresh world-readable directory, made of hard links (no data is copied; the
+    files keep their own modes), removed at exit. The copied venv finds the copied packages
+    through a .pth file in place of the editable install's, which names the checkout."""
+    closed = closed_to_other_users(REPO)
+    if closed is None:
+        return None
+    import atexit
+    import shutil
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="trainer-tests-readable-", dir="/tmp"))
+    atexit.register(shutil.rmtree, root, True)
+    os.chmod(root, 0o755)
+    try:
+        for name in ("trainer", "ctl"):
+            shutil.copytree(REPO / name, root / name, symlinks=True, copy_function=os.link)
+        shutil.copytree(sys.prefix, root / VENV_COPY, symlinks=True, copy_function=os.link)
+        for site in (root / VENV_COPY).glob("lib/python*/site-packages"):
+            for pth in site.glob("*.pth"):
+                if str(REPO) in pth.read_text(errors="replace"):
+                    pth.unlink()  # a link in the copy: the venv's own file stays
+            (site / "readable-checkout.pth").write_text(f"{root}\n")
+    except OSError as exc:  # another filesystem (no hard links across): say how to run them
+        import pytest
+
+        pytest.skip(f"{closed} (mode {closed.stat().st_mode & 0o777:04o}) is closed to other users and a "
+                    f"readable copy could not be linked in /tmp ({exc.strerror}): clone under a directory "
+                    f"others can traverse (or chmod o+x {closed}) to run this test")
+    return root
 
 
 def closed_to_other_users(path: Path) -> Path | None:

@@ -1,10 +1,10 @@
 """A daemon process for the torch-free tests.
 
-    fake_daemon.py BASE [--consume] [--no-heartbeat] [--train-seconds S]
+    fake_daemon.py BASE [--consume] [--no-heartbeat] [--train-seconds S] [--load-seconds S]
 
 --consume: the real daemon (trainer.daemon.service.Daemon) on a fake engine (fake_engine.py):
   the real lock, recovery, control protocol, queue and state file; each item "trains" for
-  --train-seconds over 100 steps.
+  --train-seconds over 100 steps; --load-seconds: its "model" takes that long to load.
 Without it: a process that holds the real lock and heartbeats through the daemon's own
   reporter, but acts on nothing (a daemon busy elsewhere, as trainctl sees it).
 --no-heartbeat: holds the lock and writes its state once, then never again (a hung daemon).
@@ -31,8 +31,9 @@ from trainer.states import DaemonState  # noqa: E402
 STEPS = 100
 
 
-def consume(layout, train_seconds: float) -> None:
+def consume(layout, train_seconds: float, load_seconds: float = 0.0) -> None:
     def engine(root, config):
+        time.sleep(load_seconds)  # a model loading: no heartbeat is possible meanwhile
         return FakeEngine(root, config, steps_per_item=STEPS, checkpoint_every=10, step_seconds=train_seconds / STEPS)
 
     daemon = Daemon(layout, load_config(layout.config_file), engine_factory=engine)
@@ -65,10 +66,11 @@ def main() -> None:
     parser.add_argument("--consume", action="store_true")
     parser.add_argument("--no-heartbeat", action="store_true")
     parser.add_argument("--train-seconds", type=float, default=0.0)
+    parser.add_argument("--load-seconds", type=float, default=0.0)
     args = parser.parse_args()
     layout = open_base(Path(args.base))
     if args.consume:
-        consume(layout, args.train_seconds)
+        consume(layout, args.train_seconds, args.load_seconds)
     else:
         hold_the_lock(layout, heartbeat=not args.no_heartbeat)
 

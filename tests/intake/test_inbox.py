@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers.common import as_user, write_jsonl
+from helpers.common import OTHERS_PYTHON, as_user, write_jsonl
 
 from trainer.intake.inbox import InboxScanner, first_sight_credit, ingest
 from trainer.spool import events, queue
@@ -145,7 +145,7 @@ def test_an_unreadable_inbox_file_fails_with_the_fix(open_layout, chat_file):
             "from trainer.intake.inbox import ingest\nfrom trainer.spool.layout import open_base\n"
             "taken = ingest(open_base(Path(sys.argv[1])), 'private.jsonl', Config().spool)\n"
             "print(taken.item_id, taken.state.value)\n")
-    result = subprocess.run([*prefix, sys.executable, "-c", code, str(layout.root)],
+    result = subprocess.run([*prefix, OTHERS_PYTHON(), "-c", code, str(layout.root)],
                             capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2])
     assert result.returncode == 0, result.stderr
     item_id, state = result.stdout.split()

@@ -22,7 +22,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from helpers.common import REPO, as_user, trainctl  # noqa: E402
+from helpers.common import OTHERS_PYTHON, REPO, as_user, trainctl  # noqa: E402
 from helpers.daemon_proc import DaemonProcess, enqueue_sample, metric_steps, small_config  # noqa: E402
 
 from trainer.config import default_config_toml  # noqa: E402
@@ -77,7 +77,7 @@ class _Daemon(DaemonProcess):
     def __init__(self, layout, *args, prefix=(), env=None) -> None:
         self.layout = layout
         self.log = open(layout.root.parent / "daemon.log", "ab")
-        argv = [*prefix, sys.executable, "-m", "trainer.daemon", "run", "--base-dir", str(layout.root), *args]
+        argv = [*prefix, OTHERS_PYTHON() if prefix else sys.executable, "-m", "trainer.daemon", "run", "--base-dir", str(layout.root), *args]
         self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO,
                                      env={**os.environ, **(env or {})})
 

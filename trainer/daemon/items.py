@@ -277,7 +277,7 @@ class ItemTrainer:
 def check_data(layout: Layout, item: Item, config: Config) -> None:
     """Validate again at claim: the queued copy must still be what was validated."""
     if item.meta is None:
-        raise ItemFailed(f"its metadata is unreadable ({item.meta_problem}): trainctl retry rebuilds it",
+        raise ItemFailed(f"its metadata is unreadable ({item.meta_problem}): trainctl retry {item.id} rebuilds it",
                          transient=False)
     if not _readable(item.data_path):
         # Named where the file will be (failed/ID/), not where it is now: the message is

@@ -69,6 +69,9 @@ class Reporter:
         self.notifier = notifier
         self.metrics = metrics or NoMetrics()
         self.memory_growth_limit = memory_growth_limit
+        # In the state file, so that trainctl status judges the heartbeat by the running daemon's
+        # threshold without loading the config (the daemon updates it on a reload).
+        self.stale_after_s: float | None = None
         self.started_at = utc_now()
         self._written_at = float("-inf")
         self._published: DaemonState | None = None
@@ -89,6 +92,7 @@ class Reporter:
             state.value, pid=os.getpid(), started_at=self.started_at, now=utc_now(), item=item,
             last_checkpoint={"step": checkpoint.step, "name": checkpoint.path.name} if checkpoint else None,
             last_error=activity.last_error, reason=reason, model_load_s=activity.model_load_s,
+            stale_after_s=self.stale_after_s,
             memory={"rss_after_items": activity.rss_after_items[-5:], "gpu": activity.gpu,
                     "growth_limit": self.memory_growth_limit},
             last_eval=activity.last_eval)

@@ -95,6 +95,7 @@ class Daemon:
         self.activity = Activity()
         self.reporter = Reporter(layout, self.notifier, memory_growth_limit=config.daemon.memory_growth_bytes,
                                  metrics=metrics)
+        self.reporter.stale_after_s = config.daemon.stale_after_seconds
         self.engine: TrainingEngine | None = None
         self.housekeeping: Housekeeping | None = None
         self.report_page = ReportPage(layout)
@@ -209,6 +210,7 @@ class Daemon:
         self.config = replace(self.config, spool=fresh.spool, daemon=fresh.daemon, checkpoint=fresh.checkpoint,
                               snapshot=fresh.snapshot, consolidate=fresh.consolidate, events=fresh.events,
                               report=fresh.report)
+        self.reporter.stale_after_s = fresh.daemon.stale_after_seconds
         if self.engine is not None:
             self.engine.set_checkpoint_config(fresh.checkpoint)
             self.housekeeping.config = self.config
@@ -227,7 +229,10 @@ class Daemon:
         self._watcher = Watcher(dirs, self.signals.wake_r)
         self.publish(DaemonState.STARTING, reason="recovering")
         self.until_written(lambda: startup.recover(self.layout, self.config))  # a full disk: blocked, not a crash loop
-        self.notifier.extend_timeout(600)  # loading a large model can take minutes
+        self.notifier.extend_timeout(control.STARTUP_ALLOWANCE_S)  # loading a large model can take minutes
+        # Said before the load, which cannot heartbeat: trainctl status shows "starting: loading
+        # the model" (given STARTUP_ALLOWANCE_S), not a daemon gone unresponsive.
+        self.publish(DaemonState.STARTING, reason="loading the model")
         started = time.monotonic()
         self.engine = self.engine_factory(self.layout.root, self.config)  # imports torch
         imports_s = time.monotonic() - started
@@ -392,7 +397,12 @@ class Daemon:
             self._inbox_refused.discard(name)
             if taken is not None:
                 taken_any = True
-                log.info("inbox: %s -> %s (%s)", display_name(name), taken.item_id, taken.state.value)
+                if taken.problems:  # refused: say why where the operator looks, not just "(failed)"
+                    log.warning("inbox: %s -> %s (failed validation: %s%s)", display_name(name), taken.item_id,
+                                "; ".join(taken.problems[:3]),
+                                f"; and {len(taken.problems) - 3} more" if len(taken.problems) > 3 else "")
+                else:
+                    log.info("inbox: %s -> %s (%s)", display_name(name), taken.item_id, taken.state.value)
         self._inbox_refused &= set(ready)  # forget the ones that went away
         return taken_any
 

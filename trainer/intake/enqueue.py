@@ -256,8 +256,8 @@ def _stage_files(layout: Layout, sources: list[Path], limits: SpoolConfig) -> _S
                 problems.extend(_problems(src, report))
             staged.append((item_id, src, st, report))
         if problems:
-            what = "the file below" if len(sources) == 1 else f"the problems below (in {len(sources)} files given)"
-            raise InvalidData(f"nothing was queued: fix {what}", problems)
+            noun = "problem" if len(problems) == 1 else f"{len(problems)} problems"
+            raise InvalidData(f"nothing was queued: fix the {noun} below", problems)
     except BaseException:
         stage.close()
         raise

@@ -15,18 +15,36 @@ import os
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from trainer.errors import NoSuchItem, WrongState
 from trainer.ids import ID_LENGTH, check_id, is_id
-from trainer.spool import events
 from trainer.spool.fsutil import exclusive_lock, rename_durably, write_atomic
-from trainer.spool.item import Item, ItemError, ItemMeta, load_item
 from trainer.spool.layout import Layout, is_candidate_name
 from trainer.spool.origin import ORIGIN_NAME
 from trainer.states import Event, ItemState, Priority
 from trainer.timefmt import iso, parse_iso, utc_now
 
+if TYPE_CHECKING:
+    from trainer.spool.item import Item, ItemMeta
+
 _reported_unmovable: set[str] = set()  # logged once per process, not at every poll
+
+
+def load_item(path: Path, state: ItemState, priority: Priority | None) -> Item:
+    # The item module on first use, not at import: `trainctl status` with no active item reads
+    # no metadata, and building the item dataclasses is ~1.5 ms of its start-up.
+    from trainer.spool.item import load_item as load
+
+    return load(path, state, priority)
+
+
+def _log_event(layout: Layout, event: Event, item_id: str, **details: object) -> None:
+    # Imported when a change is logged, not at import: `trainctl status` and `list` read the
+    # queue and never write an event, and the event log module is ~1 ms of their start-up.
+    from trainer.spool import events
+
+    events.append(layout, event, item_id, **details)
 
 
 # --- reading -------------------------------------------------------------------------------
@@ -205,7 +223,7 @@ def _change(
             raise WrongState(f"cannot {action} {item_id}: it is {item.state.value} (only {names} items)")
         result, event, details = change(item)
         if event is not None:
-            events.append(layout, event, item_id, **details)
+            _log_event(layout, event, item_id, **details)
     return result
 
 
@@ -243,6 +261,8 @@ def retry(layout: Layout, item_id: str, facts: dict) -> Item:
     def change(item: Item):
         meta = item.meta
         if meta is None:  # metadata lost or corrupt: rebuilt from what the data says
+            from trainer.spool.item import ItemMeta
+
             meta = ItemMeta(id=item.id, name="data.jsonl", source="recovered", enqueued_at=iso(utc_now()),
                             priority=item.priority or Priority.NORMAL, **facts)
         meta = dataclasses.replace(meta, attempts=0, not_before=None, **facts)
@@ -312,7 +332,7 @@ def claim_next(layout: Layout, retry_due: RetryDue = retry_over_by_wall_clock) -
                             "left in the queue", directory / item_id, exc.strerror)
                     continue
                 attempts = item.meta.attempts if item.meta else None
-                events.append(layout, Event.CLAIMED, item_id, priority=priority.value, attempts=attempts)
+                _log_event(layout, Event.CLAIMED, item_id, priority=priority.value, attempts=attempts)
                 return claimed
     return None
 
@@ -328,6 +348,8 @@ def fail(layout: Layout, item_id: str, message: str, *, kind: str = "permanent",
     def change(item: Item):
         meta = None
         if item.meta is not None:
+            from trainer.spool.item import ItemError
+
             error = ItemError(at=iso(utc_now()), message=message, kind=kind, attempt=item.meta.attempts)
             meta = item.meta.with_error(error)
         return _move_with_meta(layout, item, meta, ItemState.FAILED), event, {"reason": message, "kind": kind}
@@ -348,6 +370,8 @@ def requeue(layout: Layout, item_id: str, *, reason: str, not_before: datetime |
         meta = item.meta
         if meta is not None and (count_attempt or not_before is not None):
             if count_attempt:
+                from trainer.spool.item import ItemError
+
                 meta = meta.with_error(ItemError(at=iso(utc_now()), message=reason,
                                                  kind="transient", attempt=meta.attempts))
                 meta = dataclasses.replace(meta, attempts=meta.attempts + 1)
@@ -394,6 +418,6 @@ def claim_specific(layout: Layout, item_id: str) -> Item | None:
         if active_item(layout) is not None:
             raise WrongState(f"{active_item(layout).id} is already active: requeue or finish it first")
         claimed = _move(layout, item, ItemState.ACTIVE, item.priority)
-        events.append(layout, Event.CLAIMED, item_id, priority=item.priority.value if item.priority else None,
+        _log_event(layout, Event.CLAIMED, item_id, priority=item.priority.value if item.priority else None,
                       attempts=item.meta.attempts if item.meta else None)
         return claimed
