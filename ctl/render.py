@@ -174,9 +174,19 @@ def item_dict(item: Item) -> dict:
     return out
 
 
+def plain(value) -> str:
+    """An event's value for reading: lists joined with commas, mappings as key:value (never a
+    Python repr)."""
+    if isinstance(value, (list, tuple)):
+        return ",".join(plain(v) for v in value)
+    if isinstance(value, dict):
+        return ",".join(f"{k}:{plain(v)}" for k, v in value.items())
+    return str(value)
+
+
 def event_line(event: dict, *, with_id: bool = True) -> str:
     skip = {"t", "event", "id"}
-    details = " ".join(f"{k}={v}" for k, v in event.items() if k not in skip and v is not None)
+    details = " ".join(f"{k}={plain(v)}" for k, v in event.items() if k not in skip and v is not None)
     who = f" {event.get('id')}" if with_id and event.get("id") else ""
     return f"{event.get('t')}  {event.get('event'):<9}{who}  {details}".rstrip()
 
@@ -200,7 +210,7 @@ def event_brief(event: dict, shorts: dict[str, str]) -> str:
             value = shorts[value]
         elif isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value):
             continue
-        details.append(f"{key}={display(str(value))}")
+        details.append(f"{key}={display(plain(value))}")
     who = shorts.get(event.get("id"), event.get("id") or "-")
     return f"{stamp}  {event.get('event', '?'):<9}  {who:<8}  {' '.join(details)}".rstrip()
 

@@ -111,8 +111,9 @@ class Housekeeping:
         if self._record().get("held_back_step") == state.global_step:
             # The gate held these very weights back: the same candidate again would help nobody.
             if asked:
-                log.info("consolidation asked for, but these weights were held back by the gate (trainctl "
-                         "promote or discard %s)", self._record().get("held_back"))
+                held = self._record().get("held_back")
+                log.info("consolidation asked for, but these weights were held back by the gate as %s "
+                         "(trainctl promote %s / discard %s)", held, held, held)
             return False
         done = state.items_completed
         since_record = state.version is None and done > self._record().get("consolidated_items", 0)
