@@ -5,7 +5,7 @@
 The daemon's path without the daemon: a real base dir, items queued with enqueue, claimed,
 trained by the real engine and completed, then consolidated by the engine (every eval set,
 the gate, sample outputs, the publication), ``--rounds`` times ``--items`` items. Default
-``[eval]`` settings (2 % held out, 16,384 tokens per set, 8 prompts of 48 tokens) and the demo's
+``[eval]`` settings (2 % held out, 8,192 tokens per set, 8 prompts of 32 tokens) and the demo's
 eval files (a 100-record general set, 3 prompts); the demo's training settings (rows of 256,
 8 rows per step, lr 1e-3), fp32 on the CPU, one thread. The first consolidation compares with the base
 only; the later ones also with the previous version, whose numbers on the grown held-out pool

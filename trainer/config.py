@@ -219,8 +219,10 @@ class EvalConfig:
               "nothing out. Read when an item starts; an item in progress keeps its own.",
         minimum=0, maximum=0.5)
     max_tokens: int = _setting(
-        16384, "Most tokens evaluated per eval set per model at one evaluation (records in a fixed order "
-               "until this many): keeps evaluation to a few percent of training time.", minimum=256)
+        8192, "Most tokens evaluated per eval set per model at one evaluation (records in a fixed order "
+              "until this many): keeps evaluation to a few percent of training time. The gate compares "
+              "models on the very same tokens, so their difference is far steadier than either number.",
+        minimum=256)
     max_new_tokens: int = _setting(
         32, "Tokens generated (greedily) per sample prompt of eval/prompts.jsonl.", minimum=1)
     max_prompts: int = _setting(8, "Sample prompts answered at each evaluation (the first ones of "

@@ -20,7 +20,7 @@ import orjson
 from trainer import clock
 from trainer.config import Config
 from trainer.ids import is_id
-from trainer.spool import events, queue, status
+from trainer.spool import events, status
 from trainer.spool.fsutil import read_regular
 from trainer.spool.item import load_item
 from trainer.spool.layout import Layout

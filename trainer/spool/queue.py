@@ -401,7 +401,7 @@ def set_tokens(layout: Layout, item_id: str, tokens: dict) -> Item:
 def record_eval(layout: Layout, item_id: str, numbers: dict) -> Item:
     """Record the active item's held-out evaluation in its metadata, and an ``evaluated`` event."""
     item = _annotate_active(layout, item_id, "evaluation", eval=numbers)
-    events.append(layout, Event.EVALUATED, item_id, **numbers)
+    _log_event(layout, Event.EVALUATED, item_id, **numbers)
     return item
 
 
