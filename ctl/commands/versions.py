@@ -18,6 +18,11 @@ def is_version(text: str) -> bool:
     return versions.is_name(text)
 
 
+def _figure(value, places: int) -> str:
+    """A recorded number for reading (metadata written by any release: maybe missing or text)."""
+    return f"{value:.{places}f}" if isinstance(value, (int, float)) else "?"
+
+
 def item_or_version_arg(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """``show``'s argument: an item id (or a short form of one), or a version name (v001)."""
     if value is None or versions.is_name(value):
@@ -117,9 +122,9 @@ def _version_lines(name: str, path: Path, meta: dict) -> list[str]:
                          f"{item.get('first_step')}-{item.get('last_step')}")
     for set_name, result in sorted(_eval_sets(meta).items()):
         if isinstance(result, dict):
-            lines.append(f"eval {render.display(set_name)}: loss {result.get('loss')} "
-                         f"perplexity {result.get('perplexity')} "
-                         f"token accuracy {result.get('token_accuracy')}")
+            lines.append(f"eval {render.display(set_name)}: loss {_figure(result.get('loss'), 4)} "
+                         f"perplexity {_figure(result.get('perplexity'), 2)} "
+                         f"token accuracy {_figure(result.get('token_accuracy'), 3)}")
     gate = (meta.get("eval") or {}).get("gate") if isinstance(meta.get("eval"), dict) else None
     if isinstance(gate, dict):
         lines.append(f"gate:        {'passed' if gate.get('passed') else 'held back'}"
