@@ -69,7 +69,7 @@ def test_trainer_has_version_and_help_like_trainctl(tmp_path):
     assert trainer().returncode == 2  # no command: usage, as before
     assert trainer("run", "--no-such-option").returncode == 2
     missing = trainer("run", "--base-dir", str(tmp_path / "nothing"))
-    assert missing.returncode == 78 and "trainctl init" in missing.stderr
+    assert missing.returncode == 78 and "trainctl --base-dir" in missing.stderr and " init" in missing.stderr
 
 
 def test_outside_systemd_the_log_goes_to_the_base_dir_and_trainctl_logs_reads_it(trained):

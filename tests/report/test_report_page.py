@@ -190,16 +190,14 @@ def test_a_few_items_are_drawn_from_their_whole_curves(layout):
 
 
 def test_disk_use_is_walked_again_only_when_its_figures_are_ten_minutes_old(layout):
-    from dataclasses import replace
-
     from trainer import clock
 
     start = clock.read()
     first = Dom(build.render(layout, Config(), now=start)).table_text("disk")
     (layout.root / "checkpoints").mkdir()
     (layout.root / "checkpoints" / "big").write_bytes(b"x" * (3 << 20))
-    soon = Dom(build.render(layout, Config(), now=replace(start, monotonic=start.monotonic + 60))).table_text("disk")
-    later = Dom(build.render(layout, Config(), now=replace(start, monotonic=start.monotonic + 601))).table_text("disk")
+    soon = Dom(build.render(layout, Config(), now=start._replace(monotonic=start.monotonic + 60))).table_text("disk")
+    later = Dom(build.render(layout, Config(), now=start._replace(monotonic=start.monotonic + 601))).table_text("disk")
     assert "checkpoints\n0 B" in first and "checkpoints\n0 B" in soon
     assert "checkpoints\n3.0 MiB" in later
 

@@ -66,7 +66,7 @@ def test_status_list_enqueue_and_show_work_with_thousands_pending(layout, tmp_pa
     clone_pending(layout, enqueue.enqueue(layout, sample, limits=Config().spool).id, 1_999)
     status = trainctl(layout.root, "status", "--json")
     assert orjson.loads(status.stdout)["queues"]["pending"] == 2_000
-    listing = trainctl(layout.root, "list")
+    listing = trainctl(layout.root, "list", "-v")
     assert listing.returncode == 0 and len(listing.stdout.splitlines()) == 2_001
     served = [line.split()[0] for line in listing.stdout.splitlines()[1:]]
     high = [item.id for item in queue.list_items(layout, [ItemState.PENDING]) if item.priority is Priority.HIGH]
