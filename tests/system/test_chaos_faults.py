@@ -156,12 +156,15 @@ def test_a_disk_filled_during_a_checkpoint_write_leaves_no_partial_checkpoint_an
         small_disk, tmp_path, demo_model, daemons):
     layout, _ = init_base(small_disk / "base", default_config_toml())
     _setup(layout, demo_model, every=8)
-    item_id = enqueue_sample(layout, tmp_path, records=600)
+    item_id = enqueue_sample(layout, tmp_path, records=1200)
     daemon = daemons(layout)
     daemon.wait_for(lambda: daemon.step() >= 1, what="training")
     filler = None
     deadline = time.monotonic() + 120
-    while filler is None and time.monotonic() < deadline:  # fill the disk the moment a save starts
+    # Fill the disk the moment a save starts. A save caught at its very end still completes, and
+    # retention then frees the oldest checkpoint (room for the next save): so fill again at each
+    # save until one is refused (on a fast machine a save lasts a few milliseconds).
+    while time.monotonic() < deadline and daemon.state().get("state") != "blocked":
         if _staging(layout):
             filler = _fill(small_disk, leave=1 << 20)
         time.sleep(0.001)
