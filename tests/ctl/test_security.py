@@ -14,7 +14,6 @@ import os
 import shutil
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -276,13 +275,13 @@ def test_a_group_member_loads_every_version_and_snapshot_the_daemon_user_publish
     src = write_jsonl(parent / "item.jsonl", [{"text": f"published {k}"} for k in range(6)])
     os.chmod(src, 0o644)
     assert _run_as(_as(DAEMON_USER, GROUP), layout.root, "enqueue", str(src)).returncode == 0
-    run = subprocess.run([*as_user(DAEMON_USER, GROUP, (GROUP,)), sys.executable, "-m", "trainer.daemon", "run",
+    run = subprocess.run([*as_user(DAEMON_USER, GROUP, (GROUP,)), OTHERS_PYTHON(), "-m", "trainer.daemon", "run",
                           "--base-dir", str(layout.root), "--exit-when-idle"],
                          capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     published = sorted(layout.root.glob("models/v*")) + sorted(layout.root.glob("snapshots/*"))
     assert [p.name for p in published][:1] == ["v001"] and len(published) == 2
-    load = [sys.executable, "-c", LOAD_EVERY_MODEL, *map(str, published)]
+    load = [OTHERS_PYTHON(), "-c", LOAD_EVERY_MODEL, *map(str, published)]
     member_env = {**env, "HOME": "/nonexistent", "HF_HOME": str(parent / "member-hf")}
     member = subprocess.run([*_as(MEMBER, GROUP), *load], capture_output=True, text=True, cwd=REPO, env=member_env,
                             timeout=300)
