@@ -439,12 +439,13 @@ class Chaos:
             episode.blocked_s = round(blocked_at - refused_at, 3)
             episode.blocked_reason = next(s for t, s in self.notify.statuses(blocked_at) if s.startswith("blocked"))
             lines = max(lines, self.metric_lines())
-        time.sleep(self.rng.uniform(0.5, 2.0))
+            episode.steps_while_blocked = self._steps_while_blocked(lines, self.rng.uniform(0.5, 2.0))
+        else:
+            time.sleep(self.rng.uniform(0.5, 2.0))
         status = trainctl(self.base, "status", "--json")
         episode.status_liveness = orjson.loads(status.stdout)["daemon"]["liveness"] if status.stdout else "?"
         released_at = time.monotonic()
         if expect_block:
-            episode.steps_while_blocked = self.metric_lines() - lines
             pings = [blocked_at, *self.notify.pings(blocked_at, released_at), released_at]
             episode.watchdog_gap_s = round(max(b - a for a, b in zip(pings, pings[1:])), 3)
         fill.release()
@@ -456,6 +457,32 @@ class Chaos:
             self.feed("enqueue")  # the refused file, given again
         self.episodes.append(episode)
         return episode
+
+    def _steps_while_blocked(self, lines: int, seconds: float) -> int:
+        """Steps trained in the next ``seconds`` before the daemon says it resumed by itself.
+
+        A blocked daemon may resume before the fill is released: when a write it retries
+        succeeds (a metrics line appended into a page the file already had), or when what
+        blocked it was optional (a snapshot refused mid-write is then postponed for lack of
+        room, and training goes on until the next checkpoint needs room: docs/daemon.md). Its
+        log says so ("takes writes again", "room again"); steps after that are not trained
+        while blocked. The line of the step that resumed it comes a moment before that log
+        line: hence the pause before the log is read."""
+        log_start = self.log_path.stat().st_size
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            now = self.metric_lines()
+            if now > lines:
+                time.sleep(0.2)
+                with open(self.log_path, "rb") as fh:
+                    fh.seek(log_start)
+                    said = fh.read()
+                if b"takes writes again" in said or b"room again" in said:
+                    time.sleep(max(0.0, deadline - time.monotonic()))
+                    return 0
+                return self.metric_lines() - lines
+            time.sleep(POLL_S * 5)
+        return self.metric_lines() - lines
 
     def _arrange(self, moment: str, kind: str, fill: Fill, episode: Episode) -> bool:
         """Bring the daemon to ``moment`` and take the disk away there; False if it cannot be
