@@ -27,9 +27,8 @@ import torch
 from trainer.config import CheckpointConfig, Config
 from trainer.errors import DiskUnwritable, ItemFailed
 from trainer.spool.fsutil import FILE_MODE, append_line, disk_refusal
-from trainer.train import lineage
+from trainer.train import lineage, step
 from trainer.train import model as model_io
-from trainer.train import step
 from trainer.train.checkpoint import Checkpoint, CheckpointStore
 from trainer.train.data import Cursor, HeldOut, RowStream, survey
 from trainer.train.examples import RecordEncoder
@@ -87,16 +86,7 @@ class Engine:
     def start(self) -> Checkpoint | None:
         """Load the model and restore the newest valid checkpoint (returned, or None)."""
         cfg = self.config.train
-        if cfg.deterministic:
-            torch.use_deterministic_algorithms(True)
-            # Multi-threaded CPU kernels were seen to differ in the last bits between a run and
-            # its resumption (about 1 run in 3); one thread makes CPU results bitwise repeatable.
-            torch.set_num_threads(1)
-        random.seed(cfg.seed)
-        # numpy too: its state is checkpointed with the others, and unseeded it started from OS
-        # entropy, so two runs of the same items never had the same random state.
-        np.random.seed(cfg.seed)
-        torch.manual_seed(cfg.seed)
+        seed_everything(cfg)
         swept = self.store.sweep_staging()
         if swept:
             log.info("removed %d interrupted checkpoint save(s): %s", len(swept), ", ".join(swept))
@@ -494,6 +484,21 @@ def _evaluate_holdout(engine: Engine, plan: ItemPlan, holdout: float, metrics: _
     log.info("%s held-out eval: loss %.4f, token accuracy %.3f (%d tokens)", plan.item_id, numbers["loss"],
              numbers["token_accuracy"], numbers["tokens"])
     return {"item_id": plan.item_id, **record, "records": numbers["records"]}
+
+
+def seed_everything(cfg) -> None:
+    """The random state a run starts from, and deterministic kernels when asked (every rank
+    of a distributed run calls it too)."""
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True)
+        # Multi-threaded CPU kernels were seen to differ in the last bits between a run and
+        # its resumption (about 1 run in 3); one thread makes CPU results bitwise repeatable.
+        torch.set_num_threads(1)
+    random.seed(cfg.seed)
+    # numpy too: its state is checkpointed with the others, and unseeded it started from OS
+    # entropy, so two runs of the same items never had the same random state.
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
 
 
 def _raise(refused: DiskUnwritable) -> None:

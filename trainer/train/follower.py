@@ -10,26 +10,16 @@ gradients at every step.
 from __future__ import annotations
 
 import logging
-import random
-
-import numpy as np
-import torch
 
 from trainer.train import step
-from trainer.train.engine import Engine
+from trainer.train.engine import Engine, seed_everything
 
 log = logging.getLogger("trainer.follower")
 
 
 def follow(engine: Engine) -> int:
     """Serve the leader's commands until it says stop; returns the optimizer steps taken."""
-    cfg = engine.config.train
-    if cfg.deterministic:
-        torch.use_deterministic_algorithms(True)
-        torch.set_num_threads(1)
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
+    seed_everything(engine.config.train)
     steps = 0
     while True:
         command = engine.world.receive()
