@@ -16,7 +16,8 @@ MAY_IMPORT = {
     "trainer.intake": {"trainer.spool"},
     "trainer.demo": {"trainer.spool"},
     "trainer.report": {"trainer.spool"},
-    "trainer.daemon": {"trainer.spool", "trainer.intake", "trainer.train.protocol", "trainer.train.engine", "trainer.report"},
+    "trainer.daemon": {"trainer.spool", "trainer.intake", "trainer.train.protocol", "trainer.train.engine",
+                       "trainer.train.world", "trainer.train.follower", "trainer.report"},
     "trainer.train": {"trainer.spool", "trainer.intake", "trainer.demo"},
     "ctl": {"trainer.spool", "trainer.intake", "trainer.daemon.units", "trainer.demo", "trainer.report"},
 }

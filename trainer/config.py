@@ -237,6 +237,39 @@ class EvalConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class DistributedConfig:
+    """[distributed]: one trainer over several processes, GPUs and nodes (docs/operations.md#distributed-training)."""
+
+    nproc: int = _setting(
+        1, "Worker processes on this node, launched by torch's elastic agent inside the daemon (one per GPU; "
+           "on the CPU, each takes a share of the cores). 1: no launcher, the daemon trains in its own "
+           "process. `trainer run --nproc N` overrides it.", minimum=1)
+    nnodes: int = _setting(
+        1, "Nodes in the group: the same unit and config on each, with its own node_rank.", minimum=1)
+    node_rank: int = _setting(
+        0, "This node's place in the group. Node 0 holds the queue and writes everything; the other nodes "
+           "only train (they need the base model, not the queue).", minimum=0)
+    rendezvous: str = _setting(
+        "", "HOST:PORT where node 0 listens for the others to join (TCP; open this port and the ranks' ports "
+            "between the nodes). Empty on one node: a free port on 127.0.0.1.")
+    backend: str = _setting(
+        "auto", "The collectives' backend: auto = nccl where CUDA is available, gloo otherwise.",
+        choices=("auto", "nccl", "gloo"))
+    max_restarts: int = _setting(
+        3, "Times the launcher restarts the whole group after a worker was lost, from the last checkpoint, "
+           "before the daemon exits and systemd's Restart= takes over. Each one counts as an interrupted "
+           "attempt of the item in training (spool.max_attempts).", minimum=0)
+    timeout_seconds: float = _setting(
+        1800.0, "Longest a rank waits inside a collective. It must exceed the longest work rank 0 does alone "
+                "between two steps (a checkpoint save, an evaluation, a consolidation); idle and paused, "
+                "rank 0 keeps the group alive well within it.", minimum=10)
+    shutdown_seconds: int = _setting(
+        300, "After a worker was lost, how long the launcher lets the others finish what they are doing (at "
+             "most one step and one checkpoint save) before it kills them. Keep it below the unit's "
+             "TimeoutStopSec.", minimum=1)
+
+
+@dataclass(frozen=True, kw_only=True)
 class Config:
     spool: SpoolConfig = field(default_factory=SpoolConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
@@ -249,6 +282,7 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
 
 SECTIONS: dict[str, type] = {f.name: f.default_factory for f in dataclasses.fields(Config)}  # type: ignore[misc]

@@ -116,5 +116,14 @@ class RestartRequested(Exception):
     """Resident memory kept growing: checkpointed, exit for systemd to restart the daemon cleanly."""
 
 
+class WorldLost(BaseException):
+    """A collective failed: another rank of the group is gone (killed, crashed, unreachable).
+
+    A BaseException, like SystemExit: no ``except Exception`` on the way (the main loop's, an
+    item's failure handling) may take it for an error of the item and carry on with a group
+    that cannot be repaired from inside. The process exits; torch's elastic agent restarts the
+    whole group from the last checkpoint (an interrupted attempt of the item in training)."""
+
+
 class AmbiguousId(TrainerError):
     """A short id matches more than one item: the message lists them."""

@@ -68,3 +68,16 @@ def test_watchdog_pings_go_only_to_a_watchdog_meant_for_this_process(listener):
         sock.recv(100)
     Notifier({"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "30000000", "WATCHDOG_PID": str(os.getpid())}).watchdog()
     assert sock.recv(100) == b"WATCHDOG=1"
+
+
+def test_a_lost_group_asks_for_a_longer_watchdog_and_ready_restores_the_unit_s(listener):
+    path, sock = listener
+    watched = Notifier({"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "6000000"})
+    watched.watchdog_timeout(600)
+    assert sock.recv(4096) == b"WATCHDOG_USEC=600000000"
+    watched.ready("idle")
+    assert sock.recv(4096).decode() == "READY=1\nSTATUS=idle\nWATCHDOG_USEC=6000000"
+    # Without a watchdog, asking for a longer one would arm one that nobody feeds: nothing sent.
+    Notifier({"NOTIFY_SOCKET": str(path)}).watchdog_timeout(600)
+    Notifier({"NOTIFY_SOCKET": str(path)}).status("idle")
+    assert sock.recv(4096) == b"STATUS=idle"

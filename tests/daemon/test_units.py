@@ -72,7 +72,7 @@ def test_hardening_leaves_out_what_breaks_pytorch_and_psutil():
         directives = _directives((UNITS / name).read_text())
         assert not any(d.startswith("MemoryDenyWriteExecute=") for d in directives)  # oneDNN JIT
         assert not any(d.startswith("ProcSubset=") for d in directives)  # /proc/meminfo
-        assert "KillMode=mixed" in directives and "NotifyAccess=main" in directives
+        assert "KillMode=mixed" in directives and "NotifyAccess=all" in directives
         prevent = next(d for d in directives if d.startswith("RestartPreventExitStatus="))
         assert set(prevent.split("=", 1)[1].split()) == {"2", "73", "78"}
 

@@ -94,6 +94,12 @@ class FakeEngine:
     def memory(self) -> dict:
         return {"rss": next(self.rss) if self.rss is not None else 1 << 30, "gpu": None}
 
+    def keep_alive(self) -> None:
+        pass
+
+    def world_view(self) -> dict | None:
+        return None
+
 
 def _raise(refused: DiskUnwritable) -> None:
     raise refused

@@ -32,6 +32,7 @@ LINE_FORMAT = "%(asctime)s %(levelname)-7s %(name)s:%(item_tag)s %(message)s"
 JOURNAL_FORMAT = "%(name)s:%(item_tag)s %(message)s"  # journald adds the time
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S%z"  # with the offset: trainctl logs --since compares exactly
 _item: str | None = None  # the item in training, tagged on every record
+_rank: int | None = None  # this process's rank when training runs on several (None: alone)
 
 
 def tag_item(item_id: str | None) -> None:
@@ -40,12 +41,21 @@ def tag_item(item_id: str | None) -> None:
     _item = item_id
 
 
+def tag_rank(rank: int | None) -> None:
+    """Every record of this process says which rank it comes from (``[rank N]``, ``TRAINER_RANK=``)."""
+    global _rank
+    _rank = rank
+
+
 class ItemTag(logging.Filter):
-    """Adds ``item_id`` and ``item_tag`` (" [ID]" unless the message already names the item)."""
+    """Adds ``item_id`` and ``item_tag`` (" [rank N]" when there are ranks, then " [ID]" unless
+    the message already names the item)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.item_id = _item
-        record.item_tag = f" [{_item}]" if _item and _item not in record.getMessage() else ""
+        record.rank = _rank
+        rank = f" [rank {_rank}]" if _rank is not None else ""
+        record.item_tag = rank + (f" [{_item}]" if _item and _item not in record.getMessage() else "")
         return True
 
 
@@ -94,6 +104,7 @@ class JournalHandler(logging.Handler):
                 _field("SYSLOG_IDENTIFIER", self.identifier), _field("LOGGER", record.name),
                 _field("CODE_FILE", record.pathname), _field("CODE_LINE", str(record.lineno)),
                 _field("TRAINER_ITEM", item) if (item := getattr(record, "item_id", None)) else b"",
+                _field("TRAINER_RANK", str(rank)) if (rank := getattr(record, "rank", None)) is not None else b"",
             ])
             self.sock.sendto(payload, self.address)
         except Exception:
@@ -185,21 +196,29 @@ def unit_name(cgroup_file: str = "/proc/self/cgroup") -> str | None:
     return None
 
 
+def add_log_file(layout, environ=os.environ, stream=sys.stderr) -> bool:
+    """Outside systemd, add the base dir's log file (True); under it, nothing (False). Every
+    process of the trainer on this node adds it (the ranks too: appends of whole records)."""
+    if stderr_is_journal(environ, stream):
+        return False
+    try:
+        make_group_dir(layout.logs_dir)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        sys.stderr.write(f"trainer: cannot create {layout.logs_dir} ({exc.strerror}): no log file\n")
+    logging.getLogger().addHandler(LogFile(layout.log_file))
+    return True
+
+
 def to_base_dir(layout, environ=os.environ, stream=sys.stderr) -> None:
     """Outside systemd, add the base dir's log file; either way, say in ``run/log.json`` where
     the log goes, for ``trainctl logs``. Neither may stop the daemon: both are display only."""
-    journal = stderr_is_journal(environ, stream)
+    journal = not add_log_file(layout, environ, stream)
     target = {"journal": journal, "pid": os.getpid()}
     if journal:
         target.update(unit=unit_name(), identifier=IDENTIFIER)
     else:
-        try:
-            make_group_dir(layout.logs_dir)
-        except FileExistsError:
-            pass
-        except OSError as exc:
-            sys.stderr.write(f"trainer: cannot create {layout.logs_dir} ({exc.strerror}): no log file\n")
-        logging.getLogger().addHandler(LogFile(layout.log_file))
         target["file"] = str(layout.log_file.relative_to(layout.root))
     try:
         write_atomic(layout.tmp, layout.log_target, orjson.dumps(target) + b"\n", durable=False)

@@ -1,6 +1,6 @@
 """``trainer``: the daemon's command line (click, like trainctl).
 
-    trainer run [--base-dir DIR] [--config FILE] [--exit-when-idle]
+    trainer run [--base-dir DIR] [--config FILE] [--exit-when-idle] [--nproc N]
     trainer --version | -h
 
 Start-up stays lean: click here, torch only once the daemon loads the model.
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -35,7 +36,9 @@ def cli() -> None:
 @click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False),
               help="Config file (default: BASE_DIR/config.toml).")
 @click.option("--exit-when-idle", is_flag=True, help="Exit 0 once inbox, pending and active are empty.")
-def run(base_dir: Path, config_path: Path | None, exit_when_idle: bool) -> None:
+@click.option("--nproc", type=click.IntRange(min=1), help="Worker processes on this node, one trainer over all "
+              "of them (default: distributed.nproc of the config, 1).")
+def run(base_dir: Path, config_path: Path | None, exit_when_idle: bool, nproc: int | None) -> None:
     """Run the daemon in the foreground (systemd runs exactly this)."""
     # Whatever umask it was started with, nothing the daemon creates is open to others (the
     # unit sets 0007 anyway): training data and weights may be private, and a world-writable
@@ -50,11 +53,19 @@ def run(base_dir: Path, config_path: Path | None, exit_when_idle: bool) -> None:
         if config_path is not None and not config_path.exists():
             raise ConfigError(f"--config {config_path}: no such file")
         config = load_config(config_path or layout.config_file)
+        if nproc is not None:
+            config = replace(config, distributed=replace(config.distributed, nproc=nproc))
+        if config.distributed.nproc > 1 or config.distributed.nnodes > 1:
+            from trainer.daemon import launch
+
+            launch.check(config.distributed)
     except TrainerError as exc:
         print(f"trainer: {exc}", file=sys.stderr)
         sys.exit(ExitCode.CONFIG)
     if lock_holder(layout) is None:  # else this one exits 73 at once: the running daemon's log stays its own
         logs.to_base_dir(layout)
+    if config.distributed.nproc > 1 or config.distributed.nnodes > 1:
+        sys.exit(int(launch.run_launcher(layout, config, config_path, exit_when_idle)))
     from trainer.daemon.service import Daemon
     from trainer.daemon.sinks import sinks_for
 

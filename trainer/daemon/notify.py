@@ -31,7 +31,16 @@ class Notifier:
             sock.sendall(message.encode("utf-8"))
 
     def ready(self, status: str) -> None:
-        self.send(ready=1, status=_one_line(status))
+        # With the watchdog's own timeout: after a restart of the worker group, which asked for
+        # longer (``watchdog_timeout``) while the model loaded again, it is back to the unit's.
+        timeout = {"watchdog_usec": self.watchdog_usec} if self.watchdog_usec is not None else {}
+        self.send(ready=1, status=_one_line(status), **timeout)
+
+    def watchdog_timeout(self, seconds: float) -> None:
+        """Change the watchdog's timeout from now on (until the next READY restores the unit's);
+        nothing when systemd does not watch (it would arm a watchdog nobody feeds)."""
+        if self.watchdog_usec is not None:
+            self.send(watchdog_usec=int(seconds * 1_000_000))
 
     def status(self, status: str) -> None:
         self.send(status=_one_line(status))

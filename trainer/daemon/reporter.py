@@ -54,6 +54,7 @@ class Activity:
     rss_after_items: list[int] = field(default_factory=list)
     gpu: dict | None = None
     last_eval: dict | None = None  # the last item's held-out evaluation
+    world: dict | None = None  # the ranks (Engine.world_view), when training runs on several
 
     def start_item(self, item_id: str, name: str | None) -> None:
         self.item_id, self.item_name, self.progress = item_id, name, None
@@ -73,6 +74,8 @@ class Reporter:
         # threshold without loading the config (the daemon updates it on a reload).
         self.stale_after_s: float | None = None
         self.started_at = utc_now()
+        # The daemon's pid as trainctl knows it (the lock's): under the launcher, the launcher's.
+        self.pid = os.getpid()
         self._written_at = float("-inf")
         self._published: DaemonState | None = None
         self._state_unwritable = False  # said once in the journal, not at every heartbeat
@@ -89,13 +92,13 @@ class Reporter:
         self._written_at, self._published = now, state
         item = _item_view(activity)
         record = control.daemon_state(
-            state.value, pid=os.getpid(), started_at=self.started_at, now=utc_now(), item=item,
+            state.value, pid=self.pid, started_at=self.started_at, now=utc_now(), item=item,
             last_checkpoint={"step": checkpoint.step, "name": checkpoint.path.name} if checkpoint else None,
             last_error=activity.last_error, reason=reason, model_load_s=activity.model_load_s,
             stale_after_s=self.stale_after_s,
             memory={"rss_after_items": activity.rss_after_items[-5:], "gpu": activity.gpu,
                     "growth_limit": self.memory_growth_limit},
-            last_eval=activity.last_eval)
+            last_eval=activity.last_eval, **({"world": activity.world} if activity.world else {}))
         self._write_state(record)
         self.metrics.state(state, reason)
         self.notifier.status(_summary(state, reason, item))

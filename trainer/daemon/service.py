@@ -113,10 +113,13 @@ class Daemon:
 
     def publish(self, state: DaemonState, *, reason: str | None = None, force: bool = True) -> None:
         checkpoint = self.engine.last_checkpoint if self.engine is not None else None
+        self.activity.world = self.engine.world_view() if self.engine is not None else None
         self.reporter.publish(state, self.activity, checkpoint, reason=reason, force=force)
 
     def wait(self, seconds: float) -> None:
         """Sleep until a signal, a file in the inbox, a new item or a request (or the timeout)."""
+        if self.engine is not None:
+            self.engine.keep_alive()  # other ranks wait in a collective: keep it within its timeout
         for directory, name in self._watcher.wait(seconds):
             if directory == self.layout.inbox:
                 self._renamed.add(name)
@@ -247,8 +250,9 @@ class Daemon:
 
     # --- the main loop --------------------------------------------------------------------------
 
-    def run(self, *, exit_when_idle: bool = False) -> int:
-        lock = DaemonLock(self.layout)
+    def run(self, *, exit_when_idle: bool = False, lock: DaemonLock | None = None) -> int:
+        """``lock``: the base dir's (default); under the launcher, its check that the launcher holds it."""
+        lock = lock or DaemonLock(self.layout)
         try:
             lock.acquire()
         except AlreadyRunning as exc:

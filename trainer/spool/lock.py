@@ -107,3 +107,23 @@ def lock_holder(layout: Layout) -> int | None:
     if is_locked_by_someone(layout.daemon_lock):
         return read_lock_pid(layout.daemon_lock) or 0
     return None
+
+
+class LauncherLock:
+    """The lock as a worker of the distributed launcher sees it: the launcher (this process's
+    parent) holds it for the whole run, across the group's restarts, and the worker never
+    takes it again (a second flock would conflict with the launcher's own). ``acquire`` checks
+    that it is so, and says who holds the base dir otherwise."""
+
+    def __init__(self, layout: Layout, launcher_pid: int) -> None:
+        self.layout = layout
+        self.launcher_pid = launcher_pid
+
+    def acquire(self) -> None:
+        holder = lock_holder(self.layout)
+        if holder != self.launcher_pid:
+            raise AlreadyRunning(f"the lock of {self.layout.root} is held by pid {holder or 'unknown'}, not by this "
+                                 f"worker's launcher (pid {self.launcher_pid}): start the trainer with `trainer run`")
+
+    def release(self) -> None:
+        pass  # the launcher's to release

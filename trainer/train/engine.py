@@ -35,11 +35,12 @@ from trainer.train.examples import RecordEncoder
 from trainer.train.packing import Row
 from trainer.train.protocol import ItemPlan, Progress, TrainState
 from trainer.train.schedule import lr_at, should_checkpoint
-from trainer.train.world import World, shard_indices
+from trainer.train.world import World, place, shard_indices
 
 log = logging.getLogger("trainer.engine")
 
 LOSS_WINDOW = 50
+KEEP_ALIVE_S = 30.0  # idle, the leader posts the followers something this often (or at a quarter of the timeout)
 STATE_FILE = "train_state.json"
 WEIGHTS_FILE = "trainable.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
@@ -71,6 +72,9 @@ class Engine:
         self._since_checkpoint = (0, time.monotonic())  # (optimizer steps, monotonic time)
         self._step_time: float | None = None
         self._process = psutil.Process()
+        self.rank_places = [place()]  # where each rank runs (host, pid), gathered when they load
+        self.rank_memory: list[dict] | None = None  # each rank's memory at the last step (leader)
+        self._last_post = time.monotonic()  # when the followers last heard from the leader
         self.metrics_dir = base / "metrics"
         self.base_eval_cache: dict[str, dict] = {}  # the base model's eval numbers by set (never change)
         # Called with the estimated size before every save; the daemon blocks there until the
@@ -201,6 +205,7 @@ class Engine:
         os.chmod(directory / WEIGHTS_FILE, FILE_MODE)
         torch.save(self.optimizer.state_dict(), directory / OPTIMIZER_FILE)
         torch.save(_rng_state(), directory / RNG_FILE)
+        self.state.world_size = self.world.size
         (directory / STATE_FILE).write_bytes(orjson.dumps(asdict(self.state), option=orjson.OPT_INDENT_2))
 
     def checkpoint(self) -> Checkpoint:
@@ -385,7 +390,8 @@ class Engine:
         lr = lr_at(self.state.global_step, self.config.train, cursor.item_step, plan.total_steps)
         loss, grad_norm, applied = None, None, False
         if targets:
-            loss, grad_norm, applied = step.apply_step(self, self._hand_out(rows, targets, lr), targets, lr)
+            mine = self._hand_out(rows, targets, lr)
+            loss, grad_norm, applied = step.apply_step(self, mine, targets, lr, self.state.global_step)
             self._nonfinite_in_a_row = 0 if applied else self._nonfinite_in_a_row + 1
         cursor.item_step += 1
         if applied:
@@ -419,7 +425,8 @@ class Engine:
             return rows
         size = self.world.size
         shares = [[rows[i] for i in shard_indices(len(rows), rank, size)] for rank in range(size)]
-        return self.world.post([("step", share, targets, lr) for share in shares])[1]
+        self._last_post = time.monotonic()
+        return self.world.post([("step", share, targets, lr, self.state.global_step) for share in shares])[1]
 
     def share_with_followers(self) -> None:
         """After the weights changed other than by a step (start, rollback, a new base): the
@@ -429,6 +436,24 @@ class Engine:
         self.world.post([("load", self.state.base, self.state.micro_batch_size)] * self.world.size)
         self.world.share_tensors(self.params.values())
         self.world.share(self.optimizer.state_dict())
+        self.rank_places = self.world.gather(place())
+        self._last_post = time.monotonic()
+
+    def keep_alive(self) -> None:
+        """Idle or paused, the leader reminds the followers (waiting in a collective) that it is
+        there, well within the group's timeout; at most every 30 s, so it costs nothing."""
+        every = min(KEEP_ALIVE_S, self.config.distributed.timeout_seconds / 4)
+        if self.world.distributed and time.monotonic() - self._last_post > every:
+            self.world.post([("alive",)] * self.world.size)
+            self._last_post = time.monotonic()
+
+    def world_view(self) -> dict | None:
+        """The ranks, for the state file: where each runs and its memory at the last step."""
+        if not self.world.distributed:
+            return None
+        memory = self.rank_memory or [{}] * self.world.size
+        return {"size": self.world.size, "nodes": self.world.nodes,
+                "ranks": [{"rank": rank, **place, **memory[rank]} for rank, place in enumerate(self.rank_places)]}
 
     def release_followers(self) -> None:
         """The leader is done: the followers return from ``follower.follow``."""

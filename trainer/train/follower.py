@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import logging
 
+from trainer.errors import ItemFailed
 from trainer.train import step
 from trainer.train.engine import Engine, seed_everything
+from trainer.train.world import place
 
 log = logging.getLogger("trainer.follower")
 
@@ -25,13 +27,19 @@ def follow(engine: Engine) -> int:
         command = engine.world.receive()
         kind = command[0]
         if kind == "step":
-            _, mine, targets, lr = command
-            step.apply_step(engine, mine, targets, lr)
+            _, mine, targets, lr, step_no = command
+            try:
+                step.apply_step(engine, mine, targets, lr, step_no)
+            except ItemFailed as exc:  # out of memory at micro-batch 1: decided on every rank at once
+                log.warning("rank %d: %s (the leader decides what comes next)", engine.world.rank, exc)
+                continue
             steps += 1
         elif kind == "load":
             _, base, micro_batch_size = command
             _load(engine, base)
             engine.state.micro_batch_size = micro_batch_size
+        elif kind == "alive":  # the leader is idle or paused: nothing to do, the group lives on
+            continue
         elif kind == "stop":
             return steps
         else:
@@ -42,7 +50,17 @@ def _load(engine: Engine, base: str | None) -> None:
     """The leader's model (the configured one, or the base a consolidation moved to), then
     its weights and optimizer state."""
     if getattr(engine, "model", None) is None or engine.state.base != base:
-        engine._load_model(base)
+        engine._load_model(_loadable(engine, base))
         engine.state.base = base
     engine.world.share_tensors(engine.params.values())
     engine.optimizer.load_state_dict(engine.world.share())
+    engine.rank_places = engine.world.gather(place())
+
+
+def _loadable(engine: Engine, base: str | None) -> str | None:
+    """The model to load for ``base``. A node other than the leader's has no ``models/`` of
+    its own: a full fine-tune then loads the configured model, whose every weight the leader
+    overwrites at once (a LoRA base must be there: docs/operations.md#distributed-training)."""
+    if base is not None and not engine.is_lora and not (engine.base / base).exists():
+        return None
+    return base

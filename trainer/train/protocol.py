@@ -27,6 +27,7 @@ class TrainState:
     last_completed: dict | None = None  # {"item_id", "sha256"} of the last item finished
     base: str | None = None  # the model dir trained on (relative to the base dir); None: model.path
     items_completed: int = 0
+    world_size: int = 1  # the ranks that trained up to this checkpoint (it loads on any number)
     # The last item's held-out evaluation ({"item_id", "set", "step", "eval_loss", ...}), saved
     # with the checkpoint that finishes the item, so a crash before the daemon records it
     # loses nothing (and nothing is evaluated twice). None: not evaluated.
@@ -134,3 +135,9 @@ class TrainingEngine(Protocol):
 
     def memory(self) -> dict:
         """{"rss": resident bytes of this process, "gpu": {...} or None}."""
+
+    def keep_alive(self) -> None:
+        """Idle or paused: keep the other ranks' wait within the group's timeout (one process: nothing)."""
+
+    def world_view(self) -> dict | None:
+        """The ranks training together (size, nodes, each rank's host, pid, memory), or None alone."""

@@ -7,6 +7,7 @@ update. Out-of-memory backoff and the non-finite check are decided the same on e
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from typing import TYPE_CHECKING
@@ -23,10 +24,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("trainer.engine")
 
 
-def apply_step(engine: Engine, mine: list[Row], targets: int, lr: float) -> tuple[float, float | None, bool]:
+def apply_step(engine: Engine, mine: list[Row], targets: int, lr: float,
+               step_no: int = 0) -> tuple[float, float | None, bool]:
     """One optimizer step from this rank's rows (every rank calls it with its share): the
     loss and gradient norm (both global), and whether the update was applied (not when
-    either is not finite; the same answer on every rank, as both are global)."""
+    either is not finite; the same answer on every rank, as both are global). ``step_no``:
+    the global step it trains (seeds the ranks' random state, see ``seed_step``)."""
+    if engine.world.distributed:
+        seed_step(engine.config.train.seed, step_no, engine.world.rank)
     loss, grad_norm = gradients(engine, mine, targets)
     applied = math.isfinite(loss) and (grad_norm is None or math.isfinite(grad_norm))
     if applied:
@@ -60,7 +65,7 @@ def gradients(engine: Engine, mine: list[Row], targets: int) -> tuple[float, flo
         engine.state.micro_batch_size = micro // 2
         log.warning("out of memory at micro-batch %d: retrying the step with %d (and twice the "
                     "accumulation, so the batch is unchanged)", micro, micro // 2)
-    total = engine.world.sum(total)
+    total = _global_loss(engine, total)
     engine.world.sum_gradients(engine.params.values())
     max_norm = engine.config.train.max_grad_norm
     if max_norm > 0:
@@ -80,3 +85,22 @@ def backward(engine: Engine, chunk: list[Row], targets: int) -> float:
     del logits
     loss.backward()
     return loss.item()
+
+
+def _global_loss(engine: Engine, mine: float) -> float:
+    """The step's loss summed over ranks; in the same collective, every rank's memory, which
+    the leader keeps for the state file (``Engine.rank_memory``)."""
+    if not engine.world.distributed:
+        return mine
+    gpu = torch.cuda.memory_allocated(engine.device) if engine.device.type == "cuda" else 0
+    rows = engine.world.gather_numbers([mine, engine._process.memory_info().rss, gpu])
+    engine.rank_memory = [{"rss": int(rss), "gpu": int(gpu)} for _, rss, gpu in rows]
+    return math.fsum(row[0] for row in rows)
+
+
+def seed_step(seed: int, step_no: int, rank: int) -> None:
+    """Several ranks: each one's random state (dropout) comes from the seed, the step and the
+    rank alone, so a resumed run draws what the interrupted one would have, whatever the
+    number of ranks before, with no per-rank state in the checkpoint."""
+    digest = hashlib.blake2b(f"{seed}:{step_no}:{rank}".encode(), digest_size=8).digest()
+    torch.manual_seed(int.from_bytes(digest, "little") & (2**63 - 1))

@@ -24,15 +24,39 @@ Roles: rank 0 (the leader) reads the data and owns everything on disk; the other
 (``post``: a scatter, so only node 0 needs the spool and each rank receives only its rows) and
 shares its weights and optimizer state whenever they change other than by a step
 (``share_tensors`` / ``share``: start, rollback, a new base).
+
+A collective that fails means a rank is gone (killed, crashed, unreachable): every one of them
+raises ``WorldLost``, which nothing in the daemon catches, and the elastic agent restarts the
+group from the last checkpoint.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
+import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
+
+from trainer.errors import WorldLost
+
+
+def collective(method):
+    """A collective's failure is the group's end: ``WorldLost`` (see the module's docstring)."""
+
+    @functools.wraps(method)
+    def guarded(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except RuntimeError as exc:  # gloo and NCCL errors (DistBackendError is one)
+            raise WorldLost(f"rank {self.rank}: a collective failed ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0] if str(exc) else ''}): another rank is gone") from exc
+
+    return guarded
 
 
 def shard_indices(count: int, rank: int, size: int) -> range:
@@ -41,6 +65,11 @@ def shard_indices(count: int, rank: int, size: int) -> range:
     base, extra = divmod(count, size)
     start = rank * base + min(rank, extra)
     return range(start, start + base + (1 if rank < extra else 0))
+
+
+def place() -> dict:
+    """Where this process runs, for ``trainctl status``."""
+    return {"host": socket.gethostname(), "pid": os.getpid()}
 
 
 @dataclass(frozen=True)
@@ -62,6 +91,32 @@ class World:
         size = int(os.environ.get("WORLD_SIZE", "1"))
         return cls(int(os.environ.get("RANK", "0")), size)
 
+    @property
+    def local_rank(self) -> int:
+        return int(os.environ.get("LOCAL_RANK", "0"))
+
+    @property
+    def nodes(self) -> int:
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", str(self.size)))
+        return max(1, self.size // max(1, local))
+
+    def join(self, backend: str, timeout_s: float) -> None:
+        """Join the process group the elastic agent set up (its store, rank and size are in
+        the environment). ``backend`` "auto": NCCL with CUDA, gloo otherwise."""
+        if not self.distributed:
+            return
+        if backend == "auto":
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(self.local_rank)
+        torch.distributed.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+
+    def leave(self) -> None:
+        if self.distributed and torch.distributed.is_initialized():
+            with contextlib.suppress(RuntimeError):  # a group already broken has nothing to say
+                torch.distributed.destroy_process_group()
+
+    @collective
     def any(self, flag: bool) -> bool:
         """True on every rank when it is True on any: one decision, taken the same everywhere."""
         if not self.distributed:
@@ -70,6 +125,7 @@ class World:
         torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
         return bool(value.item())
 
+    @collective
     def sum(self, value: float) -> float:
         """The sum over ranks of a float (in float64, so the order adds no visible error)."""
         if not self.distributed:
@@ -78,6 +134,7 @@ class World:
         torch.distributed.all_reduce(total, op=torch.distributed.ReduceOp.SUM)
         return total.item()
 
+    @collective
     def sum_gradients(self, params: Iterable[torch.nn.Parameter]) -> None:
         """Sum every parameter's gradient over ranks, in one flat buffer per dtype and device.
 
@@ -101,6 +158,7 @@ class World:
                 p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
                 offset += n
 
+    @collective
     def post(self, per_rank: list):
         """Leader: hand rank r ``per_rank[r]`` (a scatter); returns the leader's own."""
         if not self.distributed:
@@ -109,12 +167,33 @@ class World:
         torch.distributed.scatter_object_list(mine, per_rank, src=0)
         return mine[0]
 
+    @collective
     def receive(self):
         """Follower: what the leader posted to this rank."""
         mine = [None]
         torch.distributed.scatter_object_list(mine, None, src=0)
         return mine[0]
 
+    @collective
+    def gather(self, value) -> list:
+        """Every rank's ``value`` (a picklable object), in rank order, on every rank."""
+        if not self.distributed:
+            return [value]
+        values = [None] * self.size
+        torch.distributed.all_gather_object(values, value)
+        return values
+
+    @collective
+    def gather_numbers(self, numbers: list[float]) -> list[list[float]]:
+        """Every rank's ``numbers`` (the same count on each), in rank order, as float64."""
+        if not self.distributed:
+            return [list(numbers)]
+        mine = torch.tensor(numbers, dtype=torch.float64)
+        rows = [torch.empty_like(mine) for _ in range(self.size)]
+        torch.distributed.all_gather(rows, mine)
+        return [row.tolist() for row in rows]
+
+    @collective
     def share(self, value=None):
         """The leader's ``value`` on every rank (a picklable object; the followers pass None)."""
         if not self.distributed:
@@ -123,6 +202,7 @@ class World:
         torch.distributed.broadcast_object_list(box, src=0)
         return box[0]
 
+    @collective
     def share_tensors(self, tensors: Iterable[torch.Tensor]) -> None:
         """Overwrite every rank's ``tensors`` with the leader's, one flat buffer per dtype/device."""
         if not self.distributed:

@@ -1,0 +1,277 @@
+"""`trainer run --nproc 2`: the real launcher, torch's elastic agent and two gloo ranks on the
+tiny demo model, driven as an operator would (signals, kill -9, trainctl requests).
+
+Each test starts real process trees; the workers are found by their process names
+(``trainer-rank0``, ``trainer-rank1``), and every test ends with none of them left.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+import torch
+from helpers.common import REPO
+from helpers.daemon_proc import DaemonProcess, enqueue_sample, metric_steps, small_config
+from safetensors.torch import load_file
+
+from trainer.config import default_config_toml
+from trainer.spool import control, queue
+from trainer.spool.layout import init_base, open_base
+from trainer.spool.lock import DaemonLock, lock_holder
+from trainer.states import ItemState
+from trainer.train.checkpoint import CheckpointStore
+from trainer.train.engine import WEIGHTS_FILE
+
+# Deterministic kernels: the 2-rank run must end where one process ends. A short group
+# timeout, so that a pause outlasting it proves the keep-alive.
+CONFIG = small_config(train={"deterministic": True}, distributed={"timeout_seconds": 10.0, "max_restarts": 3})
+
+
+@pytest.fixture
+def base(tmp_path, demo_model):
+    return _base(tmp_path / "base", demo_model, CONFIG)
+
+
+def _base(root, demo_model, config: str):
+    layout, _ = init_base(root, default_config_toml())
+    layout.config_file.write_text(config)
+    shutil.copytree(demo_model, layout.root / "models" / "base")
+    return layout
+
+
+@pytest.fixture
+def daemons():
+    started: list[DaemonProcess] = []
+
+    def start(layout, *args):
+        daemon = DaemonProcess(layout, *args)
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        daemon.kill()
+    for daemon in started:  # the workers die with their launcher (PR_SET_PDEATHSIG)
+        wait_gone(getattr(daemon, "worker_pids_seen", ()), what="workers of a killed launcher")
+
+
+def ranks(daemon: DaemonProcess) -> dict[int, int]:
+    """rank -> pid of the launcher's workers that have taken their rank's name."""
+    found = {}
+    try:
+        children = psutil.Process(daemon.pid).children()
+    except psutil.NoSuchProcess:
+        return found
+    for child in children:
+        try:
+            name = child.name()
+        except psutil.NoSuchProcess:
+            continue
+        if (match := re.fullmatch(r"trainer-rank(\d+)", name)) and child.status() != psutil.STATUS_ZOMBIE:
+            found[int(match.group(1))] = child.pid
+    seen = getattr(daemon, "worker_pids_seen", set())
+    daemon.worker_pids_seen = seen | set(found.values())
+    return found
+
+
+def wait_ranks(daemon: DaemonProcess, count: int = 2, timeout: float = 120) -> dict[int, int]:
+    daemon.wait_for(lambda: len(ranks(daemon)) == count, timeout=timeout, what=f"{count} workers")
+    return ranks(daemon)
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def wait_gone(pids, timeout: float = 30, what: str = "processes") -> None:
+    deadline = time.monotonic() + timeout
+    while any(alive(pid) for pid in pids):
+        assert time.monotonic() < deadline, f"{what} still alive: {[p for p in pids if alive(p)]}"
+        time.sleep(0.1)
+
+
+def final_weights(layout) -> dict[str, torch.Tensor]:
+    checkpoint = CheckpointStore(layout.root / "checkpoints").latest_valid()
+    return load_file(str(checkpoint.path / WEIGHTS_FILE))
+
+
+def max_difference(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max((a[name] - b[name]).abs().max().item() for name in a)
+
+
+def log_of(daemon: DaemonProcess) -> str:
+    """All the daemon's output (``output()`` keeps the tail)."""
+    return (daemon.layout.root.parent / "daemon.log").read_text(errors="replace")
+
+
+def followers_stop_steps(output: str) -> list[int]:
+    return [int(n) for n in re.findall(r"\[rank 1\] rank 1: stopped by rank 0 after (\d+) step", output)]
+
+
+# --- tests ------------------------------------------------------------------------------------
+
+
+def test_two_ranks_train_the_queue_to_the_weights_one_process_reaches(base, tmp_path, demo_model, daemons):
+    alone = _base(tmp_path / "alone" / "base", demo_model, CONFIG)
+    for layout in (base, alone):
+        for seed in (1, 2):
+            enqueue_sample(layout, layout.root.parent, records=40, seed=seed, name=f"{layout.root.name}{seed}")
+    two = daemons(base, "--nproc", "2", "--exit-when-idle")
+    wait_ranks(two)
+    assert two.finish(300) == 0, two.output()
+    one = daemons(alone, "--exit-when-idle")
+    assert one.finish(300) == 0, one.output()
+
+    assert len(queue.list_items(base, [ItemState.DONE])) == 2
+    # The same update as one process over the same global batch: fp32 sums in another order.
+    assert max_difference(final_weights(base), final_weights(alone)) <= 1e-5
+    state = two.state()
+    assert state["pid"] == two.pid, "trainctl knows the daemon by the lock's holder: the launcher"
+    world = state["world"]
+    assert world["size"] == 2 and world["nodes"] == 1
+    assert [r["rank"] for r in world["ranks"]] == [0, 1] and all(r["rss"] > 0 for r in world["ranks"])
+    output = log_of(two)
+    assert "[rank 1] rank 1 of 2: following rank 0" in output and "[rank 0]" in output
+    # Both ranks stopped at the end of the queue, the follower after every step the leader took.
+    assert followers_stop_steps(output) == [state["last_checkpoint"]["step"]]
+    assert not os.path.exists(base.root / "logs") or "[rank 1]" in (base.root / "logs" / "trainer.log").read_text()
+
+
+def test_sigterm_stops_every_rank_on_the_same_step_and_one_process_resumes(base, daemons):
+    item = enqueue_sample(base, base.root.parent, records=300)
+    daemon = daemons(base, "--nproc", "2")
+    workers = wait_ranks(daemon)
+    daemon.wait_for(lambda: daemon.step() >= 3, timeout=180, what="step 3")
+    daemon.proc.send_signal(signal.SIGTERM)
+    assert daemon.finish(120) == 0, daemon.output()
+    wait_gone(workers.values(), what="workers after a stop")
+    stopped_at = daemon.state()["last_checkpoint"]["step"]
+    assert followers_stop_steps(log_of(daemon)) == [stopped_at]
+    meta = queue.find(base, item).meta
+    assert queue.find(base, item).state is ItemState.PENDING and meta.attempts == 0  # a stop is no failure
+
+    # The 2-rank checkpoint goes on in one process: every step trained exactly once.
+    one = daemons(base, "--exit-when-idle")
+    assert one.finish(300) == 0, one.output()
+    steps = metric_steps(base, item)
+    assert queue.find(base, item).state is ItemState.DONE
+    assert sorted(steps) == list(range(1, max(steps) + 1)), steps
+
+
+def test_a_killed_worker_restarts_the_group_from_the_checkpoint(base, daemons):
+    item = enqueue_sample(base, base.root.parent, records=200)
+    daemon = daemons(base, "--nproc", "2", "--exit-when-idle")
+    workers = wait_ranks(daemon)
+    daemon.wait_for(lambda: daemon.step() >= 4, timeout=180, what="step 4")
+    os.kill(workers[1], signal.SIGKILL)
+    assert daemon.finish(300) == 0, daemon.output()
+    output = log_of(daemon)
+    assert "was interrupted; back to the head of its queue (attempt 2 of 3)" in output
+    assert queue.find(base, item).state is ItemState.DONE and queue.find(base, item).meta.attempts == 1
+    steps = metric_steps(base, item)
+    assert set(steps) == set(range(1, max(steps) + 1)) and steps.count(1) == 1, steps  # resumed, not redone
+    assert not any(alive(pid) for pid in workers.values())
+
+
+def test_sighup_reloads_in_the_same_processes_and_kill_9_of_the_launcher_leaves_no_worker(base, daemons):
+    enqueue_sample(base, base.root.parent, records=300)
+    daemon = daemons(base, "--nproc", "2")
+    workers = wait_ranks(daemon)
+    daemon.wait_for(lambda: daemon.step() >= 2, timeout=180, what="step 2")
+    base.config_file.write_text(CONFIG.replace("heartbeat_seconds = 0.2", "heartbeat_seconds = 0.3"))
+    daemon.proc.send_signal(signal.SIGHUP)
+    daemon.wait_for(lambda: "config reloaded" in log_of(daemon), timeout=60, what="the reload")
+    step = daemon.step()
+    daemon.wait_for(lambda: daemon.step() > step, timeout=60, what="training after the reload")
+    assert ranks(daemon) == workers, "a reload must never restart the workers"
+
+    daemon.proc.kill()
+    daemon.proc.wait(10)
+    wait_gone(workers.values(), what="workers of a launcher killed with -9")
+    assert lock_holder(base) is None
+
+
+def test_sigabrt_prints_every_rank_s_stack_even_a_stopped_one(base, daemons):
+    enqueue_sample(base, base.root.parent, records=300)
+    daemon = daemons(base, "--nproc", "2")
+    workers = wait_ranks(daemon)
+    daemon.wait_for(lambda: daemon.step() >= 2, timeout=180, what="step 2")
+    os.kill(workers[1], signal.SIGSTOP)  # hung: rank 0 waits in the next collective
+    daemon.proc.send_signal(signal.SIGABRT)  # what systemd's watchdog sends the main pid
+    assert daemon.finish(60) == -signal.SIGABRT
+    output = log_of(daemon)
+    assert "in _follow" in output and "in _lead" in output, output[-3000:]  # rank 1's stack, rank 0's
+    assert "in abort_all" in output  # and the launcher's own
+    wait_gone(workers.values(), what="workers after an abort")
+
+
+def test_pause_outlasts_the_group_timeout_and_stop_reaches_every_rank(base, daemons):
+    first = enqueue_sample(base, base.root.parent, records=300, seed=1, name="first")
+    daemon = daemons(base, "--nproc", "2")
+    workers = wait_ranks(daemon)
+    daemon.wait_for(lambda: daemon.step() >= 2, timeout=180, what="step 2")
+    control.send_pause(base, reason="test")
+    daemon.wait_for(lambda: daemon.state().get("state") == "paused", timeout=60, what="paused")
+    paused_at = daemon.step()
+    time.sleep(15)  # longer than the group's timeout (10 s): only the leader's keep-alive saves it
+    assert daemon.step() == paused_at
+    control.send_resume(base)
+    daemon.wait_for(lambda: daemon.step() > paused_at, timeout=60, what="training after the pause")
+    assert ranks(daemon) == workers and "interrupted" not in log_of(daemon)
+    control.send_skip(base, first, reason="test")
+    daemon.wait_for(lambda: queue.find(base, first).state is ItemState.SKIPPED, timeout=60, what="the skip")
+    control.send_stop(base, reason="test")
+    assert daemon.finish(120) == 0, daemon.output()
+    assert followers_stop_steps(log_of(daemon)) == [daemon.state()["last_checkpoint"]["step"]]
+
+
+def test_a_locked_base_dir_exits_73_and_a_bad_group_78_before_any_worker(base, tmp_path):
+    lock = DaemonLock(base)
+    lock.acquire()
+    try:
+        locked = _trainer(base, "--nproc", "2")
+    finally:
+        lock.release()
+    assert locked.returncode == 73 and "already runs" in locked.stderr
+    base.config_file.write_text(small_config(distributed={"nnodes": 2}))
+    bad = _trainer(base)
+    assert bad.returncode == 78 and "distributed.rendezvous" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_two_nodes_on_one_machine_train_one_model(tmp_path, demo_model):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    group = {"nnodes": 2, "nproc": 1, "rendezvous": f"127.0.0.1:{port}", "timeout_seconds": 60.0}
+    node0 = _base(tmp_path / "node0" / "base", demo_model, small_config(distributed={**group, "node_rank": 0}))
+    node1 = _base(tmp_path / "node1" / "base", demo_model, small_config(distributed={**group, "node_rank": 1}))
+    item = enqueue_sample(node0, tmp_path, records=40)
+    first = DaemonProcess(node0, "--exit-when-idle")
+    second = DaemonProcess(node1)
+    try:
+        assert first.finish(300) == 0, first.output()
+        assert second.finish(120) == 0, second.output()  # told to stop by rank 0
+    finally:
+        first.kill()
+        second.kill()
+    assert queue.find(node0, item).state is ItemState.DONE
+    assert "[rank 1] rank 1 of 2: following rank 0" in log_of(second)
+    assert not list(open_base(node1.root).root.glob("metrics/*.jsonl")), "node 1 writes nothing of the queue's"
+
+
+def _trainer(layout, *args):
+    return subprocess.run([sys.executable, "-m", "trainer.daemon", "run", "--base-dir", str(layout.root), *args],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
