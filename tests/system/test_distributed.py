@@ -220,6 +220,7 @@ def test_sigabrt_prints_every_rank_s_stack_even_a_stopped_one(base, daemons):
 
 def test_pause_outlasts_the_group_timeout_and_stop_reaches_every_rank(base, daemons):
     first = enqueue_sample(base, base.root.parent, records=300, seed=1, name="first")
+    second = enqueue_sample(base, base.root.parent, records=300, seed=2, name="second")
     daemon = daemons(base, "--nproc", "2")
     workers = wait_ranks(daemon)
     daemon.wait_for(lambda: daemon.step() >= 2, timeout=180, what="step 2")
@@ -232,7 +233,10 @@ def test_pause_outlasts_the_group_timeout_and_stop_reaches_every_rank(base, daem
     daemon.wait_for(lambda: daemon.step() > paused_at, timeout=60, what="training after the pause")
     assert ranks(daemon) == workers and "interrupted" not in log_of(daemon)
     control.send_skip(base, first, reason="test")
-    daemon.wait_for(lambda: queue.find(base, first).state is ItemState.SKIPPED, timeout=60, what="the skip")
+    daemon.wait_for(lambda: queue.find(base, first).state is ItemState.FAILED, timeout=60, what="the skip")
+    # The next item trains on both ranks: the follower never knew about the skip.
+    daemon.wait_for(lambda: (daemon.state().get("item") or {}).get("id") == second and daemon.step() >= 1,
+                    timeout=60, what="the next item")
     control.send_stop(base, reason="test")
     assert daemon.finish(120) == 0, daemon.output()
     assert followers_stop_steps(log_of(daemon)) == [daemon.state()["last_checkpoint"]["step"]]
