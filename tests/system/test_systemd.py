@@ -28,10 +28,13 @@ VENV = Path("/opt/trainer")
 SOURCE = Path("/opt/trainer-source")  # the checkout, as the box sees it
 TRAINCTL = str(VENV / "bin" / "trainctl")
 SYSTEM_PYTHON = Path(f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}")
+# As pip writes console scripts: guarded, because the distributed launcher's workers (spawned
+# interpreters) import the main script again.
 ENTRY_SCRIPT = """#!{venv}/bin/python
 import sys
 from {module} import main
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())
 """
 
 
@@ -370,3 +373,83 @@ def test_only_members_of_the_trainer_group_can_steer_it(unit):
     box.wait_for(lambda: state(box).get("state") == "paused", what="paused")
     trainctl(box, "resume", user="alice")
     box.wait_for(lambda: state(box).get("state") == "idle", what="resumed")
+
+
+# --- [distributed] nproc = 2: the launcher as the main pid, two gloo ranks ------------------
+
+@pytest.fixture
+def two_ranks(unit):
+    """trainer.service with ``[distributed] nproc = 2`` (the test config restored after), and a
+    watchdog of 20 s: three processes on two busy cores can take longer than 6 s over an item's
+    survey and its first step."""
+    config = unit.path("/etc/trainer/config.toml")
+    config.write_text(small_config(daemon={"heartbeat_seconds": 0.5}, distributed={"nproc": 2}))
+    slower = unit.path("/etc/systemd/system/trainer.service.d/two-ranks.conf")
+    slower.write_text("[Service]\nWatchdogSec=20s\n")
+    unit.systemctl("daemon-reload")
+    yield unit
+    unit.systemctl("stop", "trainer.service", check=False)
+    slower.unlink()
+    unit.systemctl("daemon-reload")
+    config.write_text(CONFIG)
+
+
+def worker_pids(box) -> dict[int, int]:
+    """rank -> pid (in the box) of the main pid's workers, by their process names."""
+    listing = box.run("ps", "-o", "pid=,comm=", "--ppid", str(main_pid(box)), check=False).stdout
+    found = {}
+    for line in listing.splitlines():
+        pid, _, name = line.strip().partition(" ")
+        if name.strip().startswith("trainer-rank"):
+            found[int(name.strip().removeprefix("trainer-rank"))] = int(pid)
+    return found
+
+
+def journal_text(box) -> str:
+    return "\n".join(m for e in box.journal("trainer.service") if isinstance(m := e.get("MESSAGE"), str))
+
+
+def test_two_ranks_reach_ready_survive_a_lost_worker_and_a_reload_and_stop_cleanly(two_ranks):
+    box = two_ranks
+    item_id = start_and_wait_training(box)
+    launcher = main_pid(box)
+    workers = worker_pids(box)
+    assert sorted(workers) == [0, 1] and launcher not in workers.values()
+    # trainctl knows the daemon as the main pid; the state file lists both ranks.
+    status = orjson.loads(trainctl(box, "status", "--json").stdout)
+    assert status["daemon"]["liveness"] == "running" and status["daemon"]["pid"] == launcher
+    assert state(box)["world"]["size"] == 2
+
+    box.systemctl("reload", "trainer")  # SIGHUP to the main pid: a reload, never a restart
+    box.wait_for(lambda: "config reloaded" in journal_text(box), what="the reload")
+    step = training_step(box)
+    box.wait_for(lambda: training_step(box) > step, what="training after the reload")
+    assert worker_pids(box) == workers and main_pid(box) == launcher
+
+    box.run("kill", "-9", str(workers[1]))  # the group restarts inside the unit, from the checkpoint
+    box.wait_for(lambda: "was interrupted" in journal_text(box), timeout=120, what="the group's restart")
+    box.wait_for(lambda: worker_pids(box).keys() == {0, 1} and worker_pids(box)[1] != workers[1]
+                 and state(box).get("state") == "training", timeout=120, what="training again")
+    shown = box.show("trainer.service", "ActiveState", "NRestarts", "MainPID")
+    assert shown == {"ActiveState": "active", "NRestarts": "0", "MainPID": str(launcher)}, shown
+
+    box.systemctl("stop", "trainer")
+    shown = box.show("trainer.service", "ActiveState", "Result", "ExecMainStatus")
+    assert shown == {"ActiveState": "inactive", "Result": "success", "ExecMainStatus": "0"}, shown
+    assert item_state(box, item_id) == "pending" and item_meta(box, item_id)["attempts"] == 1
+    assert "stopped by rank 0" in journal_text(box)  # the follower stopped on the leader's word
+
+
+def test_a_stopped_worker_trips_the_watchdog_and_the_journal_has_every_rank_s_stack(two_ranks):
+    box = two_ranks
+    start_and_wait_training(box)
+    launcher = main_pid(box)
+    box.run("kill", "-STOP", str(worker_pids(box)[1]))  # rank 0 waits in its next collective: no pings
+    box.wait_for(lambda: box.show("trainer.service", "NRestarts")["NRestarts"] == "1", timeout=120,
+                 what="the watchdog's restart")
+    wait_ready_again(box, launcher)
+    text = journal_text(box)
+    assert "Watchdog timeout" in text
+    # The launcher relayed the SIGABRT: the stopped rank's stack, the leader's, its own.
+    assert "in _follow" in text and "in _lead" in text and "in abort_all" in text
+    box.wait_for(lambda: training_step(box) >= 1, timeout=120, what="training after the restart")

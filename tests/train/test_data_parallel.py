@@ -52,6 +52,13 @@ def test_two_ranks_compute_the_same_update_as_one_process(tmp_path, demo_model):
     assert worst <= 1e-6, worst
     follower = torch.load(tmp_path / "out-2.pt.rank-1", weights_only=True)
     assert all(torch.equal(follower[n], two["params"][n]) for n in follower), "the follower ends on the leader's weights"
+    # Determinism: a second 2-rank run (deterministic mode, one thread a rank) ends on the
+    # same weights, bit for bit, and with the same losses.
+    again_base = tmp_path / "world-2-again"
+    shutil.copytree(demo_model, again_base / "models" / "base")
+    again = _train(2, again_base, data, tmp_path / "out-2-again.pt", micro=4, accum=2)
+    assert again["losses"] == two["losses"]
+    assert all(torch.equal(again["params"][n], two["params"][n]) for n in two["params"])
 
 
 def test_a_checkpoint_written_by_two_ranks_resumes_in_one_process_and_the_reverse(tmp_path, demo_model):

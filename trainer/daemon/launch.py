@@ -41,8 +41,10 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from trainer.config import Config, DistributedConfig
+from trainer.daemon.notify import Notifier
 from trainer.errors import AlreadyRunning, ConfigError
 from trainer.exitcodes import ExitCode
+from trainer.spool.control import STARTUP_ALLOWANCE_S
 from trainer.spool.layout import Layout
 from trainer.spool.lock import DaemonLock
 
@@ -107,6 +109,9 @@ def run_launcher(layout: Layout, config: Config, config_path: Path | None, exit_
         relay.start()
         for signum in RELAYED:
             signal.signal(signum, relay.take)
+        # Nobody pings the watchdog until rank 0 runs: the workers' imports and the model's load
+        # get the start-up allowance; rank 0's READY brings back the unit's timeout.
+        Notifier().watchdog_timeout(STARTUP_ALLOWANCE_S)
         if os.environ.get("WATCHDOG_PID") == str(os.getpid()):
             del os.environ["WATCHDOG_PID"]  # meant for whoever feeds it: rank 0 (NotifyAccess=all)
         return _launch(layout, dist, config_path, exit_when_idle)
