@@ -35,12 +35,12 @@ from trainer.train.examples import RecordEncoder
 from trainer.train.packing import Row
 from trainer.train.protocol import ItemPlan, Progress, TrainState
 from trainer.train.schedule import lr_at, should_checkpoint
-from trainer.train.world import World, place, shard_indices
+from trainer.train.leader import Leader
+from trainer.train.world import World
 
 log = logging.getLogger("trainer.engine")
 
 LOSS_WINDOW = 50
-KEEP_ALIVE_S = 30.0  # idle, the leader posts the followers something this often (or at a quarter of the timeout)
 STATE_FILE = "train_state.json"
 WEIGHTS_FILE = "trainable.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
@@ -72,9 +72,7 @@ class Engine:
         self._since_checkpoint = (0, time.monotonic())  # (optimizer steps, monotonic time)
         self._step_time: float | None = None
         self._process = psutil.Process()
-        self.rank_places = [place()]  # where each rank runs (host, pid), gathered when they load
-        self.rank_memory: list[dict] | None = None  # each rank's memory at the last step (leader)
-        self._last_post = time.monotonic()  # when the followers last heard from the leader
+        self.leader = Leader(self.world)  # the commands rank 0 posts the others (leader.py)
         self.metrics_dir = base / "metrics"
         self.base_eval_cache: dict[str, dict] = {}  # the base model's eval numbers by set (never change)
         # Called with the estimated size before every save; the daemon blocks there until the
@@ -390,7 +388,7 @@ class Engine:
         lr = lr_at(self.state.global_step, self.config.train, cursor.item_step, plan.total_steps)
         loss, grad_norm, applied = None, None, False
         if targets:
-            mine = self._hand_out(rows, targets, lr)
+            mine = self.leader.hand_out(rows, targets, lr, self.state.global_step)
             loss, grad_norm, applied = step.apply_step(self, mine, targets, lr, self.state.global_step)
             self._nonfinite_in_a_row = 0 if applied else self._nonfinite_in_a_row + 1
         cursor.item_step += 1
@@ -419,46 +417,19 @@ class Engine:
                         eta_s=max(0, plan.total_steps - cursor.item_step) * self._step_time,
                         host_rss_bytes=self._process.memory_info().rss, gpu_bytes=gpu)
 
-    def _hand_out(self, rows: list[Row], targets: int, lr: float) -> list[Row]:
-        """The leader posts every follower its share of the step; returns its own."""
-        if not self.world.distributed:
-            return rows
-        size = self.world.size
-        shares = [[rows[i] for i in shard_indices(len(rows), rank, size)] for rank in range(size)]
-        self._last_post = time.monotonic()
-        return self.world.post([("step", share, targets, lr, self.state.global_step) for share in shares])[1]
-
     def share_with_followers(self) -> None:
-        """After the weights changed other than by a step (start, rollback, a new base): the
-        followers load the same model and take the leader's weights and optimizer state."""
-        if not self.world.distributed:
-            return
-        self.world.post([("load", self.state.base, self.state.micro_batch_size)] * self.world.size)
-        self.world.share_tensors(self.params.values())
-        self.world.share(self.optimizer.state_dict())
-        self.rank_places = self.world.gather(place())
-        self._last_post = time.monotonic()
+        """After the weights changed other than by a step (start, rollback, a new base)."""
+        self.leader.share(self.state.base, self.state.micro_batch_size, list(self.params.values()),
+                          self.optimizer.state_dict() if self.world.distributed else {})
 
     def keep_alive(self) -> None:
-        """Idle or paused, the leader reminds the followers (waiting in a collective) that it is
-        there, well within the group's timeout; at most every 30 s, so it costs nothing."""
-        every = min(KEEP_ALIVE_S, self.config.distributed.timeout_seconds / 4)
-        if self.world.distributed and time.monotonic() - self._last_post > every:
-            self.world.post([("alive",)] * self.world.size)
-            self._last_post = time.monotonic()
+        self.leader.keep_alive(self.config.distributed.timeout_seconds)
 
     def world_view(self) -> dict | None:
-        """The ranks, for the state file: where each runs and its memory at the last step."""
-        if not self.world.distributed:
-            return None
-        memory = self.rank_memory or [{}] * self.world.size
-        return {"size": self.world.size, "nodes": self.world.nodes,
-                "ranks": [{"rank": rank, **place, **memory[rank]} for rank, place in enumerate(self.rank_places)]}
+        return self.leader.view()
 
     def release_followers(self) -> None:
-        """The leader is done: the followers return from ``follower.follow``."""
-        if self.world.distributed:
-            self.world.post([("stop",)] * self.world.size)
+        self.leader.release()
 
 class _MetricsFile:
     """Per-item metrics, one JSON line per optimizer step, for people to plot. Appended whole

@@ -3,7 +3,7 @@
 Followers read no data, write nothing to disk and take no decision: every choice (which
 item, when to stop, skip or pause, when to checkpoint) is the leader's, and reaches them as
 the next command. They hold the same weights and optimizer state as the leader because they
-start from the leader's (``Engine.share_with_followers``) and then apply the same summed
+start from the leader's (``Leader.share``) and then apply the same summed
 gradients at every step.
 """
 
@@ -54,7 +54,7 @@ def _load(engine: Engine, base: str | None) -> None:
         engine.state.base = base
     engine.world.share_tensors(engine.params.values())
     engine.optimizer.load_state_dict(engine.world.share())
-    engine.rank_places = engine.world.gather(place())
+    engine.leader.places = engine.world.gather(place())
 
 
 def _loadable(engine: Engine, base: str | None) -> str | None:

@@ -89,12 +89,12 @@ def backward(engine: Engine, chunk: list[Row], targets: int) -> float:
 
 def _global_loss(engine: Engine, mine: float) -> float:
     """The step's loss summed over ranks; in the same collective, every rank's memory, which
-    the leader keeps for the state file (``Engine.rank_memory``)."""
+    the leader keeps for the state file (``Leader.memory``)."""
     if not engine.world.distributed:
         return mine
     gpu = torch.cuda.memory_allocated(engine.device) if engine.device.type == "cuda" else 0
     rows = engine.world.gather_numbers([mine, engine._process.memory_info().rss, gpu])
-    engine.rank_memory = [{"rss": int(rss), "gpu": int(gpu)} for _, rss, gpu in rows]
+    engine.leader.memory = [{"rss": int(rss), "gpu": int(gpu)} for _, rss, gpu in rows]
     return math.fsum(row[0] for row in rows)
 
 
