@@ -3,8 +3,8 @@
     .venv/bin/python bench/profile_train.py [--model 34m] [--records 600] [--runs 1]
 
 Same model, data, rows and hyperparameters as bench/bench_train.py (8 sequences a step, rows
-of 256, AdamW lr 1e-3, clip 1.0, fp32 CPU, torch's default threads). Two contenders, each in
-its own process, alternating when --runs > 1 (medians):
+of 256, AdamW lr 1e-3, clip 1.0, fp32 CPU, torch's default threads unless --threads). Two
+contenders, each in its own process, alternating when --runs > 1 (medians):
 
 - engine: this project's Engine, unchanged, packed rows of 256 tokens;
 - hf-flat: transformers.Trainer with DataCollatorWithFlattening (the 8 examples of a step
@@ -19,6 +19,13 @@ different token counts compare directly. Then torch.profiler (record_shapes) wat
 of about --profile-tokens real tokens on each side (excluded from the phase figures, since
 the profiler slows the step) and prints the top operators side by side, and the input
 shapes of the heaviest ones.
+
+    .venv/bin/python bench/profile_train.py --model 34m --shapes --threads 1 [--runs 5]
+
+--shapes instead compares row shapes in one process, interleaved (ABC CBA ...), medians of
+--runs: the forward and backward of ~2,048 tokens as the engine's 8 packed rows of 256, as 4
+micro-batches of 2 rows, as 6 flattened rows of 342 (the Trainer's padding-free step), and
+as 8 rows of plain causal attention (no packing mask); then one AdamW step and one clip.
 """
 
 from __future__ import annotations
@@ -278,6 +285,72 @@ def _result(phases: Phases, window: Window, counts: dict, seconds: float, top: i
             "window_tokens": window.window_tokens, **window.operators(top)}
 
 
+SHAPES = ("rows 8x256", "rows 2x256, 4 times", "flat 1x342, 6 times", "rows 8x256 causal, no mask")
+
+
+def compare_shapes(model_name: str, reps: int) -> None:
+    """Milliseconds per 1,000 tokens of forward + backward for each of SHAPES, interleaved."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from trainer.train.demo_model import build_demo_model
+    from trainer.train.loss import forward_packed, summed_loss
+
+    work = Path(tempfile.mkdtemp(prefix="profile-shapes-"))
+    try:
+        build_demo_model(work / "model", **MODELS[model_name])
+        model = AutoModelForCausalLM.from_pretrained(work / "model", dtype=torch.float32, attn_implementation="sdpa")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    vocab = model.config.vocab_size
+    example = 42  # the mean example length of bench_train.py's data
+
+    def batch(rows: int, length: int, mask: bool = True) -> int:
+        ids = torch.randint(10, vocab, (rows, length))
+        if mask:  # position ids restarting every `example` tokens: transformers masks per example
+            logits = forward_packed(model, ids, torch.arange(length).remainder(example).repeat(rows, 1))
+        else:
+            logits = model(input_ids=ids, use_cache=False).logits
+        (summed_loss(logits, ids) / ids.numel()).backward()
+        return ids.numel()
+
+    plans = {SHAPES[0]: lambda: batch(8, 256), SHAPES[1]: lambda: sum(batch(2, 256) for _ in range(4)),
+             SHAPES[2]: lambda: sum(batch(1, 342) for _ in range(6)), SHAPES[3]: lambda: batch(8, 256, mask=False)}
+
+    def timed(plan) -> float:
+        start = time.perf_counter()
+        tokens = plan()
+        model.zero_grad(set_to_none=False)
+        return 1e6 * (time.perf_counter() - start) / tokens
+
+    for plan in plans.values():  # warm-up
+        timed(plan)
+    runs: dict[str, list[float]] = {name: [] for name in plans}
+    for rep in range(reps):
+        for name in (SHAPES if rep % 2 == 0 else SHAPES[::-1]):
+            runs[name].append(timed(plans[name]))
+    optimizer.step()  # the first step allocates AdamW's state
+
+    def seconds(call) -> float:
+        start = time.perf_counter()
+        call()
+        return time.perf_counter() - start
+
+    optimizer_s = statistics.median(seconds(optimizer.step) for _ in range(3))
+    clip_s = statistics.median(seconds(lambda: torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0))
+                               for _ in range(3))
+    base = statistics.median(runs[SHAPES[0]])
+    print(f"threads: {torch.get_num_threads()}, medians of {reps}\n")
+    print("| forward + backward of ~2,048 tokens as | ms per 1,000 tokens | vs 8 rows |")
+    print("|---|---:|---:|")
+    for name, values in runs.items():
+        print(f"| {name} | {statistics.median(values):,.1f} | {statistics.median(values) / base:.2f}x |")
+    print(f"\none AdamW step {1e3 * optimizer_s:,.1f} ms, one clip {1e3 * clip_s:,.1f} ms (per optimizer step, "
+          f"whatever its tokens)")
+
+
 def run_worker(side: str, work: Path, data: Path, args: argparse.Namespace) -> dict:
     argv = [sys.executable, __file__, "--worker", side, "--work", str(work), "--model", args.model, "--data",
             str(data), "--profile-tokens", str(args.profile_tokens), "--top", str(args.top), "--threads",
@@ -334,6 +407,7 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("--hf-batch", type=int, default=BATCH, help="examples per step of the HF side")
     parser.add_argument("--threads", type=int, default=0, help="torch threads in each side (0: torch's default)")
+    parser.add_argument("--shapes", action="store_true", help="compare row shapes in one process instead")
     parser.add_argument("--worker", choices=SIDES)
     parser.add_argument("--work", type=Path)
     parser.add_argument("--data", type=Path)
@@ -354,6 +428,17 @@ def main() -> None:
         else:
             result = worker_hf_flat(model_dir, args.data, args.profile_tokens, args.top, args.hf_batch)
         print(json.dumps(result))
+        return
+
+    if args.shapes:
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
+        print(f"model: {args.model}, load average before: {os.getloadavg()[0]:.2f}")
+        compare_shapes(args.model, max(args.runs, 3))
+        print(f"load average after: {os.getloadavg()[0]:.2f}")
         return
 
     from trainer.train.demo_model import build_demo_model
