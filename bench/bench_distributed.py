@@ -45,26 +45,31 @@ def _config(rows: int):
                   checkpoint=CheckpointConfig(every_steps=0, every_minutes=0))
 
 
-def train(model_dir: str, data: str, out: str, threads: int, rows: int) -> None:
-    """One rank's (or the lone process's) run; rank 0 writes the figures to ``out``."""
-    import torch
+COLLECTIVES = ("post", "receive", "any", "sum", "sum_gradients")
 
-    from trainer.train.engine import Engine
+
+def timed_world(world, log: dict[str, list[float]]):
+    """``world`` with every collective timed into ``log[name]`` (one entry per call); the
+    followers' ``receive`` is logged only for step commands, so every list has one entry per
+    step on every rank (``any`` one per attempt: an out-of-memory retry adds one)."""
     from trainer.train.world import World
-
-    torch.set_num_threads(threads)
-    world = World.from_environment()
-    if world.distributed:
-        torch.distributed.init_process_group("gloo")
-    spent = {"collectives": 0.0}
 
     class TimedWorld(World):
         def _timed(self, name, *args):
             started = time.perf_counter()
-            try:
-                return getattr(World, name)(self, *args)
-            finally:
-                spent["collectives"] += time.perf_counter() - started
+            result = getattr(World, name)(self, *args)
+            seconds = time.perf_counter() - started
+            if name != "receive" or result[0] == "step":
+                log.setdefault(name, []).append(seconds)
+            return result
+
+        def post(self, per_rank):
+            if per_rank[0][0] != "step":  # the start's "load" and the final "stop"
+                return World.post(self, per_rank)
+            return self._timed("post", per_rank)
+
+        def receive(self):
+            return self._timed("receive")
 
         def any(self, flag):
             return self._timed("any", flag)
@@ -75,32 +80,76 @@ def train(model_dir: str, data: str, out: str, threads: int, rows: int) -> None:
         def sum_gradients(self, params):
             return self._timed("sum_gradients", params)
 
+    return TimedWorld(world.rank, world.size)
+
+
+def train(model_dir: str, data: str, out: str, threads: int, rows: int) -> None:
+    """One rank's (or the lone process's) run: the leader trains the item, the followers serve
+    it (``follower.follow``). Every rank writes its collectives' times to ``out.rank-R``; the
+    leader also its throughput and final weights to ``out``."""
+    import torch
+
+    from trainer.train.engine import Engine
+    from trainer.train.follower import follow
+    from trainer.train.world import World
+
+    torch.set_num_threads(threads)
+    world = World.from_environment()
+    if world.distributed:
+        torch.distributed.init_process_group("gloo")
+    log: dict[str, list[float]] = {}
     base = Path(tempfile.mkdtemp(prefix=f"dist-bench-{world.rank}-"))
     try:
         shutil.copytree(model_dir, base / "models" / "base")
-        engine = Engine(base, _config(rows), TimedWorld(world.rank, world.size))
+        engine = Engine(base, _config(rows), timed_world(world, log))
+        if not world.is_leader:
+            follow(engine)
+            torch.save(log, f"{out}.rank-{world.rank}")
+            return
         engine.start()
         path = Path(data)
         plan = engine.prepare("bench", hashlib.sha256(path.read_bytes()).hexdigest(), path)
-        tokens, start, end = 0, time.perf_counter(), time.perf_counter()
-        spent["collectives"] = 0.0
+        tokens, marks = 0, [time.perf_counter()]
 
         def step(progress) -> bool:
-            nonlocal tokens, end
+            nonlocal tokens
             tokens += progress.tokens
-            end = time.perf_counter()
+            marks.append(time.perf_counter())
             return True
 
         engine.train(plan, step)
-        if world.is_leader:
-            seconds = end - start
-            torch.save({"tokens_per_s": tokens / seconds, "seconds": seconds,
-                        "collective_share": spent["collectives"] / seconds,
-                        "params": {n: p.detach().clone() for n, p in engine.params.items()}}, out)
+        engine.release_followers()
+        seconds = marks[-1] - marks[0]
+        torch.save(log, f"{out}.rank-0")
+        torch.save({"tokens_per_s": tokens / seconds, "seconds": seconds, "steps": len(marks) - 1,
+                    "step_s": [b - a for a, b in zip(marks, marks[1:])],
+                    "params": {n: p.detach().clone() for n, p in engine.params.items()}}, out)
     finally:
         shutil.rmtree(base, ignore_errors=True)
         if world.distributed:
             torch.distributed.destroy_process_group()
+
+
+def overheads(logs: list[dict[str, list[float]]], seconds: float) -> dict[str, float]:
+    """Shares of the leader's training time, summed over steps.
+
+    A collective's *cost* at one step is the time the last rank to arrive spent in it (it
+    waited for no one): the minimum over ranks. What the others spent beyond that is waiting
+    for a slower rank (its compute, or the leader's bookkeeping between steps), not the
+    collective. The step command's scatter is ``post`` on the leader and ``receive`` on a
+    follower; the out-of-memory agreement is ``any``.
+    """
+    def cost(names_by_rank: list[str]) -> float:
+        per_rank = [log.get(name, []) for log, name in zip(logs, names_by_rank)]
+        return sum(min(times) for times in zip(*per_rank))
+
+    followers = len(logs) - 1
+    scatter = cost(["post"] + ["receive"] * followers)
+    agree = cost(["any"] * len(logs))
+    sums = cost(["sum"] * len(logs)) + cost(["sum_gradients"] * len(logs))
+    leader = sum(sum(logs[0].get(name, [])) for name in COLLECTIVES)
+    return {"control": (scatter + agree) / seconds, "scatter": scatter / seconds, "agree": agree / seconds,
+            "sums": sums / seconds, "leader_in_collectives": leader / seconds}
 
 
 def _free_port() -> int:
@@ -127,7 +176,14 @@ def run(nproc: int, threads: int, model_dir: Path, data: Path, work: Path, rows:
         raise SystemExit(f"{nproc} x {threads} failed:\n{done.stderr[-3000:]}")
     import torch
 
-    return torch.load(out, weights_only=True)
+    result = torch.load(out, weights_only=True)
+    logs = [torch.load(f"{out}.rank-{rank}", weights_only=True) for rank in range(nproc)]
+    result.update(overheads(logs, result["seconds"]))
+    return result
+
+
+def load_average() -> str:
+    return "load average " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def main() -> None:
@@ -152,7 +208,7 @@ def main() -> None:
     try:
         data = make_data(work / "chat.jsonl", args.records)
         print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
-        print(f"data: {args.records} records, {os.cpu_count()} cores, fp32 CPU, gloo\n")
+        print(f"data: {args.records} records, {os.cpu_count()} cores, fp32 CPU, gloo; {load_average()}\n")
         contenders = {"1 process x 1 thread": (1, 1), "1 process x 2 threads": (1, 2), "2 ranks x 1 thread": (2, 1)}
         for name in args.models.split(","):
             model_dir = work / name / "models" / "base"
@@ -162,14 +218,23 @@ def main() -> None:
                 for label, (nproc, threads) in contenders.items():
                     results[label].append(run(nproc, threads, model_dir, data, work))
             floor = statistics.median(r["tokens_per_s"] for r in results["1 process x 1 thread"])
-            print(f"### {name} model\n")
-            print("| contender | real tokens/s (median) | vs 1 x 1 | train s (median) | in collectives |")
+            print(f"### {name} model ({load_average()})\n")
+            print("| contender | real tokens/s (median) | vs 1 x 1 | train s (median) | step ms (median) |")
             print("|---|---:|---:|---:|---:|")
             for label, runs in results.items():
                 tps = statistics.median(r["tokens_per_s"] for r in runs)
                 secs = statistics.median(r["seconds"] for r in runs)
-                share = statistics.median(r["collective_share"] for r in runs) if label.startswith("2") else 0.0
-                print(f"| {label} | {tps:,.0f} | {tps / floor:.2f}x | {secs:.1f} | {share:.1%} |")
+                step_ms = statistics.median(statistics.median(r["step_s"]) for r in runs) * 1000
+                print(f"| {label} | {tps:,.0f} | {tps / floor:.2f}x | {secs:.1f} | {step_ms:.1f} |")
+            two = results["2 ranks x 1 thread"]
+            print("\n2 ranks, share of the leader's training time (median of runs; a collective's cost is the "
+                  "time of the last rank to arrive in it):\n")
+            print("| step command's scatter | out-of-memory agreement | control (both) | loss + gradient sums "
+                  "| leader's time in all collectives, waits included |")
+            print("|---:|---:|---:|---:|---:|")
+            cells = [statistics.median(r[key] for r in two)
+                     for key in ("scatter", "agree", "control", "sums", "leader_in_collectives")]
+            print("| " + " | ".join(f"{c:.2%}" for c in cells) + " |\n")
             one, two = (run(n, 1, model_dir, data, work, rows=7) for n in (1, 2))
             worst = max((one["params"][k] - two["params"][k]).abs().max().item() for k in one["params"])
             print(f"\n7 rows a step (ranks of 4 and 3, the one process in one micro-batch of 7): final weights "
