@@ -44,7 +44,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from bench_gpu import QWEN2_05B, SMOKE, build, make_data  # noqa: E402
-from gpu_masks import best_attention, describe_mask, patch_engine, report  # noqa: E402
+from gpu_masks import best_attention, check, describe_mask, patch_engine, report  # noqa: E402
 
 SKIP = 3  # warm-up steps left out of the timing (allocator, kernels)
 
@@ -103,8 +103,8 @@ def engine_rank(kind: str, model_dir: str, data: str, out: str, row: int, batch:
         warm = marks[SKIP:] if len(marks) > 2 * SKIP else marks
         tokens, seconds = sum(t for _, t in warm[1:]), warm[-1][0] - warm[0][0]
         Path(out).write_text(json.dumps({
-            "tokens_per_s": tokens / seconds, "steps": len(marks), "attention": engine.model.config._attn_implementation,
-            "mask": mask(), "peak_gpu": torch.cuda.max_memory_allocated() if cuda else 0}))
+            "tokens_per_s": tokens / seconds, "steps": len(marks),
+            "attention": engine.model.config._attn_implementation, "mask": mask(), "peak_gpu": torch.cuda.max_memory_allocated() if cuda else 0}))
     finally:
         shutil.rmtree(base, ignore_errors=True)
         if world.distributed:
@@ -237,9 +237,9 @@ def main() -> None:
         name = torch.cuda.get_device_name() if cuda else "CPU (gloo)"
         print(f"{nproc} x {name}; model {params / 1e6:.1f}M parameters; rows of {args.row} tokens, "
               f"{args.batch} per rank and step; load average {os.getloadavg()[0]:.2f}\n")
-        if not args.no_masks:
-            report(work / "model", args.row, cuda)
         kinds = [k for k in contenders(cuda) if not args.only or k in args.only.split(",")]
+        if not args.no_masks:
+            check(report(work / "model", args.row, cuda), kinds, cuda)
         results: dict[str, list[dict]] = {kind: [] for kind in kinds}
         for _ in range(args.runs):
             for kind in results:

@@ -105,7 +105,8 @@ def _packed(row: int, vocab: int):
     return torch.stack(rows), torch.stack(positions), spans
 
 
-def report(model_dir, row: int, cuda: bool) -> None:
+def report(model_dir, row: int, cuda: bool) -> dict[tuple[str, str], tuple[str, bool]]:
+    """Print the table; returns {(implementation, "rows" or "flat"): (mask, examples kept apart)}."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -119,6 +120,7 @@ def report(model_dir, row: int, cuda: bool) -> None:
     print("Packed rows (2 x", row, "tokens, 4 sequences each), what reaches attention and whether examples stay "
           "apart (max |logit difference| against each example alone; 'no separation' = one causal sequence "
           "per row):\n")
+    seen: dict[tuple[str, str], tuple[str, bool]] = {}
     print("| attention | layout | mask reaching attention | max diff vs alone | no separation | examples apart |")
     print("|---|---|---|---:|---:|---|")
     with torch.no_grad():
@@ -142,6 +144,27 @@ def report(model_dir, row: int, cuda: bool) -> None:
                     continue
                 logits = logits.float().view(ids.shape[0], row, -1)
                 diff = max((logits[r, s:s + n] - a).abs().max().item() for (r, s, n), a in zip(spans, alone))
-                verdict = "yes" if diff < 0.1 * leak else "**NO: examples attend to each other**"
-                print(f"| {kind} | {layout} | {told()} | {diff:.2e} | {leak:.2e} | {verdict} |")
+                apart, mask = diff < 0.1 * leak, told()
+                seen[kind, "flat" if flat else "rows"] = (mask, apart)
+                verdict = "yes" if apart else "**NO: examples attend to each other**"
+                print(f"| {kind} | {layout} | {mask} | {diff:.2e} | {leak:.2e} | {verdict} |")
     print()
+    return seen
+
+
+# What each contender runs: (attention implementation, layout); hf-flatten's is best_attention's.
+USES = {"engine": ("sdpa", "rows"), "engine-flex": ("flex_attention", "rows"),
+        "engine-flash-flat": ("flash_attention_2", "flat")}
+
+
+def check(seen: dict[tuple[str, str], tuple[str, bool]], kinds: list[str], cuda: bool) -> None:
+    """Every contender must keep examples apart (else its figures are of a wrong model); say
+    plainly when the engine as shipped hands attention a dense mask."""
+    uses = {**USES, "hf-flatten": (best_attention(cuda), "flat")}
+    for kind in kinds:
+        mask, apart = seen.get(uses[kind], ("not checked", True))
+        if not apart:
+            raise SystemExit(f"{kind}: {uses[kind][0]} on {uses[kind][1]} lets examples attend to each other")
+        if kind == "engine" and mask.startswith("DENSE"):
+            print(f"engine as shipped: packed rows hand attention a {mask} mask per forward "
+                  f"({'on the GPU' if cuda else 'here'}); see docs/performance.md\n")
