@@ -163,9 +163,9 @@ def hf_rank(kind: str, model_dir: str, data: str, out: str, row: int, batch: int
     shutil.rmtree(work, ignore_errors=True)
     # The collator runs at most a batch ahead of the steps: the window's tokens are its batches'.
     skip = SKIP if len(marks) > 2 * SKIP else 0
-    mine = torch.tensor([float(sum(counted[skip + 1:len(marks)]))])
+    mine = torch.tensor([float(sum(counted[skip + 1:len(marks)]))], device="cuda" if cuda else "cpu")
     if size > 1:
-        torch.distributed.all_reduce(mine.to("cuda" if cuda else "cpu"))
+        torch.distributed.all_reduce(mine)  # every rank's tokens (nccl reduces CUDA tensors only)
     seconds = marks[-1] - marks[skip]
     if rank == 0:
         Path(out).write_text(json.dumps({
