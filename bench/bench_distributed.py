@@ -7,13 +7,17 @@ chat data (bench_train.py's), 8 rows of 256 tokens a step, fp32:
 
 - 1 process x 1 thread;
 - 1 process x 2 threads (torch's intra-op threads: the other way to use a second core);
-- 2 ranks x 1 thread, under torch's elastic agent (gloo), each rank training on half of
-  every step's rows (trainer/train/world.py).
+- 2 ranks x 1 thread, under torch's elastic agent (gloo): rank 0 leads (reads the data, posts
+  each rank its half of every step's rows), rank 1 follows (trainer/train/world.py, follower.py).
 
-Reported: real tokens/s and the ratio to 1 x 1; the share of the 2-rank step spent in the
-collectives (the agreement on out-of-memory, the loss sum, the gradient sum); and how far the
-2-rank weights end from the 1-process ones when the ranks' rows are NOT the single process's
-micro-batches (7 rows a step: float reassociation, amplified by Adam).
+Reported: real tokens/s and the ratio to 1 x 1; for the 2 ranks, the share of the leader's
+training time in each collective at its cost (the time of the last rank to arrive, who waited
+for no one; the others' extra time is waiting for a slower rank): the control agreement (the
+step command's scatter, post/receive, and the out-of-memory agreement, any) apart from the
+loss and gradient sums. The World's methods are timed by a subclass inside the bench's ranks;
+trainer/ is not instrumented. Last, how far the 2-rank weights end from the 1-process ones
+when the ranks' rows are NOT the single process's micro-batches (7 rows a step: float
+reassociation, amplified by Adam).
 """
 
 from __future__ import annotations
@@ -148,8 +152,44 @@ def overheads(logs: list[dict[str, list[float]]], seconds: float) -> dict[str, f
     agree = cost(["any"] * len(logs))
     sums = cost(["sum"] * len(logs)) + cost(["sum_gradients"] * len(logs))
     leader = sum(sum(logs[0].get(name, [])) for name in COLLECTIVES)
+    steps = max(len(logs[0].get("post", [])), 1)
     return {"control": (scatter + agree) / seconds, "scatter": scatter / seconds, "agree": agree / seconds,
-            "sums": sums / seconds, "leader_in_collectives": leader / seconds}
+            "sums": sums / seconds, "leader_in_collectives": leader / seconds,
+            "control_ms": 1000 * (scatter + agree) / steps}
+
+
+def control_loop(out: str, threads: int, iterations: int) -> None:
+    """The control agreement alone, back to back with no training between: the leader posts a
+    real-sized step command (8 rows of 256 tokens, split over the ranks) and every rank joins
+    the out-of-memory agreement. Rank 0 writes each iteration's seconds to ``out``."""
+    import random
+
+    import torch
+
+    from trainer.train.packing import Row
+    from trainer.train.world import World, shard_indices
+
+    torch.set_num_threads(threads)
+    world = World.from_environment()
+    torch.distributed.init_process_group("gloo")
+    try:
+        rng = random.Random(0)
+        rows = [Row([rng.randrange(1024) for _ in range(ROW)], [rng.randrange(1024) for _ in range(ROW)],
+                    list(range(ROW))) for _ in range(BATCH)]
+        times = []
+        for _ in range(iterations):
+            started = time.perf_counter()
+            if world.is_leader:
+                world.post([("step", [rows[i] for i in shard_indices(BATCH, r, world.size)], 1000, 1e-3)
+                            for r in range(world.size)])
+            else:
+                world.receive()
+            world.any(False)
+            times.append(time.perf_counter() - started)
+        if world.is_leader:
+            torch.save(times, out)
+    finally:
+        torch.distributed.destroy_process_group()
 
 
 def _free_port() -> int:
@@ -164,7 +204,10 @@ def launch(nproc: int, model_dir: Path, data: Path, out: Path, threads: int, row
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id="bench", rdzv_backend="c10d",
                           rdzv_endpoint=f"127.0.0.1:{_free_port()}", max_restarts=0, monitor_interval=0.1,
                           start_method="spawn")
-    elastic_launch(config, train)(str(model_dir), str(data), str(out), threads, rows)
+    if data is None:  # --control-only
+        elastic_launch(config, control_loop)(str(out), threads, rows)
+    else:
+        elastic_launch(config, train)(str(model_dir), str(data), str(out), threads, rows)
 
 
 def run(nproc: int, threads: int, model_dir: Path, data: Path, work: Path, rows: int = BATCH) -> dict:
@@ -186,6 +229,27 @@ def load_average() -> str:
     return "load average " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
+def control_only(iterations: int) -> None:
+    """Median and 90th percentile of one control agreement, with no training to wait for."""
+    import torch
+
+    work = Path(tempfile.mkdtemp(prefix="bench-control-"))
+    try:
+        out = work / "control.pt"
+        argv = [sys.executable, __file__, "--launch", "2", "--threads", "1", "--rows", str(iterations),
+                "--out", str(out)]
+        done = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        if done.returncode != 0:
+            raise SystemExit(f"control loop failed:\n{done.stderr[-3000:]}")
+        times = sorted(torch.load(out, weights_only=True))
+        print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}; {load_average()}")
+        print(f"control agreement alone (2 gloo ranks, {BATCH} rows of {ROW} tokens posted, then any), "
+              f"{iterations} times: median {1000 * statistics.median(times):.3f} ms, "
+              f"p90 {1000 * times[int(0.9 * len(times))]:.3f} ms")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="tiny,34m")
@@ -197,7 +261,12 @@ def main() -> None:
     parser.add_argument("--model-dir", type=Path)
     parser.add_argument("--data", type=Path)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--control-only", type=int, metavar="N",
+                        help="time N control agreements alone (step scatter + out-of-memory agreement), 2 ranks")
     args = parser.parse_args()
+    if args.control_only:
+        control_only(args.control_only)
+        return
     if args.launch:
         launch(args.launch, args.model_dir, args.data, args.out, args.threads, args.rows)
         return
@@ -229,12 +298,13 @@ def main() -> None:
             two = results["2 ranks x 1 thread"]
             print("\n2 ranks, share of the leader's training time (median of runs; a collective's cost is the "
                   "time of the last rank to arrive in it):\n")
-            print("| step command's scatter | out-of-memory agreement | control (both) | loss + gradient sums "
-                  "| leader's time in all collectives, waits included |")
-            print("|---:|---:|---:|---:|---:|")
-            cells = [statistics.median(r[key] for r in two)
+            print("| step command's scatter | out-of-memory agreement | control (both) | control ms a step "
+                  "| loss + gradient sums | leader's time in all collectives, waits included |")
+            print("|---:|---:|---:|---:|---:|---:|")
+            cells = [f"{statistics.median(r[key] for r in two):.2%}"
                      for key in ("scatter", "agree", "control", "sums", "leader_in_collectives")]
-            print("| " + " | ".join(f"{c:.2%}" for c in cells) + " |\n")
+            cells.insert(3, f"{statistics.median(r['control_ms'] for r in two):.2f}")
+            print(f"| {' | '.join(cells)} |\n{len(two[0]['step_s'])} steps a run\n")
             one, two = (run(n, 1, model_dir, data, work, rows=7) for n in (1, 2))
             worst = max((one["params"][k] - two["params"][k]).abs().max().item() for k in one["params"])
             print(f"\n7 rows a step (ranks of 4 and 3, the one process in one micro-batch of 7): final weights "
