@@ -247,7 +247,8 @@ def main() -> None:
                 argv = [sys.executable, __file__, "--launch", kind, "--nproc", str(nproc), "--model",
                         str(work / "model"), "--data", str(data), "--out", str(out), "--row", str(args.row),
                         "--batch", str(args.batch)]
-                done = subprocess.run(argv, capture_output=True, text=True, cwd=REPO)
+                hidden = {"CUDA_VISIBLE_DEVICES": ""} if args.smoke else {}  # the smoke stays on the CPU
+                done = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, env={**os.environ, **hidden})
                 if done.returncode != 0:
                     raise SystemExit(f"{kind} failed:\n{done.stderr[-4000:]}")
                 results[kind].append(json.loads(out.read_text()))
