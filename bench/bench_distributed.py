@@ -49,7 +49,7 @@ def _config(rows: int):
                   checkpoint=CheckpointConfig(every_steps=0, every_minutes=0))
 
 
-COLLECTIVES = ("post", "receive", "any", "sum", "sum_gradients")
+COLLECTIVES = ("post", "receive", "any", "gather_numbers", "sum", "sum_gradients")
 
 
 def timed_world(world, log: dict[str, list[float]]):
@@ -77,6 +77,9 @@ def timed_world(world, log: dict[str, list[float]]):
 
         def any(self, flag):
             return self._timed("any", flag)
+
+        def gather_numbers(self, numbers):  # the step's loss (and each rank's memory)
+            return self._timed("gather_numbers", numbers)
 
         def sum(self, value):
             return self._timed("sum", value)
@@ -150,7 +153,7 @@ def overheads(logs: list[dict[str, list[float]]], seconds: float) -> dict[str, f
     followers = len(logs) - 1
     scatter = cost(["post"] + ["receive"] * followers)
     agree = cost(["any"] * len(logs))
-    sums = cost(["sum"] * len(logs)) + cost(["sum_gradients"] * len(logs))
+    sums = sum(cost([name] * len(logs)) for name in ("gather_numbers", "sum", "sum_gradients"))
     leader = sum(sum(logs[0].get(name, [])) for name in COLLECTIVES)
     steps = max(len(logs[0].get("post", [])), 1)
     return {"control": (scatter + agree) / seconds, "scatter": scatter / seconds, "agree": agree / seconds,
@@ -180,7 +183,7 @@ def control_loop(out: str, threads: int, iterations: int) -> None:
         for _ in range(iterations):
             started = time.perf_counter()
             if world.is_leader:
-                world.post([("step", [rows[i] for i in shard_indices(BATCH, r, world.size)], 1000, 1e-3)
+                world.post([("step", [rows[i] for i in shard_indices(BATCH, r, world.size)], 1000, 1e-3, 0)
                             for r in range(world.size)])
             else:
                 world.receive()
