@@ -20,19 +20,15 @@ from __future__ import annotations
 
 import importlib.util
 
+from trainer.train.attention import implementation
+
 FLATTEN = {"engine-flash-flat": "flash_attention_2"}
 ATTENTION = {"engine-flash-flat": "flash_attention_2", "engine-flex": "flex_attention"}
 
 
 def best_attention(cuda: bool) -> str:
-    """The best implementation transformers documents for padding-free training, installed here."""
-    if not cuda:
-        return "sdpa"  # FlexAttention has no backward on the CPU; flash kernels need CUDA
-    if importlib.util.find_spec("flash_attn_interface") is not None:
-        return "flash_attention_3"
-    if importlib.util.find_spec("flash_attn") is not None:
-        return "flash_attention_2"
-    return "flex_attention"
+    """The best implementation installed here, as the engine chooses it (``trainer/train/attention.py``)."""
+    return implementation("cuda" if cuda else "cpu")
 
 
 def describe(mask) -> str:

@@ -109,6 +109,11 @@ class ModelConfig:
         "auto", "Weights' dtype: auto (bfloat16 on a GPU that supports it, else float32), "
         "float32 or bfloat16.", choices=("auto", "float32", "bfloat16"))
     device: str = _setting("auto", "auto (cuda if available), cpu, cuda, or cuda:N.")
+    attention: str = _setting(
+        "auto", "The attention kernel: auto = sdpa on the CPU; on a GPU flash_attention_3, flash_attention_2 "
+                "or flex_attention, the first one installed, so that packed rows never build a dense mask "
+                "(docs/training.md#packing).",
+        choices=("auto", "sdpa", "eager", "flex_attention", "flash_attention_2", "flash_attention_3"))
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -170,3 +170,51 @@ def test_a_resumed_stream_yields_the_same_rows_from_the_cache_or_the_file(demo, 
         resumed = Cursor.from_json(cursor.to_json())
         rows += [r.input_ids for r in RowStream(path, encoder, resumed, 128, tokenizer.pad_token_id, examples).take(1000)]
         assert rows == expected
+
+
+def test_rows_flattened_for_the_flash_kernels_keep_every_example_apart(demo, monkeypatch):
+    """flash_attention_2/3 separate packed examples only in one sequence: forward_packed feeds
+    them the rows as one and gives the logits back as rows. The layout is checked here on the
+    CPU's sdpa (which separates examples in any layout): each example's loss as alone."""
+    from trainer.train import loss
+
+    model, tokenizer = demo
+    examples = _examples(tokenizer, 12, seed=5)
+    rows = pack(examples, row_length=256, pad_id=tokenizer.pad_token_id)
+    alone = [_alone(model, e) for e in examples]
+    with torch.no_grad():
+        rowwise, logits_rows = _packed_losses(model, rows, examples)
+        monkeypatch.setattr(loss, "wants_flat_rows", lambda model: True)
+        flat, logits_flat = _packed_losses(model, rows, examples)
+    assert logits_flat.shape == logits_rows.shape
+    for (expected, _), got in zip(alone, flat):
+        assert got == pytest.approx(expected, rel=1e-5, abs=1e-4)
+    assert torch.allclose(logits_flat, logits_rows, atol=1e-4)
+
+
+def test_on_a_gpu_the_engine_picks_a_kernel_that_builds_no_dense_mask(monkeypatch):
+    from trainer.train import attention
+
+    installed: set[str] = set()
+    monkeypatch.setattr(attention.importlib.util, "find_spec", lambda name: object() if name in installed else None)
+    assert attention.implementation("cpu") == "sdpa"  # no flex backward, no flash kernels on the CPU
+    assert attention.implementation("cuda") == "flex_attention"
+    installed.add("flash_attn")
+    assert attention.implementation("cuda") == "flash_attention_2"
+    installed.add("flash_attn_interface")
+    assert attention.implementation("cuda") == "flash_attention_3"
+    assert attention.implementation("cuda", "sdpa") == "sdpa"  # model.attention overrides
+
+
+def test_a_model_loaded_by_the_engine_uses_the_chosen_kernel_and_the_layout_follows(demo_model, tmp_path):
+    import shutil
+
+    from trainer.config import ModelConfig
+    from trainer.train import model as model_io
+    from trainer.train.attention import wants_flat_rows
+
+    shutil.copytree(demo_model, tmp_path / "models" / "base")
+    loaded = model_io.load(tmp_path, ModelConfig(device="cpu"))
+    assert loaded.model.config._attn_implementation == "sdpa" and not wants_flat_rows(loaded.model)
+    eager = model_io.load(tmp_path, ModelConfig(device="cpu", attention="eager"))
+    assert eager.model.config._attn_implementation == "eager"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from trainer.train.attention import wants_flat_rows
 from trainer.train.examples import IGNORE
 
 
@@ -24,7 +25,13 @@ def summed_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def forward_packed(model, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
-    """Logits for packed rows: no attention mask and no cache, so transformers derives the
-    block-diagonal causal mask from the restarting position ids."""
+    """Logits for packed rows: no attention mask and no cache, so transformers separates the
+    examples by the restarting position ids. For the flash kernels, which do that only in one
+    sequence, the rows go in as one and their logits come back as rows (``attention.py``)."""
+    if wants_flat_rows(model):
+        rows, length = input_ids.shape
+        logits = model(input_ids=input_ids.reshape(1, -1), position_ids=position_ids.reshape(1, -1),
+                       attention_mask=None, use_cache=False).logits
+        return logits.reshape(rows, length, -1)
     return model(input_ids=input_ids, position_ids=position_ids, attention_mask=None,
                  use_cache=False).logits

@@ -10,6 +10,7 @@ import torch
 
 from trainer.config import ModelConfig
 from trainer.errors import ConfigError
+from trainer.train import attention
 
 
 @dataclass
@@ -59,7 +60,8 @@ def load(base: Path, config: ModelConfig) -> Loaded:
         extra["quantization_config"] = _four_bit(config, device)
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype,
-                                                 attn_implementation="sdpa", **extra)
+                                                 attn_implementation=attention.implementation(device.type, config.attention),
+                                                 **extra)
     if not config.load_in_4bit:
         model.to(device)
     if config.lora:
