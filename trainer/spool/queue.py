@@ -20,7 +20,6 @@ from trainer.errors import NoSuchItem, WrongState
 from trainer.ids import ID_LENGTH, check_id, is_id
 from trainer.spool.fsutil import exclusive_lock, rename_durably, write_atomic
 from trainer.spool.layout import Layout, is_candidate_name
-from trainer.spool.origin import ORIGIN_NAME
 from trainer.states import Event, ItemState, Priority
 from trainer.timefmt import iso, parse_iso, utc_now
 
@@ -121,6 +120,8 @@ def counts(layout: Layout) -> dict[str, int]:
 
 def inbox_waiting(layout: Layout) -> int:
     """Inbox files not yet taken, plus those being taken right now (staged with an origin)."""
+    from trainer.spool.origin import ORIGIN_NAME  # here: `trainctl status` never asks, nor loads it
+
     with os.scandir(layout.inbox) as entries:
         count = sum(1 for e in entries if is_candidate_name(e.name) and e.is_file(follow_symlinks=False))
     with os.scandir(layout.tmp) as entries:
