@@ -4,7 +4,7 @@
 
 - `trainctl status` and `trainctl list` wall time (real subprocesses) with 0 and with
   --items pending items, next to `python -c pass` and a bare import of trainctl's
-  dependencies (click + orjson + psutil) as the floor;
+  dependencies (click + orjson: what issue 14 names) as the floor;
 - the target: `trainctl status` at --items pending over the bare import, as a ratio;
 - with --against REV: `trainctl status` as it was at git revision REV, in the same rounds
   (both started the same way, `python -c "from ctl.cli import main; main()"`);

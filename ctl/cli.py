@@ -13,7 +13,6 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from pathlib import Path
 
 import click
 
@@ -92,7 +91,7 @@ class LazyGroup(click.Group):
 @click.pass_context
 def cli(ctx: click.Context, base_dir: str, config_path: str | None) -> None:
     """Feed and steer the trainer daemon. With no command, shows its status."""
-    ctx.obj = Session(Path(base_dir), Path(config_path) if config_path else None)
+    ctx.obj = Session(base_dir, config_path or None)
     if ctx.invoked_subcommand is None:
         ctx.invoke(cli.get_command(ctx, "status"))
 
@@ -114,6 +113,7 @@ EXIT_FOR_ERROR = {
 def _group_of(path: str | None) -> str:
     """The group that owns ``path`` (or the nearest parent we may stat): the one to join."""
     import grp
+    from pathlib import Path  # on this error path only
 
     probe = Path(path) if path else None
     while probe is not None and probe != probe.parent:

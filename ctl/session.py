@@ -3,7 +3,7 @@ output helpers and argument checks."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 from typing import TYPE_CHECKING
 
 import click
@@ -12,7 +12,7 @@ import orjson
 from trainer.errors import ConfigError
 from trainer.exitcodes import ExitCode
 from trainer.ids import check_id
-from trainer.spool.layout import Layout, open_base
+from trainer.spool.layout import Layout, PlainLayout, open_base, open_plain
 from trainer.spool.lock import lock_holder
 from trainer.states import Priority
 
@@ -26,14 +26,16 @@ PRIORITIES = click.Choice([p.value for p in Priority])
 
 class Session:
     """The base dir and config of one trainctl run, each opened on first use. (A plain class:
-    a dataclass would cost every command ~0.5 ms of start-up to build.)"""
+    a dataclass would cost every command ~0.5 ms of start-up to build.) The paths are kept as
+    given, strings: ``pathlib`` is imported by what needs a ``Path`` (not by ``status``)."""
 
-    def __init__(self, base_dir: Path, config_path: Path | None) -> None:
+    def __init__(self, base_dir: str, config_path: str | None) -> None:
         self.base_dir, self.config_path = base_dir, config_path
         # Said at once, whether or not this command ends up reading the config (status seldom does).
-        if config_path is not None and not config_path.exists():
+        if config_path is not None and not os.path.exists(config_path):
             raise ConfigError(f"--config {config_path}: no such file")
         self._layout: Layout | None = None
+        self._plain_layout: PlainLayout | None = None
         self._config: Config | None = None
 
     @property
@@ -43,13 +45,23 @@ class Session:
         return self._layout
 
     @property
+    def plain_layout(self) -> PlainLayout:
+        """The base dir with its paths as strings, for a command that only reads it through
+        ``os`` calls (status): checked like ``layout``, without importing ``pathlib``."""
+        if self._plain_layout is None:
+            self._plain_layout = open_plain(self.base_dir)
+        return self._plain_layout
+
+    @property
     def config(self) -> Config:
         if self._config is None:
+            from pathlib import Path
+
             from trainer.config import (
                 load_config,  # on first use: status seldom needs it
             )
 
-            self._config = load_config(self.config_path or self.layout.config_file)
+            self._config = load_config(Path(self.config_path) if self.config_path else self.layout.config_file)
         return self._config
 
 
@@ -90,7 +102,7 @@ def complete_item_id(ctx: click.Context, param: click.Parameter, incomplete: str
     try:
         from trainer.spool.names import all_ids
 
-        ids = all_ids(open_base(Path(base)))
+        ids = all_ids(open_base(base))
     except Exception:  # completion must never print a traceback into the shell
         return []
     short = [CompletionItem(random_part(i), help=state) for i, state in sorted(ids.items())

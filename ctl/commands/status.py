@@ -27,7 +27,7 @@ def status(session: Session, as_json: bool, watch: bool) -> None:
     from ctl import style
 
     def report() -> dict:
-        return collect(session.layout, lambda: session.config, clock.read())
+        return collect(session.plain_layout, lambda: session.config, clock.read())
 
     colour = not as_json and style.wanted()
     if watch and colour:

@@ -12,7 +12,8 @@ from trainer.config import default_config_toml
 from trainer.errors import FormatMismatch, LayoutError, NotABaseDir
 from trainer.intake import enqueue
 from trainer.spool import queue
-from trainer.spool.layout import init_base, open_base
+from trainer.spool.layout import Layout, init_base, open_base, open_plain
+from trainer.states import ItemState, Priority
 
 
 def test_init_creates_the_layout_and_rerunning_touches_nothing(tmp_path, limits):
@@ -65,6 +66,35 @@ def test_a_spool_dir_replaced_by_a_symlink_is_refused(tmp_path):
     os.symlink(elsewhere, layout.inbox)
     with pytest.raises(LayoutError, match="not a directory"):
         open_base(layout.root)
+
+
+def test_plain_layout_names_every_path_as_layout_does(tmp_path, monkeypatch):
+    layout, _ = init_base(tmp_path / "b", default_config_toml())
+    monkeypatch.chdir(tmp_path)
+    plain = open_plain("b/")  # relative, as typed: made absolute like open_base's
+    assert plain.root == str(layout.root)
+    paths = [name for name, member in vars(Layout).items() if isinstance(member, property)]
+    assert len(paths) > 20
+    for name in paths:  # a property written as `self.root / ...` would fail here on a str root
+        assert getattr(plain, name) == str(getattr(layout, name)), name
+    assert plain.item_dirs() == [str(p) for p in layout.item_dirs()]
+    assert plain.spool_dirs() == [str(p) for p in layout.spool_dirs()]
+    assert plain.state_dir(ItemState.PENDING, Priority.LOW) == str(layout.pending(Priority.LOW))
+    assert plain.control_file("pause.json") == str(layout.control_file("pause.json"))
+    assert plain.file_index("ab") == str(layout.file_index("ab"))
+
+
+def test_open_plain_refuses_what_open_base_refuses(tmp_path):
+    with pytest.raises(NotABaseDir, match="trainctl --base-dir .* init"):
+        open_plain(str(tmp_path / "absent"))
+    layout, _ = init_base(tmp_path / "b", default_config_toml())
+    layout.format_file.write_bytes(b"[1, 2]")
+    with pytest.raises(FormatMismatch):
+        open_plain(str(layout.root))
+    init_base(tmp_path / "c", default_config_toml())
+    shutil.rmtree(tmp_path / "c" / "run")
+    with pytest.raises(LayoutError, match="missing"):
+        open_plain(str(tmp_path / "c"))
 
 
 def _can_bind_mount() -> bool:

@@ -25,8 +25,7 @@ import os
 import time
 from datetime import datetime
 from enum import Enum
-from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
 
@@ -35,6 +34,9 @@ from trainer.spool.fsutil import DISK_ERRNOS, overwrite_in_place, read_regular, 
 from trainer.spool.layout import Layout
 from trainer.states import Liveness
 from trainer.timefmt import iso, parse_iso, utc_now
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 STATE_SCHEMA = 1
 # While its state says "starting" (the model loading: minutes for a large one, with no
@@ -52,7 +54,7 @@ class Request(str, Enum):
 
 
 def _request_path(layout: Layout, request: Request) -> Path:
-    return layout.control / f"{request.value}.json"
+    return layout.control_file(f"{request.value}.json")
 
 
 def _send(layout: Layout, request: Request, **fields: Any) -> dict:
@@ -112,7 +114,7 @@ REQUEST_LIMIT = 64 << 10  # a request is a reason and a few fields
 STATE_LIMIT = 1 << 20
 
 
-def _load_request(path: Path) -> dict | None:
+def _load_request(path: Path | str) -> dict | None:
     try:
         # Any group member can put anything here: a fifo must not hang the daemon, a symlink
         # to /dev/zero must not fill its memory.
@@ -126,6 +128,7 @@ def _load_request(path: Path) -> dict | None:
 
 
 def read_requests(layout: Layout) -> Requests:
+    """The requests pending (a ``PlainLayout`` will do)."""
     try:
         names = set(os.listdir(layout.control))
     except FileNotFoundError:
@@ -134,7 +137,7 @@ def read_requests(layout: Layout) -> Requests:
     for request in Request:
         name = f"{request.value}.json"
         if name in names:
-            found[request.value] = _load_request(layout.control / name)
+            found[request.value] = _load_request(layout.control_file(name))
     return Requests(**found)
 
 
@@ -204,7 +207,8 @@ def daemon_state(state: str, *, pid: int, started_at: datetime, now: datetime, *
 
 
 def read_state(layout: Layout) -> tuple[dict | None, str | None]:
-    """The daemon's last published state, or why it cannot be read (never raises on garbage).
+    """The daemon's last published state, or why it cannot be read (never raises on garbage;
+    a ``PlainLayout`` will do).
 
     Read up to three times before it is called damaged: on a full disk the daemon writes it in
     place, and a read can catch that half-done."""

@@ -13,9 +13,12 @@ import fcntl
 import os
 import stat
 from collections.abc import Iterator
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from trainer.errors import DiskUnwritable
+
+if TYPE_CHECKING:  # not imported at run time: `trainctl status` never needs pathlib
+    from pathlib import Path
 
 FILE_MODE = 0o640  # group-readable: trainctl users share the daemon's group
 DIR_MODE = 0o2770  # group-writable and setgid, so new entries keep the daemon's group
@@ -183,6 +186,8 @@ def disk_refusal(exc: BaseException, path: Path | None = None, *, room_needed: i
         if isinstance(error, DiskUnwritable):
             return error
         if isinstance(error, OSError) and error.errno in DISK_ERRNOS:
+            from pathlib import Path  # on this error path only
+
             where = error.filename if error.filename is not None else path
             return _unwritable(error.errno, Path(os.fsdecode(where)) if where is not None else None)
         text = str(error)

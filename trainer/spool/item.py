@@ -179,8 +179,9 @@ def _read_regular(path: Path) -> bytes:
         raise
 
 
-def load_item(path: Path, state: ItemState, priority: Priority | None) -> Item:
+def load_item(path: Path | str, state: ItemState, priority: Priority | None) -> Item:
     """Read an item directory; an unreadable meta.json becomes ``meta_problem``, not an error."""
+    path = Path(path)
     item_id = path.name
     if os.path.islink(path):
         # Not ours: a symlink put in a state dir by hand. Following it would read (and, on the

@@ -27,14 +27,16 @@ from __future__ import annotations
 
 import os
 import stat
-from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import orjson
 
 from trainer.errors import FormatMismatch, LayoutError, NotABaseDir
 from trainer.spool.fsutil import fsync_dir, make_group_dir, write_atomic
 from trainer.states import ItemState, Priority
+
+if TYPE_CHECKING:  # imported where a Path is made: `trainctl status` reads through PlainLayout
+    from pathlib import Path
 
 FORMAT_NAME = "trainer-base"
 FORMAT_VERSION = 2  # 2: the event log is monthly segments (1: one events.jsonl; upgraded by the daemon)
@@ -53,117 +55,131 @@ def is_candidate_name(name: str) -> bool:
 # A NamedTuple, not a frozen dataclass: built at import, and a dataclass costs every trainctl
 # command ~0.5 ms of start-up (it compiles its methods); this one needs none of theirs.
 class Layout(NamedTuple):
+    """Every path in the base dir, each named once here, joined to ``root`` by ``at``."""
+
     root: Path
+
+    def at(self, *parts: str) -> Path:
+        return self.root.joinpath(*parts)
 
     @property
     def format_file(self) -> Path:
-        return self.root / "FORMAT"
+        return self.at("FORMAT")
 
     @property
     def config_file(self) -> Path:
-        return self.root / "config.toml"
+        return self.at("config.toml")
 
     @property
     def inbox(self) -> Path:
-        return self.root / "inbox"
+        return self.at("inbox")
 
     @property
     def tmp(self) -> Path:
-        return self.root / "tmp"
+        return self.at("tmp")
 
     @property
     def control(self) -> Path:
-        return self.root / "control"
+        return self.at("control")
+
+    def control_file(self, name: str) -> Path:
+        """A request in ``control/`` (``pause.json``...: ``spool/control.py``)."""
+        return self.at("control", name)
 
     @property
     def run(self) -> Path:
-        return self.root / "run"
+        return self.at("run")
 
     @property
     def events_dir(self) -> Path:
         """The event log: one ``YYYY-MM.jsonl`` segment per UTC month."""
-        return self.root / "events"
+        return self.at("events")
 
     @property
     def converted_events(self) -> Path:
         """Format 1's single log split by month (``events/v1/YYYY-MM.jsonl``), never appended to."""
-        return self.events_dir / "v1"
+        return self.at("events", "v1")
 
     @property
     def old_events(self) -> Path:
         """Format 1's single event log; gone once the daemon has upgraded the base dir."""
-        return self.root / "events.jsonl"
+        return self.at("events.jsonl")
 
     @property
     def eval_dir(self) -> Path:
         """Named eval sets (``NAME.jsonl``) and sample prompts (``prompts.jsonl``), dropped by people."""
-        return self.root / "eval"
+        return self.at("eval")
 
     @property
     def models(self) -> Path:
         """Published versions (``vNNN/``, ``LATEST``) and held-back ones (``.candidates/vNNN/``)."""
-        return self.root / "models"
+        return self.at("models")
 
     @property
     def index_dir(self) -> Path:
         """What was queued before (trainer.intake.seen); made on first use."""
-        return self.root / "index"
+        return self.at("index")
 
     def file_index(self, prefix: str) -> Path:
         """One "SHA256 ID" line per queued file whose sha256 starts with these two hex digits."""
-        return self.index_dir / "files" / prefix
+        return self.at("index", "files", prefix)
 
     def record_index(self, prefix: str) -> Path:
         """The digests of queued records that start with these two hex digits."""
-        return self.index_dir / "records" / prefix
+        return self.at("index", "records", prefix)
 
     @property
     def index_lock(self) -> Path:
-        return self.index_dir / "lock"
+        return self.at("index", "lock")
 
     @property
     def daemon_state(self) -> Path:
-        return self.run / "daemon.json"
+        return self.at("run", "daemon.json")
 
     @property
     def housekeeping(self) -> Path:
         """When the last snapshot and consolidation happened (the daemon's own record)."""
-        return self.run / "housekeeping.json"
+        return self.at("run", "housekeeping.json")
 
     @property
     def log_target(self) -> Path:
         """Where the running (or last) daemon sends its log: the journal or ``log_file``."""
-        return self.run / "log.json"
+        return self.at("run", "log.json")
 
     @property
     def logs_dir(self) -> Path:
-        return self.root / "logs"
+        return self.at("logs")
 
     @property
     def log_file(self) -> Path:
         """The daemon's log outside systemd; rotated to ``trainer.log.1``, ``.2``..."""
-        return self.logs_dir / "trainer.log"
+        return self.at("logs", "trainer.log")
 
     @property
     def report_page(self) -> Path:
         """The report page (``trainctl report``, or the daemon's copy with ``[report] every_minutes``)."""
-        return self.root / "report.html"
+        return self.at("report.html")
 
     @property
     def report_cache(self) -> Path:
         """Each item's metrics reduced for the report's charts (display only: rebuilt if lost)."""
-        return self.run / "report-cache.json"
+        return self.at("run", "report-cache.json")
 
     @property
     def daemon_lock(self) -> Path:
-        return self.run / "daemon.lock"
+        return self.at("run", "daemon.lock")
 
     @property
     def spool_lock(self) -> Path:
-        return self.run / "spool.lock"
+        return self.at("run", "spool.lock")
+
+    @property
+    def pending_root(self) -> Path:
+        """The parent of the three pending queues."""
+        return self.at("pending")
 
     def pending(self, priority: Priority) -> Path:
-        return self.root / "pending" / priority.value
+        return self.at("pending", priority.value)
 
     def state_dir(self, state: ItemState, priority: Priority | None = None) -> Path:
         """The directory holding items in ``state`` (pending needs its priority)."""
@@ -171,7 +187,7 @@ class Layout(NamedTuple):
             if priority is None:
                 raise ValueError("pending items live in one directory per priority")
             return self.pending(priority)
-        return self.root / state.value
+        return self.at(state.value)
 
     def item_dirs(self) -> list[Path]:
         """Every directory that holds items, pending first in service order."""
@@ -183,9 +199,23 @@ class Layout(NamedTuple):
         return [self.inbox, self.tmp, self.control, self.run, *self.item_dirs()]
 
 
+class PlainLayout(Layout):
+    """The same paths as plain strings (``os.path.join``), for what only reads the base dir
+    through ``os`` calls: ``trainctl status``, which so never imports ``pathlib`` (with the
+    ``urllib.parse`` and ``ipaddress`` it pulls in, ~2.5 ms of a ~45 ms start-up). Code that
+    writes, or calls ``Path`` methods, takes a ``Layout``."""
+
+    __slots__ = ()
+    root: str
+
+    def at(self, *parts: str) -> str:  # type: ignore[override]  # str paths are this class's point
+        return os.path.join(self.root, *parts)
+
+
 def _read_format(path: Path) -> dict:
     try:
-        data = orjson.loads(path.read_bytes())
+        with open(path, "rb") as fh:
+            data = orjson.loads(fh.read())
     except (FileNotFoundError, PermissionError):
         raise
     except (orjson.JSONDecodeError, OSError) as exc:
@@ -208,7 +238,7 @@ def check_format(layout: Layout) -> None:
     try:
         data = _read_format(layout.format_file)
     except FileNotFoundError:
-        if not layout.root.is_dir():
+        if not os.path.isdir(layout.root):
             raise NotABaseDir(
                 f"{layout.root}: no such directory: create it with {_init_command(layout)} "
                 f"(or point --base-dir or {BASE_DIR_ENV} at the one you meant)"
@@ -255,9 +285,21 @@ def check_one_filesystem(layout: Layout) -> None:
             )
 
 
-def open_base(root: Path) -> Layout:
+def open_base(root: Path | str) -> Layout:
     """A checked base dir: right format version, complete layout, one filesystem."""
-    layout = Layout(Path(root).absolute())
+    from pathlib import Path
+
+    return _checked(Layout(Path(root).absolute()))
+
+
+def open_plain(root: str) -> PlainLayout:
+    """``open_base`` with the paths as plain strings, for a reader that needs no ``Path``.
+    The root is made absolute as given, not normalised (after a symlink, ``..`` means what the
+    kernel makes of it, not what a text edit would)."""
+    return _checked(PlainLayout(os.path.join(os.getcwd(), root.rstrip("/") or root)))
+
+
+def _checked(layout: Layout) -> Layout:
     check_format(layout)
     check_one_filesystem(layout)
     return layout
@@ -270,13 +312,15 @@ def _make_dir(path: Path) -> None:
         return
 
 
-def init_base(root: Path, config_text: str, *, config_link: Path | None = None) -> tuple[Layout, bool]:
+def init_base(root: Path | str, config_text: str, *, config_link: Path | None = None) -> tuple[Layout, bool]:
     """Create (or complete) the layout; never touches existing items, config or data.
 
     With ``config_link``, a new base dir's config.toml is a symlink to that file instead (the
     systemd units keep the config in /etc/trainer, where the daemon cannot rewrite it, and
     trainctl still finds it in the base dir). Returns the layout and whether it was new.
     """
+    from pathlib import Path
+
     layout = Layout(Path(root).absolute())
     existed = layout.format_file.exists()
     if existed:
@@ -287,7 +331,7 @@ def init_base(root: Path, config_text: str, *, config_link: Path | None = None) 
         # anyone could then replace inbox/ or events/. Whatever else the umask allows
         # stays (readable by all, so that trainctl can name a refusal by its path).
         os.chmod(layout.root, stat.S_IMODE(os.stat(layout.root).st_mode) & ~0o002)
-    for path in (layout.root / "pending", *layout.spool_dirs(), layout.events_dir, layout.eval_dir):
+    for path in (layout.pending_root, *layout.spool_dirs(), layout.events_dir, layout.eval_dir):
         _make_dir(path)
     # Shared by every group member: made here with the group's mode, not by whoever comes first
     # with whatever umask they have. (Event segments get theirs from their first appender.)
@@ -300,7 +344,7 @@ def init_base(root: Path, config_text: str, *, config_link: Path | None = None) 
         write_atomic(layout.tmp, layout.config_file, config_text.encode())
     if not existed:
         write_format(layout)
-    for directory in (layout.root, layout.root / "pending", layout.run):
+    for directory in (layout.root, layout.pending_root, layout.run):
         fsync_dir(directory)
     check_one_filesystem(layout)
     return layout, not existed

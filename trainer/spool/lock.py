@@ -12,11 +12,14 @@ import errno
 import fcntl
 import os
 import time
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from trainer.errors import AlreadyRunning
 from trainer.spool.fsutil import DISK_ERRNOS, is_locked_by_someone
 from trainer.spool.layout import Layout
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 class DaemonLock:
@@ -94,16 +97,18 @@ def _write_pid(path: Path) -> None:
         os.close(fd)
 
 
-def read_lock_pid(path: Path) -> int | None:
+def read_lock_pid(path: Path | str) -> int | None:
     try:
-        text = path.read_text(errors="replace").strip()
+        with open(path, errors="replace") as fh:
+            text = fh.read().strip()
     except OSError:
         return None
     return int(text) if text.isdigit() else None
 
 
 def lock_holder(layout: Layout) -> int | None:
-    """The pid of the daemon holding the lock (0 if it cannot be read), or None if free."""
+    """The pid of the daemon holding the lock (0 if it cannot be read), or None if free
+    (a ``PlainLayout`` will do)."""
     if is_locked_by_someone(layout.daemon_lock):
         return read_lock_pid(layout.daemon_lock) or 0
     return None

@@ -8,12 +8,15 @@ inbox under its name (``ingest`` on failure, ``sweep_tmp`` after a crash).
 from __future__ import annotations
 
 import os
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 
 from trainer.spool.fsutil import rename_no_replace
 from trainer.spool.layout import Layout
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 ORIGIN_NAME = "origin.json"  # in a staging dir: "this data came from inbox/<name>"
 

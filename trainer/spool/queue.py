@@ -14,24 +14,24 @@ import dataclasses
 import os
 from collections.abc import Callable, Iterable
 from datetime import datetime
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from trainer.errors import NoSuchItem, WrongState
 from trainer.ids import ID_LENGTH, check_id, is_id
 from trainer.spool.fsutil import exclusive_lock, rename_durably, write_atomic
 from trainer.spool.layout import Layout, is_candidate_name
-from trainer.spool.origin import ORIGIN_NAME
 from trainer.states import Event, ItemState, Priority
 from trainer.timefmt import iso, parse_iso, utc_now
 
 if TYPE_CHECKING:
+    from pathlib import Path  # only annotations here: `trainctl status` never imports pathlib
+
     from trainer.spool.item import Item, ItemMeta
 
 _reported_unmovable: set[str] = set()  # logged once per process, not at every poll
 
 
-def load_item(path: Path, state: ItemState, priority: Priority | None) -> Item:
+def load_item(path: Path | str, state: ItemState, priority: Priority | None) -> Item:
     # The item module on first use, not at import: `trainctl status` with no active item reads
     # no metadata, and building the item dataclasses is ~1.5 ms of its start-up.
     from trainer.spool.item import load_item as load
@@ -109,7 +109,8 @@ def _count(directory: Path) -> int:
 
 
 def counts(layout: Layout) -> dict[str, int]:
-    """How many items each state holds (pending split by priority): one listdir each."""
+    """How many items each state holds (pending split by priority): one listdir each (a
+    ``PlainLayout`` will do)."""
     result = {f"pending.{p.value}": _count(layout.pending(p)) for p in Priority}
     result["pending"] = sum(result[f"pending.{p.value}"] for p in Priority)
     for state in (ItemState.ACTIVE, ItemState.HELD, ItemState.FAILED, ItemState.DONE):
@@ -119,6 +120,8 @@ def counts(layout: Layout) -> dict[str, int]:
 
 def inbox_waiting(layout: Layout) -> int:
     """Inbox files not yet taken, plus those being taken right now (staged with an origin)."""
+    from trainer.spool.origin import ORIGIN_NAME  # here: `trainctl status` never asks, nor loads it
+
     with os.scandir(layout.inbox) as entries:
         count = sum(1 for e in entries if is_candidate_name(e.name) and e.is_file(follow_symlinks=False))
     with os.scandir(layout.tmp) as entries:
@@ -139,12 +142,19 @@ def is_idle(layout: Layout) -> bool:
     return True
 
 
-def active_item(layout: Layout) -> Item | None:
+def active_id(layout: Layout) -> str | None:
+    """The id of the item the daemon has claimed, if any (a ``PlainLayout`` will do)."""
     ids = _entries(layout.state_dir(ItemState.ACTIVE))
-    if not ids:
+    return ids[0] if ids else None
+
+
+def active_item(layout: Layout) -> Item | None:
+    """The item the daemon has claimed, with its metadata (a ``PlainLayout`` will do)."""
+    item_id = active_id(layout)
+    if item_id is None:
         return None
     try:
-        return load_item(layout.state_dir(ItemState.ACTIVE) / ids[0], ItemState.ACTIVE, None)
+        return load_item(os.path.join(layout.state_dir(ItemState.ACTIVE), item_id), ItemState.ACTIVE, None)
     except FileNotFoundError:
         return None
 
