@@ -120,6 +120,7 @@ def status_lines(status: dict, colour: bool = False) -> list[str]:
         if isinstance(memory.get("gpu"), dict):
             line += f"; GPU allocated {size(memory['gpu'].get('allocated'))}, reserved {size(memory['gpu'].get('reserved'))}"
         lines.append(line)
+    lines += _world_lines(status.get("world"))
     lines.append(f"disk        {_disk_line(status['disk'])}")
     lines += _eval_lines(status)
     error = status.get("last_error")
@@ -127,6 +128,24 @@ def status_lines(status: dict, colour: bool = False) -> list[str]:
         lines.append(f"last error  {paint(_kv(error), 'bad', colour)}")
     if status["daemon"].get("state_problem") and status["daemon"]["liveness"] != "unknown":
         lines.append(f"warning     {status['daemon']['state_problem']}")
+    return lines
+
+
+def _world_lines(world: object) -> list[str]:
+    """With several ranks: how many, on how many nodes, then a line a rank (host, pid, memory
+    at the last step)."""
+    if not isinstance(world, dict) or not isinstance(world.get("ranks"), list):
+        return []
+    nodes = world.get("nodes")
+    lines = [f"world       {display(world.get('size'))} ranks on {display(nodes)} node{'s' if nodes != 1 else ''}"]
+    for rank in world["ranks"]:
+        if not isinstance(rank, dict):
+            continue
+        memory = f"{size(rank['rss'])} resident" if isinstance(rank.get("rss"), int) else "memory not reported yet"
+        if rank.get("gpu"):
+            memory += f", GPU {size(rank['gpu'])}"
+        lines.append(f"  rank {display(rank.get('rank')):<4} {display(rank.get('host'))} pid {display(rank.get('pid'))}: "
+                     f"{memory}")
     return lines
 
 

@@ -19,7 +19,7 @@ import time
 import psutil
 import pytest
 import torch
-from helpers.common import REPO
+from helpers.common import REPO, trainctl
 from helpers.daemon_proc import DaemonProcess, enqueue_sample, metric_steps, small_config
 from safetensors.torch import load_file
 
@@ -227,6 +227,8 @@ def test_pause_outlasts_the_group_timeout_and_stop_reaches_every_rank(base, daem
     control.send_pause(base, reason="test")
     daemon.wait_for(lambda: daemon.state().get("state") == "paused", timeout=60, what="paused")
     paused_at = daemon.step()
+    shown = trainctl(base.root, "status").stdout
+    assert "world       2 ranks on 1 node" in shown and f"pid {workers[1]}:" in shown, shown
     time.sleep(15)  # longer than the group's timeout (10 s): only the leader's keep-alive saves it
     assert daemon.step() == paused_at
     control.send_resume(base)

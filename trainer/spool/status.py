@@ -134,6 +134,7 @@ def summarize(
         "last_eval": state.get("last_eval") if state else None,
         "held_back": held_back or [],
         "memory": state.get("memory") if state and alive else None,
+        "world": state.get("world") if state and alive else None,  # the ranks, when there are several
         "disk": disk,
     }
 
