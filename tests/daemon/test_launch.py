@@ -58,3 +58,12 @@ def test_a_failed_group_exits_with_the_code_systemd_must_see(codes, expected):
 def test_a_free_local_endpoint_is_a_port_on_loopback():
     host, _, port = launch.free_local_endpoint().rpartition(":")
     assert host == "127.0.0.1" and 0 < int(port) < 65536
+
+
+def test_nccl_needs_a_gpu_per_worker_and_gloo_on_the_cpu_needs_none():
+    assert launch.devices_problem(DistributedConfig(nproc=2), cuda_devices=0) is None  # auto: gloo
+    assert launch.devices_problem(DistributedConfig(nproc=8), cuda_devices=8) is None
+    problem = launch.devices_problem(DistributedConfig(nproc=8), cuda_devices=4)
+    assert "nproc = 8" in problem and "4 CUDA device(s)" in problem
+    assert launch.devices_problem(DistributedConfig(nproc=2, backend="nccl"), cuda_devices=0) is not None
+    assert launch.devices_problem(DistributedConfig(nproc=4, backend="gloo"), cuda_devices=1) is None

@@ -70,6 +70,15 @@ def check(dist: DistributedConfig) -> None:
             raise ConfigError(f"distributed.rendezvous = {dist.rendezvous!r}: expected HOST:PORT, e.g. \"node0:29400\"")
 
 
+def devices_problem(dist: DistributedConfig, cuda_devices: int) -> str | None:
+    """Why the workers could not each have a GPU (pure), or None. NCCL needs one per worker."""
+    nccl = dist.backend == "nccl" or (dist.backend == "auto" and cuda_devices > 0)
+    if nccl and dist.nproc > cuda_devices:
+        return (f"distributed.nproc = {dist.nproc} but this node has {cuda_devices} CUDA device(s): one worker "
+                f"per GPU; lower nproc (or set CUDA_VISIBLE_DEVICES)")
+    return None
+
+
 def launch_settings(dist: DistributedConfig, endpoint: str) -> dict:
     """The agent's ``LaunchConfig``, as keywords (pure). A static rendezvous: every node is
     told its rank, so node 0's first worker is global rank 0, the one that owns the queue."""
@@ -123,8 +132,13 @@ def _launch(layout: Layout, dist: DistributedConfig, config_path: Path | None, e
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
+    import torch
+
     from trainer.daemon import ranks
 
+    if problem := devices_problem(dist, torch.cuda.device_count()):
+        print(f"trainer: {problem}", file=sys.stderr)
+        return ExitCode.CONFIG
     endpoint = dist.rendezvous or free_local_endpoint()
     log.info("launching %d worker(s) on node %d of %d (rendezvous %s, up to %d restart(s))",
              dist.nproc, dist.node_rank, dist.nnodes, endpoint, dist.max_restarts)
