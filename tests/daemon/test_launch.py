@@ -67,3 +67,22 @@ def test_nccl_needs_a_gpu_per_worker_and_gloo_on_the_cpu_needs_none():
     assert "nproc = 8" in problem and "4 CUDA device(s)" in problem
     assert launch.devices_problem(DistributedConfig(nproc=2, backend="nccl"), cuda_devices=0) is not None
     assert launch.devices_problem(DistributedConfig(nproc=4, backend="gloo"), cuda_devices=1) is None
+
+
+def test_a_stop_reaches_every_rank_0_the_group_has_even_one_started_after_it(monkeypatch):
+    """A SIGTERM that lands while the agent replaces a lost worker must not stay with the rank 0
+    that is dying: the next one is told too (once each); a reload goes to one rank 0 only."""
+    sent: list[tuple[int, int]] = []
+    monkeypatch.setattr(launch, "_send", lambda pid, signum: sent.append((pid, signum)))
+    relay = launch.SignalRelay(node_has_leader=True)
+    relay.deliver(100)
+    assert sent == []  # nothing asked yet
+    relay.handle(launch.signal.SIGHUP)
+    relay.deliver(None)  # no rank 0 now (restarting): it waits
+    relay.deliver(100)
+    assert sent == [(100, launch.signal.SIGHUP)]
+    relay.handle(launch.signal.SIGTERM)
+    relay.deliver(100)
+    relay.deliver(100)
+    relay.deliver(200)  # the group restarted: the new rank 0 is told as well
+    assert sent[1:] == [(100, launch.signal.SIGTERM), (200, launch.signal.SIGTERM)]

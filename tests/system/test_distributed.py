@@ -186,6 +186,17 @@ def test_a_killed_worker_restarts_the_group_from_the_checkpoint(base, daemons):
     assert not any(alive(pid) for pid in workers.values())
 
 
+def test_a_stop_during_the_group_s_restart_still_stops_it(base, daemons):
+    enqueue_sample(base, base.root.parent, records=300)
+    daemon = daemons(base, "--nproc", "2")
+    workers = wait_ranks(daemon)
+    daemon.wait_for(lambda: daemon.step() >= 2, timeout=180, what="step 2")
+    os.kill(workers[1], signal.SIGKILL)
+    daemon.proc.send_signal(signal.SIGTERM)  # lands on a rank 0 about to go: the next one is told too
+    assert daemon.finish(180) == 0, daemon.output()
+    wait_gone(daemon.worker_pids_seen, what="workers after a stop during a restart")
+
+
 def test_sighup_reloads_in_the_same_processes_and_kill_9_of_the_launcher_leaves_no_worker(base, daemons):
     enqueue_sample(base, base.root.parent, records=300)
     daemon = daemons(base, "--nproc", "2")

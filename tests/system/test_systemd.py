@@ -428,8 +428,10 @@ def test_two_ranks_reach_ready_survive_a_lost_worker_and_a_reload_and_stop_clean
 
     box.run("kill", "-9", str(workers[1]))  # the group restarts inside the unit, from the checkpoint
     box.wait_for(lambda: "was interrupted" in journal_text(box), timeout=120, what="the group's restart")
-    box.wait_for(lambda: worker_pids(box).keys() == {0, 1} and worker_pids(box)[1] != workers[1]
-                 and state(box).get("state") == "training", timeout=120, what="training again")
+    def training_again() -> bool:
+        now = worker_pids(box)  # read once: the group may be between two workers
+        return now.keys() == {0, 1} and now[1] != workers[1] and state(box).get("state") == "training"
+    box.wait_for(training_again, timeout=120, what="training again")
     shown = box.show("trainer.service", "ActiveState", "NRestarts", "MainPID")
     assert shown == {"ActiveState": "active", "NRestarts": "0", "MainPID": str(launcher)}, shown
 

@@ -158,13 +158,18 @@ def _launch(layout: Layout, dist: DistributedConfig, config_path: Path | None, e
 
 
 class SignalRelay(threading.Thread):
-    """Passes the launcher's signals on (the module's docstring), in its own thread."""
+    """Passes the launcher's signals on (the module's docstring), in its own thread.
+
+    A stop is not a one-off message: once asked, every rank 0 it sees gets a SIGTERM, once. A
+    stop that lands while the group restarts (the agent replacing a lost worker) would
+    otherwise reach the old rank 0 as it dies, and the new group would train on."""
 
     def __init__(self, *, node_has_leader: bool) -> None:
         super().__init__(name="signal-relay", daemon=True)
         self.node_has_leader = node_has_leader
         self.stops = 0
-        self.for_leader: list[signal.Signals] = []  # signals waiting for rank 0 to exist
+        self.for_leader: list[signal.Signals] = []  # signals waiting for rank 0 to exist (reloads)
+        self.stopped: set[int] = set()  # the rank-0 pids told to stop
         self._taken: queue.SimpleQueue[int] = queue.SimpleQueue()
 
     def take(self, signum: int, frame) -> None:
@@ -173,16 +178,25 @@ class SignalRelay(threading.Thread):
 
     def run(self) -> None:
         while True:
+            waiting = self.for_leader or self.stops
             try:
-                self.handle(signal.Signals(self._taken.get(timeout=LOOK_FOR_LEADER_S if self.for_leader else None)))
+                self.handle(signal.Signals(self._taken.get(timeout=LOOK_FOR_LEADER_S if waiting else None)))
             except queue.Empty:
                 pass
-            if self.for_leader:
-                leader = next((pid for pid, rank in workers() if rank == 0), None)
-                if leader is not None:
-                    for signum in self.for_leader:
-                        _send(leader, signum)
-                    self.for_leader.clear()
+            if self.for_leader or self.stops:
+                self.deliver(next((pid for pid, rank in workers() if rank == 0), None))
+
+    def deliver(self, leader: int | None) -> None:
+        """To the rank 0 alive now: what waited for it, and a stop if one was asked and it has
+        not had it."""
+        if leader is None:
+            return
+        for signum in self.for_leader:
+            _send(leader, signum)
+        self.for_leader.clear()
+        if self.stops and leader not in self.stopped:
+            self.stopped.add(leader)
+            _send(leader, signal.SIGTERM)
 
     def handle(self, signum: signal.Signals) -> None:
         if signum in (signal.SIGTERM, signal.SIGINT):
@@ -195,7 +209,6 @@ class SignalRelay(threading.Thread):
                     _send(pid, signal.SIGKILL)
                 os._exit(128 + signum)
             log.info("%s: rank 0 stops after its step and tells the others", signum.name)
-            self.for_leader.append(signal.SIGTERM)
         elif signum == signal.SIGHUP:
             if self.node_has_leader:
                 self.for_leader.append(signal.SIGHUP)

@@ -109,7 +109,18 @@ class World:
             backend = "nccl" if torch.cuda.is_available() else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(self.local_rank)
-        torch.distributed.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+        timeout = timedelta(seconds=timeout_s)
+        if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+            torch.distributed.init_process_group(backend, timeout=timeout)
+            return
+        # The agent's store outlives a restart of the group (a static rendezvous keeps one store):
+        # each attempt gets its own keys, or a new rank can read a dead one's address and fail
+        # to connect (seen: "Gloo connectFullMesh failed ... Connection refused" after a restart).
+        store = torch.distributed.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                                           is_master=False, timeout=timeout)
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        torch.distributed.init_process_group(backend, store=torch.distributed.PrefixStore(f"trainer/{attempt}", store),
+                                             rank=self.rank, world_size=self.size, timeout=timeout)
 
     def leave(self) -> None:
         if self.distributed and torch.distributed.is_initialized():
