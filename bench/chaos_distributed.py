@@ -51,6 +51,8 @@ from chaos_kill import (  # noqa: E402
     read_state,
 )
 
+from trainer.daemon.launch import alive, workers  # noqa: E402  (chaos_kill puts the repo on the path)
+
 GROUP = "\n[distributed]\nmax_restarts = 1000\ntimeout_seconds = 60.0\n"
 TARGETS = ("rank0", "rank1", "launcher")
 MOMENTS = ("step", "checkpoint")
@@ -59,26 +61,7 @@ ORPHAN_WAIT_S = 15.0
 
 def ranks_of(pid: int) -> dict[int, int]:
     """rank -> pid of the launcher's live workers, by their process names."""
-    found = {}
-    try:
-        children = psutil.Process(pid).children()
-    except psutil.NoSuchProcess:
-        return found
-    for child in children:
-        try:
-            name, status = child.name(), child.status()
-        except psutil.NoSuchProcess:
-            continue
-        if name.startswith("trainer-rank") and status != psutil.STATUS_ZOMBIE:
-            found[int(name.removeprefix("trainer-rank"))] = child.pid
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
+    return {rank: worker for worker, rank in workers(pid)}
 
 
 def training(base: Path, launcher: int) -> bool:

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import time
 
-import psutil
 import pytest
 import torch
 from helpers.common import REPO, trainctl
@@ -24,6 +23,8 @@ from helpers.daemon_proc import DaemonProcess, enqueue_sample, metric_steps, sma
 from safetensors.torch import load_file
 
 from trainer.config import default_config_toml
+from trainer.daemon import launch
+from trainer.daemon.launch import alive
 from trainer.spool import control, queue
 from trainer.spool.layout import init_base, open_base
 from trainer.spool.lock import DaemonLock, lock_holder
@@ -66,33 +67,14 @@ def daemons():
 
 def ranks(daemon: DaemonProcess) -> dict[int, int]:
     """rank -> pid of the launcher's workers that have taken their rank's name."""
-    found = {}
-    try:
-        children = psutil.Process(daemon.pid).children()
-    except psutil.NoSuchProcess:
-        return found
-    for child in children:
-        try:
-            name = child.name()
-        except psutil.NoSuchProcess:
-            continue
-        if (match := re.fullmatch(r"trainer-rank(\d+)", name)) and child.status() != psutil.STATUS_ZOMBIE:
-            found[int(match.group(1))] = child.pid
-    seen = getattr(daemon, "worker_pids_seen", set())
-    daemon.worker_pids_seen = seen | set(found.values())
+    found = {rank: pid for pid, rank in launch.workers(daemon.pid)}
+    daemon.worker_pids_seen = getattr(daemon, "worker_pids_seen", set()) | set(found.values())
     return found
 
 
 def wait_ranks(daemon: DaemonProcess, count: int = 2, timeout: float = 120) -> dict[int, int]:
     daemon.wait_for(lambda: len(ranks(daemon)) == count, timeout=timeout, what=f"{count} workers")
     return ranks(daemon)
-
-
-def alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def wait_gone(pids, timeout: float = 30, what: str = "processes") -> None:

@@ -216,18 +216,23 @@ class SignalRelay(threading.Thread):
             abort_all()
 
 
-def workers() -> list[tuple[int, int]]:
-    """(pid, global rank) of this launcher's workers: its children that have taken their rank's
-    name (``ranks.RANK_NAME``; the agent puts RANK in their environment only once they run)."""
+def workers(launcher: int | None = None) -> list[tuple[int, int]]:
+    """(pid, global rank) of a launcher's live workers (this process's by default): its
+    children that have taken their rank's name (``ranks.RANK_NAME``; the agent puts RANK in
+    their environment only once they run). Tests and bench/ find the workers this way too."""
     import psutil
 
     found = []
-    for child in psutil.Process().children():
+    try:
+        children = psutil.Process(launcher).children()
+    except psutil.NoSuchProcess:
+        return found
+    for child in children:
         try:
-            name = child.name()
-        except psutil.Error:
+            name, status = child.name(), child.status()
+        except psutil.NoSuchProcess:
             continue  # gone already
-        if name.startswith(RANK_NAME) and name[len(RANK_NAME):].isdigit():
+        if name.startswith(RANK_NAME) and name[len(RANK_NAME):].isdigit() and status != psutil.STATUS_ZOMBIE:
             found.append((child.pid, int(name[len(RANK_NAME):])))
     return found
 
@@ -240,13 +245,13 @@ def abort_all() -> None:
     for pid, _ in sorted(workers(), key=lambda worker: worker[1]):  # one at a time: stacks not interleaved
         _send(pid, signal.SIGABRT)
         _send(pid, signal.SIGCONT)
-        while time.monotonic() < deadline and _alive(pid):
+        while time.monotonic() < deadline and alive(pid):
             time.sleep(0.05)
     faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
     os.abort()  # glibc's abort() ends the process even past a handler that returns (Python's)
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     """Not exited (a zombie has: the agent reaps it)."""
     import psutil
 
