@@ -242,7 +242,14 @@ def abort_all() -> None:
     then this process prints its own and aborts, as a single daemon would."""
     log.error("SIGABRT (the watchdog?): every worker prints its stack, then the launcher aborts")
     deadline = time.monotonic() + ABORT_WAIT_S
-    for pid, _ in sorted(workers(), key=lambda worker: worker[1]):  # one at a time: stacks not interleaved
+    ranked = sorted(workers(), key=lambda worker: worker[1])
+    # All held first: the first one to die makes the agent SIGTERM the others, and one of them
+    # must not die of it before it has printed its stack. A held worker keeps that SIGTERM
+    # pending (every worker handles SIGTERM, so it is not fatal on arrival) and, woken, takes
+    # the lower-numbered SIGABRT first.
+    for pid, _ in ranked:
+        _send(pid, signal.SIGSTOP)
+    for pid, _ in ranked:  # one at a time: stacks not interleaved
         _send(pid, signal.SIGABRT)
         _send(pid, signal.SIGCONT)
         while time.monotonic() < deadline and alive(pid):

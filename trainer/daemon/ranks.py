@@ -10,7 +10,7 @@ group and takes its role:
   knows the world (``trainer/train/world.py``), behind the launcher's lock; it returns the
   daemon's exit code as its result, after telling the followers to stop;
 - the others run ``follower.follow``: no data, no disk, no decisions. They ignore SIGINT and
-  SIGHUP (the launcher's to relay) and die at once of SIGTERM (they hold nothing to save: only
+  SIGHUP (the launcher's to relay) and exit at once on SIGTERM (they hold nothing to save: only
   the agent sends them one, when it tears the group down).
 """
 
@@ -104,7 +104,9 @@ def _follow(layout, config, world) -> None:
         os.environ.pop(name, None)  # systemd hears from rank 0 only
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # Exit at once, but through a handler: a SIGTERM with the default action kills even a
+    # stopped process on arrival, before the launcher can make it print its stack (abort_all).
+    signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(128 + signum))
     signal.pthread_sigmask(signal.SIG_UNBLOCK, RELAYED)
     log.info("rank %d of %d: following rank 0", world.rank, world.size)
     try:
