@@ -260,6 +260,12 @@ class DistributedConfig:
     backend: str = _setting(
         "auto", "The collectives' backend: auto = nccl where CUDA is available, gloo otherwise.",
         choices=("auto", "nccl", "gloo"))
+    strategy: str = _setting(
+        "ddp", "How the ranks hold the model. ddp: every rank holds all of it and the gradients are summed "
+               "(full fine-tune and LoRA). fsdp: torch's FSDP2 shards the weights, gradients and optimizer "
+               "state across the ranks, for a full fine-tune that does not fit one device; checkpoints are "
+               "then sharded (torch.distributed.checkpoint), snapshots and versions stay plain model "
+               "directories (docs/training.md#sharded-training).", choices=("ddp", "fsdp"))
     max_restarts: int = _setting(
         3, "Times the launcher restarts the whole group after a worker was lost, from the last checkpoint, "
            "before the daemon exits and systemd's Restart= takes over. Each one counts as an interrupted "

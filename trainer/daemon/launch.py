@@ -57,8 +57,11 @@ RANK_NAME = "trainer-rank"  # a worker's process name: trainer-rank0, trainer-ra
 LOOK_FOR_LEADER_S = 0.2  # a signal for rank 0 while it is (re)starting is tried again this often
 
 
-def check(dist: DistributedConfig) -> None:
+def check(dist: DistributedConfig, *, lora: bool = False) -> None:
     """The settings that only make sense together (ConfigError names the key and the fix)."""
+    if dist.strategy == "fsdp" and lora:
+        raise ConfigError("distributed.strategy = \"fsdp\" shards a full fine-tune; with model.lora = true "
+                          "use strategy = \"ddp\" (an adapter is small enough for every rank to hold)")
     if dist.node_rank >= dist.nnodes:
         raise ConfigError(f"distributed.node_rank = {dist.node_rank} but distributed.nnodes = {dist.nnodes}: "
                           f"node ranks go from 0 to nnodes - 1")
@@ -106,7 +109,7 @@ def free_local_endpoint() -> str:
 
 def run_launcher(layout: Layout, config: Config, config_path: Path | None, exit_when_idle: bool) -> int:
     dist = config.distributed
-    check(dist)
+    check(dist, lora=config.model.lora)
     lock = DaemonLock(layout)
     try:
         lock.acquire()

@@ -58,7 +58,7 @@ def run(base_dir: Path, config_path: Path | None, exit_when_idle: bool, nproc: i
         if config.distributed.nproc > 1 or config.distributed.nnodes > 1:
             from trainer.daemon import launch
 
-            launch.check(config.distributed)
+            launch.check(config.distributed, lora=config.model.lora)
     except TrainerError as exc:
         print(f"trainer: {exc}", file=sys.stderr)
         sys.exit(ExitCode.CONFIG)

@@ -25,7 +25,7 @@ import psutil
 import torch
 
 from trainer.config import CheckpointConfig, Config
-from trainer.errors import DiskUnwritable, ItemFailed
+from trainer.errors import ConfigError, DiskUnwritable, ItemFailed
 from trainer.spool.fsutil import FILE_MODE, append_line, disk_refusal
 from trainer.train import lineage, step
 from trainer.train import model as model_io
@@ -36,7 +36,7 @@ from trainer.train.packing import Row
 from trainer.train.protocol import ItemPlan, Progress, TrainState
 from trainer.train.schedule import lr_at, should_checkpoint
 from trainer.train.leader import Leader
-from trainer.train.world import World
+from trainer.train.world import World, place
 
 log = logging.getLogger("trainer.engine")
 
@@ -104,8 +104,13 @@ class Engine:
             from trainer.train import releases
 
             releases.adopt_if_published(self, self.base / "models")
-        self.share_with_followers()
+        self.share_with_followers(checkpoint.path if checkpoint is not None else None)
         return checkpoint
+
+    @property
+    def sharded(self) -> bool:
+        """The ranks each hold a shard of the model (``sharding.py``), not all of it."""
+        return self.world.distributed and self.config.distributed.strategy == "fsdp"
 
     def _load_model(self, base: str | None) -> None:
         cfg = self.config.train
@@ -113,10 +118,16 @@ class Engine:
         loaded = model_io.load(self.base, model_config)
         self.model_path = model_io.model_dir(self.base, model_config)
         self.model, self.tokenizer, self.device = loaded.model, loaded.tokenizer, loaded.device
+        if self.sharded:
+            from trainer.train import sharding
+
+            sharding.shard(self.model, self.device)
+            if self.world.is_leader:
+                sharding.mirror(self.model, self.leader.announce_forward)
         self.params = model_io.trainable_parameters(self.model)
         self.optimizer = torch.optim.AdamW(
             self.params.values(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
-            fused=self.device.type == "cuda")
+            fused=self.device.type == "cuda" and not self.sharded)
         self.encoder = RecordEncoder(self.tokenizer, max_length=cfg.max_length, overlong=cfg.overlong)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
 
@@ -138,8 +149,8 @@ class Engine:
         self._load_model(base)
         self.state = lineage.rolled_back(self.state, version, meta, base=base, request=request, requeue=requeue)
         self._nonfinite_in_a_row = 0
+        self.share_with_followers()  # first: sharded, every rank writes the checkpoint
         self.checkpoint()
-        self.share_with_followers()
         log.info("rolled back to %s (step %d): line %d", version, self.state.global_step, self.state.line)
         return self.last_checkpoint
 
@@ -193,6 +204,25 @@ class Engine:
     # --- checkpoints ---------------------------------------------------------------------
 
     def _write_checkpoint(self, directory: Path) -> None:
+        if self.sharded:
+            self.leader.tell("save", str(directory))
+            self.save_shards(directory)
+        else:
+            self._write_weights(directory)
+        torch.save(_rng_state(), directory / RNG_FILE)
+        self.state.world_size = self.world.size
+        (directory / STATE_FILE).write_bytes(orjson.dumps(asdict(self.state), option=orjson.OPT_INDENT_2))
+
+    def save_shards(self, directory: Path) -> None:
+        """Every rank: its shard of the weights and optimizer state into the checkpoint being
+        written (``sharding.py``), unless a rank holds a weight that is not finite."""
+        from trainer.train import sharding
+
+        if self.world.any(not sharding.finite(self.params.values())):
+            raise ItemFailed("refusing to checkpoint non-finite weights", transient=True)
+        sharding.save(self.model, self.optimizer, directory)
+
+    def _write_weights(self, directory: Path) -> None:
         from safetensors.torch import save_file
 
         # format=pt: for full fine-tuning this file is a valid HF model.safetensors, so a
@@ -202,9 +232,6 @@ class Engine:
         # safetensors creates its file 0600; a version hard-links it, and the group must read it.
         os.chmod(directory / WEIGHTS_FILE, FILE_MODE)
         torch.save(self.optimizer.state_dict(), directory / OPTIMIZER_FILE)
-        torch.save(_rng_state(), directory / RNG_FILE)
-        self.state.world_size = self.world.size
-        (directory / STATE_FILE).write_bytes(orjson.dumps(asdict(self.state), option=orjson.OPT_INDENT_2))
 
     def checkpoint(self) -> Checkpoint:
         """Save the whole training state (never weights that are not finite).
@@ -214,7 +241,7 @@ class Engine:
         written, the daemon waits (``disk_wait``: blocked, heartbeating), and the same state is
         saved again, through the space guard, once the disk takes writes.
         """
-        for name, p in self.params.items():
+        for name, p in ({} if self.sharded else self.params).items():  # sharded: in save_shards
             if not torch.isfinite(p).all():
                 raise ItemFailed(f"refusing to checkpoint non-finite weights ({name})", transient=True)
         estimate = self.checkpoint_estimate()
@@ -251,18 +278,10 @@ class Engine:
                 self.disk_wait(refused)
 
     def _restore(self, checkpoint: Checkpoint) -> None:
-        from safetensors.torch import load_file
-
-        weights = load_file(str(checkpoint.path / WEIGHTS_FILE))
-        missing = set(self.params) - set(weights)
-        if missing:
-            raise RuntimeError(f"checkpoint {checkpoint.path.name} lacks {len(missing)} trained tensors "
-                               f"(was it made with another model or LoRA setting?)")
-        with torch.no_grad():
-            for name, p in self.params.items():
-                p.copy_(weights[name].to(p.device, p.dtype))
-        self.optimizer.load_state_dict(torch.load(checkpoint.path / OPTIMIZER_FILE, weights_only=True,
-                                                  map_location=self.device))
+        """The checkpoint's state; its weights too, unless sharded: every rank then takes its
+        shard in ``share_with_followers``, which follows."""
+        if not self.sharded:
+            self._load_weights(checkpoint.path)
         _set_rng_state(torch.load(checkpoint.path / RNG_FILE, weights_only=True))
         self.state = TrainState(**orjson.loads((checkpoint.path / STATE_FILE).read_bytes()))
         self.last_checkpoint = checkpoint
@@ -272,6 +291,57 @@ class Engine:
                         "current one", checkpoint.path.name)
         log.info("restored checkpoint %s (step %d)", checkpoint.path.name, self.state.global_step)
 
+    def _load_weights(self, path: Path) -> None:
+        """Weights and optimizer state of a checkpoint into a model this process holds whole."""
+        from trainer.train import sharding
+
+        if sharding.holds_shards(path):  # written sharded: read every shard here
+            return sharding.load(self.model, self.optimizer, path, alone=True)
+        weights, optimizer = self._read_plain(path)
+        with torch.no_grad():
+            for name, p in self.params.items():
+                p.copy_(weights[name].to(p.device, p.dtype))
+        self.optimizer.load_state_dict(optimizer)
+
+    def _read_plain(self, path: Path) -> tuple[dict, dict]:
+        from safetensors.torch import load_file
+
+        weights = load_file(str(path / WEIGHTS_FILE))
+        missing = set(self.params) - set(weights)
+        if missing:
+            raise RuntimeError(f"checkpoint {path.name} lacks {len(missing)} trained tensors "
+                               f"(was it made with another model or LoRA setting?)")
+        return weights, torch.load(path / OPTIMIZER_FILE, weights_only=True, map_location="cpu")
+
+    def take_shards(self, source: str | None, probe: str) -> None:
+        """Every sharded rank, after (re)loading the model: the weights and optimizer state of
+        checkpoint ``source`` (sharded or plain), or those the model files gave every rank alike
+        (None). ``probe``: a file the leader put in the checkpoint directory, which every rank
+        must see, since each writes its shards there."""
+        from trainer.train import sharding
+
+        seen = self.world.gather((place(), (self.store.root / probe).exists()))
+        self.leader.places = [where for where, _ in seen]
+        if not all(ok for _, ok in seen):
+            blind = [rank for rank, (_, ok) in enumerate(seen) if not ok]
+            raise ConfigError(f"distributed.strategy = \"fsdp\": rank(s) {blind} cannot see {self.store.root}, where "
+                              f"every rank writes its shards: put the base dir on a filesystem every node mounts "
+                              f"at the same path, or use strategy = \"ddp\"")
+        if source is None:
+            return
+        if sharding.holds_shards(Path(source)):
+            return sharding.load(self.model, self.optimizer, Path(source), alone=False)
+        weights, optimizer = self._read_plain(Path(source)) if self.world.is_leader else ({}, {})
+        sharding.load_full(self.model, self.optimizer, weights, optimizer, list(self.params))
+
+    def full_weights(self) -> dict:
+        """Sharded: every weight whole on the leader (for a publication; every rank takes part)."""
+        from trainer.train import sharding
+
+        if self.world.is_leader:
+            self.leader.tell("gather")
+        return sharding.full_weights(self.model)
+
     def rollback(self) -> None:
         """Back to the last checkpoint (or the loaded weights' state if there is none)."""
         checkpoint = self.store.latest_valid()
@@ -279,7 +349,7 @@ class Engine:
             raise ItemFailed("weights became non-finite and there is no checkpoint to roll back to",
                              transient=False)
         self._restore(checkpoint)
-        self.share_with_followers()
+        self.share_with_followers(checkpoint.path)
 
     # --- items ---------------------------------------------------------------------------
 
@@ -389,7 +459,9 @@ class Engine:
         loss, grad_norm, applied = None, None, False
         if targets:
             mine = self.leader.hand_out(rows, targets, lr, self.state.global_step)
-            loss, grad_norm, applied = step.apply_step(self, mine, targets, lr, self.state.global_step)
+            with self.leader.stepping():
+                loss, grad_norm, applied = step.apply_step(self, mine, targets, lr, self.state.global_step,
+                                                           rows_each=-(-len(rows) // self.world.size))
             self._nonfinite_in_a_row = 0 if applied else self._nonfinite_in_a_row + 1
         cursor.item_step += 1
         if applied:
@@ -417,8 +489,19 @@ class Engine:
                         eta_s=max(0, plan.total_steps - cursor.item_step) * self._step_time,
                         host_rss_bytes=self._process.memory_info().rss, gpu_bytes=gpu)
 
-    def share_with_followers(self) -> None:
-        """After the weights changed other than by a step (start, rollback, a new base)."""
+    def share_with_followers(self, source: Path | None = None) -> None:
+        """After the weights changed other than by a step (start, rollback, a new base).
+        Sharded: every rank takes its shard of checkpoint ``source`` (``take_shards``)."""
+        if self.sharded:
+            probe = f".ranks-{os.urandom(4).hex()}"
+            (self.store.root / probe).touch()
+            try:
+                self.leader.tell("load", self.state.base, self.state.micro_batch_size,
+                                 None if source is None else str(source), probe)
+                self.take_shards(None if source is None else str(source), probe)
+            finally:
+                (self.store.root / probe).unlink(missing_ok=True)
+            return
         self.leader.share(self.state.base, self.state.micro_batch_size, list(self.params.values()),
                           self.optimizer.state_dict() if self.world.distributed else {})
 

@@ -107,8 +107,11 @@ def samples(model, tokenizer, device: torch.device, prompts: list[dict], max_new
         with torch.no_grad():
             for prompt in prompts:
                 ids = torch.tensor([prompt_ids(tokenizer, prompt)], device=device)
+                # synced_gpus: transformers would have a sharded model's ranks generate in step;
+                # here they only mirror each of the leader's forward passes (sharding.mirror).
                 generated = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                           max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id)
+                                           max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                                           synced_gpus=False)
                 text = tokenizer.decode(generated[0, ids.shape[1]:], skip_special_tokens=True)
                 out.append({"prompt": prompt_text(prompt), "output": text})
     finally:

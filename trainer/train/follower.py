@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import logging
 
+from pathlib import Path
+
 from trainer.errors import ItemFailed
-from trainer.train import step
+from trainer.train import sharding, step
 from trainer.train.engine import Engine, seed_everything
 from trainer.train.world import place
 
@@ -27,17 +29,26 @@ def follow(engine: Engine) -> int:
         command = engine.world.receive()
         kind = command[0]
         if kind == "step":
-            _, mine, targets, lr, step_no = command
+            _, mine, targets, lr, step_no, rows_each = command
             try:
-                step.apply_step(engine, mine, targets, lr, step_no)
+                step.apply_step(engine, mine, targets, lr, step_no, rows_each)
             except ItemFailed as exc:  # out of memory at micro-batch 1: decided on every rank at once
                 log.warning("rank %d: %s (the leader decides what comes next)", engine.world.rank, exc)
                 continue
             steps += 1
         elif kind == "load":
-            _, base, micro_batch_size = command
-            _load(engine, base)
+            _, base, micro_batch_size, *sharded = command
+            _load(engine, base, sharded)
             engine.state.micro_batch_size = micro_batch_size
+        elif kind == "save":  # sharded: this rank's part of the checkpoint the leader is writing
+            try:
+                engine.save_shards(Path(command[1]))
+            except Exception as exc:  # the leader saw it too (the save is collective) and decides
+                log.warning("rank %d: checkpoint shard not written: %s", engine.world.rank, exc)
+        elif kind == "gather":  # sharded: the leader publishes the whole weights
+            engine.full_weights()
+        elif kind == "forward":  # sharded: the leader runs a forward pass of its own
+            sharding.follow_forward(engine.model, engine.device)
         elif kind == "alive":  # the leader is idle or paused: nothing to do, the group lives on
             continue
         elif kind == "stop":
@@ -46,12 +57,15 @@ def follow(engine: Engine) -> int:
             raise RuntimeError(f"rank {engine.world.rank}: unknown command from the leader: {kind!r}")
 
 
-def _load(engine: Engine, base: str | None) -> None:
+def _load(engine: Engine, base: str | None, sharded: list) -> None:
     """The leader's model (the configured one, or the base a consolidation moved to), then
-    its weights and optimizer state."""
+    its weights and optimizer state (sharded: this rank's shard of the checkpoint named)."""
     if getattr(engine, "model", None) is None or engine.state.base != base:
         engine._load_model(_loadable(engine, base))
         engine.state.base = base
+    if sharded:
+        source, probe = sharded
+        return engine.take_shards(source, probe)
     engine.world.share_tensors(engine.params.values())
     engine.optimizer.load_state_dict(engine.world.share())
     engine.leader.places = engine.world.gather(place())

@@ -155,9 +155,25 @@ def _export(engine: Engine, dest: Path) -> None:
         (adapter / "adapter_config.json").write_bytes(orjson.dumps(config, option=orjson.OPT_INDENT_2))
         engine.tokenizer.save_pretrained(adapter)
         return
+    if engine.sharded:
+        return _export_gathered(engine, dest)
     checkpoint = engine.current_checkpoint()
     _publish_weights(checkpoint.path / WEIGHTS_FILE, dest / "model.safetensors")
     _copy_model_files(engine.model_path, dest)
+
+
+def _export_gathered(engine: Engine, dest: Path) -> None:
+    """Sharded: the whole weights gathered on the leader, written as model.safetensors and read
+    back: every tensor must equal what was gathered (a second copy of a model too big for one
+    device is not loaded to compare outputs, as ``_verify`` does)."""
+    from safetensors.torch import load_file, save_file
+
+    weights = {name: tensor.contiguous() for name, tensor in engine.full_weights().items()}
+    save_file(weights, str(dest / "model.safetensors"), metadata={"format": "pt"})
+    _copy_model_files(engine.model_path, dest)
+    written = load_file(str(dest / "model.safetensors"))
+    if written.keys() != weights.keys() or not all(torch.equal(written[k], weights[k]) for k in weights):
+        raise RuntimeError(f"{dest.name}: model.safetensors does not hold the weights gathered from the ranks")
 
 
 def _weights_size(engine: Engine) -> int:
@@ -167,7 +183,7 @@ def _weights_size(engine: Engine) -> int:
 def _room_needed(engine: Engine) -> int:
     """A LoRA publication writes the whole merged model; a full fine-tune's is a hard link,
     unless the last checkpoint's weights are not 0640 (written before they were): a copy."""
-    if engine.is_lora:
+    if engine.is_lora or engine.sharded:
         return _weights_size(engine) + (64 << 20)
     last = engine.last_checkpoint
     try:
@@ -178,7 +194,8 @@ def _room_needed(engine: Engine) -> int:
 
 
 def _verified(engine: Engine, staging: Path) -> None:
-    _verify(engine, staging)
+    if not engine.sharded:  # sharded: checked as written (_export_gathered)
+        _verify(engine, staging)
     if engine.is_lora:
         _verify(engine, staging / ADAPTER_DIR, adapter_base=engine.model_path)
     _group_readable(staging)

@@ -25,13 +25,18 @@ log = logging.getLogger("trainer.engine")
 
 
 def apply_step(engine: Engine, mine: list[Row], targets: int, lr: float,
-               step_no: int = 0) -> tuple[float, float | None, bool]:
+               step_no: int = 0, rows_each: int = 0) -> tuple[float, float | None, bool]:
     """One optimizer step from this rank's rows (every rank calls it with its share): the
     loss and gradient norm (both global), and whether the update was applied (not when
     either is not finite; the same answer on every rank, as both are global). ``step_no``:
-    the global step it trains (seeds the ranks' random state, see ``seed_step``)."""
+    the global step it trains (seeds the ranks' random state, see ``seed_step``);
+    ``rows_each``: the longest share, to which sharded ranks pad theirs."""
     if engine.world.distributed:
         seed_step(engine.config.train.seed, step_no, engine.world.rank)
+    if engine.sharded:
+        from trainer.train.sharding import padded
+
+        mine = padded(mine, rows_each, engine.pad_id)
     loss, grad_norm = gradients(engine, mine, targets)
     applied = math.isfinite(loss) and (grad_norm is None or math.isfinite(grad_norm))
     if applied:
@@ -53,6 +58,8 @@ def gradients(engine: Engine, mine: list[Row], targets: int) -> tuple[float, flo
             for start in range(0, len(mine), micro):
                 total += backward(engine, mine[start:start + micro], targets)
         except torch.OutOfMemoryError:
+            if engine.sharded:  # the others wait inside a collective: only a restart ends it (sharding.py)
+                raise
             out_of_memory = True
         if not engine.world.any(out_of_memory):
             break
@@ -66,13 +73,32 @@ def gradients(engine: Engine, mine: list[Row], targets: int) -> tuple[float, flo
         log.warning("out of memory at micro-batch %d: retrying the step with %d (and twice the "
                     "accumulation, so the batch is unchanged)", micro, micro // 2)
     total = _global_loss(engine, total)
-    engine.world.sum_gradients(engine.params.values())
+    if not engine.sharded:  # sharded, the backward passes have already summed them
+        engine.world.sum_gradients(engine.params.values())
     max_norm = engine.config.train.max_grad_norm
-    if max_norm > 0:
-        norm = torch.nn.utils.clip_grad_norm_(engine.params.values(), max_norm).item()
-    else:
-        norm = None
-    return total, norm
+    return total, clip_gradients(engine, max_norm) if max_norm > 0 else None
+
+
+def clip_gradients(engine: Engine, max_norm: float) -> float:
+    """Scale the gradients so that their global norm is at most ``max_norm``; returns the norm.
+
+    As ``torch.nn.utils.clip_grad_norm_``, but the norm is summed in float64: sharded ranks
+    each add up their shards' squares, and in float32 that other order moved the clipping
+    factor in its last bits, which Adam then amplified to ~1e-5 in the weights within a few
+    steps; in float64 the factor comes out the same however the gradients are split.
+    """
+    grads = [p.grad for p in engine.params.values() if p.grad is not None]
+    local = [g.to_local() if hasattr(g, "to_local") else g for g in grads]
+    norms = [torch.linalg.vector_norm(g, dtype=torch.float64) for g in local]
+    squares = float(torch.stack(norms).square().sum()) if norms else 0.0  # one device sync
+    if engine.sharded:
+        squares = engine.world.sum(squares)
+    norm = math.sqrt(squares)
+    factor = min(1.0, max_norm / (norm + 1e-6))
+    if factor < 1.0:
+        for g in local:
+            g.mul_(factor)
+    return norm
 
 
 def backward(engine: Engine, chunk: list[Row], targets: int) -> float:
