@@ -9,6 +9,8 @@ bench_gpu.py's Qwen2-0.5B shape, random init, bf16 on CUDA:
 
 - engine: this project's engine as shipped (rank 0 leads, the others follow; ``--batch`` packed
   rows of ``--row`` tokens per rank and step, SDPA);
+- engine-fsdp: the engine with ``distributed.strategy = "fsdp"`` (FSDP2: every rank holds a
+  shard of the weights, gradients and optimizer state; all ranks share one base dir);
 - engine-flash-flat / engine-flex: the same engine with its rows flattened to one sequence and
   flash_attention_2 (when flash_attn is importable), or FlexAttention: what a sparse-mask engine
   would gain (patched in the bench process only, nothing in trainer/ changes);
@@ -28,6 +30,7 @@ dense bf16). 6 x parameters leaves attention's own FLOPs out, the same for every
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -66,7 +69,7 @@ def engine_rank(kind: str, model_dir: str, data: str, out: str, row: int, batch:
     """One rank of the engine; rank 0 writes the figures."""
     import hashlib
 
-    from trainer.config import CheckpointConfig, Config, ModelConfig, TrainConfig
+    from trainer.config import CheckpointConfig, Config, DistributedConfig, ModelConfig, TrainConfig
     from trainer.train.engine import Engine
     from trainer.train.follower import follow
     from trainer.train.world import World
@@ -74,14 +77,17 @@ def engine_rank(kind: str, model_dir: str, data: str, out: str, row: int, batch:
     world = World.from_environment()
     torch, cuda = _init(world.size)
     patch_engine(kind)
-    base = Path(tempfile.mkdtemp(prefix=f"gpu-dist-{world.rank}-"))
+    sharded = kind == "engine-fsdp"  # the ranks write their shards into one base dir
+    base = Path(f"{out}.base") if sharded else Path(tempfile.mkdtemp(prefix=f"gpu-dist-{world.rank}-"))
     try:
-        (base / "models").mkdir()
-        (base / "models" / "base").symlink_to(model_dir)
+        (base / "models").mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            (base / "models" / "base").symlink_to(model_dir)
         config = Config(model=ModelConfig(dtype="auto"),
                         train=TrainConfig(max_length=row, micro_batch_size=batch, grad_accum_steps=world.size,
                                           learning_rate=1e-4, warmup_steps=10),
-                        checkpoint=CheckpointConfig(every_steps=0, every_minutes=0))
+                        checkpoint=CheckpointConfig(every_steps=0, every_minutes=0),
+                        distributed=DistributedConfig(strategy="fsdp" if sharded else "ddp"))
         engine = Engine(base, config, world)
         if not world.is_leader:
             follow(engine)
@@ -106,7 +112,8 @@ def engine_rank(kind: str, model_dir: str, data: str, out: str, row: int, batch:
             "tokens_per_s": tokens / seconds, "steps": len(marks),
             "attention": engine.model.config._attn_implementation, "mask": mask(), "peak_gpu": torch.cuda.max_memory_allocated() if cuda else 0}))
     finally:
-        shutil.rmtree(base, ignore_errors=True)
+        if world.is_leader or not sharded:
+            shutil.rmtree(base, ignore_errors=True)
         if world.distributed:
             torch.distributed.destroy_process_group()
 
@@ -194,7 +201,7 @@ def contenders(cuda: bool) -> list[str]:
     """The engine as shipped, its sparse-mask variants this machine can run, the HF setup."""
     import importlib.util
 
-    kinds = ["engine"]
+    kinds = ["engine", "engine-fsdp"]
     if cuda and importlib.util.find_spec("flash_attn") is not None:
         kinds.append("engine-flash-flat")
     if cuda:

@@ -149,7 +149,7 @@ def report(model_dir, row: int, cuda: bool) -> dict[tuple[str, str], tuple[str, 
 
 
 # What each contender runs: (attention implementation, layout); hf-flatten's is best_attention's.
-USES = {"engine": ("sdpa", "rows"), "engine-flex": ("flex_attention", "rows"),
+USES = {"engine": ("sdpa", "rows"), "engine-fsdp": ("sdpa", "rows"), "engine-flex": ("flex_attention", "rows"),
         "engine-flash-flat": ("flash_attention_2", "flat")}
 
 

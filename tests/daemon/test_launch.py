@@ -25,6 +25,13 @@ def test_settings_that_cannot_work_together_are_refused_naming_the_key(settings,
         launch.check(DistributedConfig(**settings))
 
 
+def test_sharding_an_adapter_is_refused_with_the_setting_that_works():
+    with pytest.raises(ConfigError, match='with model.lora = true use strategy = "ddp"'):
+        launch.check(DistributedConfig(nproc=2, strategy="fsdp"), lora=True)
+    launch.check(DistributedConfig(nproc=2, strategy="fsdp"), lora=False)
+    launch.check(DistributedConfig(nproc=2, strategy="ddp"), lora=True)
+
+
 def test_good_settings_pass():
     launch.check(DistributedConfig(nproc=8))
     launch.check(DistributedConfig(nnodes=4, node_rank=3, rendezvous="10.0.0.1:29400"))

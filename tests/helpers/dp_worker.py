@@ -23,6 +23,7 @@ import torch
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
 from trainer.config import CheckpointConfig, Config, DistributedConfig, TrainConfig
+from trainer.train import weights_io
 from trainer.train.engine import Engine
 from trainer.train.follower import follow
 from trainer.train.world import World
@@ -55,7 +56,7 @@ def train_item(base: str, data: str, out: str, micro: int, accum: int, stop_afte
         losses: list[float] = []
         engine.train(plan, lambda progress: losses.append(progress.loss) or len(losses) != stop_after)
         if engine.sharded:
-            params = {name: tensor for name, tensor in engine.full_weights().items() if name in engine.params}
+            params = {name: tensor for name, tensor in weights_io.full_weights(engine).items() if name in engine.params}
         else:
             params = {name: p.detach().clone() for name, p in engine.params.items()}
         engine.release_followers()

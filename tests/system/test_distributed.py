@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 
+import orjson
 import pytest
 import torch
 from helpers.common import REPO, trainctl
@@ -274,3 +275,70 @@ def test_two_nodes_on_one_machine_train_one_model(tmp_path, demo_model):
 def _trainer(layout, *args):
     return subprocess.run([sys.executable, "-m", "trainer.daemon", "run", "--base-dir", str(layout.root), *args],
                           capture_output=True, text=True, timeout=120, cwd=REPO)
+
+
+# --- sharded (distributed.strategy = "fsdp") ----------------------------------------------------
+
+SHARDED = small_config(train={"deterministic": True}, daemon={"consolidate_when_idle": True},
+                       distributed={"timeout_seconds": 30.0, "max_restarts": 3, "strategy": "fsdp"},
+                       eval={"holdout_fraction": 0.05, "max_new_tokens": 8})
+
+
+def whole_weights(checkpoint_path, demo_model) -> dict[str, torch.Tensor]:
+    """A sharded checkpoint's weights, read whole in this process (as one process resumes it)."""
+    from transformers import AutoModelForCausalLM
+
+    from trainer.train import sharding
+
+    model = AutoModelForCausalLM.from_pretrained(demo_model, dtype=torch.float32)
+    sharding.load(model, torch.optim.AdamW(model.parameters()), checkpoint_path, alone=True)
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+def test_sharded_ranks_publish_plain_versions_and_fall_back_together_from_a_corrupt_shard(tmp_path, demo_model,
+                                                                                          daemons):
+    """FSDP2 under the real launcher: sharded checkpoints (each rank's file hashed in the
+    manifest), a version that is a plain HF model holding exactly the checkpoint's weights, with
+    its evaluation and samples (the followers mirror the leader's forward passes); then a corrupt
+    shard, a new item and a killed rank: the ranks fall back to the same checkpoint and end
+    where one process ends from the same base dir."""
+    from trainer.demo.sample_data import write_eval_files
+
+    layout = _base(tmp_path / "base", demo_model, SHARDED)
+    write_eval_files(layout.eval_dir, general_records=40)
+    enqueue_sample(layout, tmp_path, records=60, seed=1, name="first")
+    first = daemons(layout, "--nproc", "2", "--exit-when-idle")
+    wait_ranks(first)
+    assert first.finish(300) == 0, first.output()
+
+    newest = CheckpointStore(layout.root / "checkpoints").latest_valid()
+    files = set(newest.manifest["files"])
+    assert {".metadata", "__0_0.distcp", "__1_0.distcp"} <= files and WEIGHTS_FILE not in files, files
+    version = layout.root / "models" / "v001"
+    meta = orjson.loads((version / "trainer_version.json").read_bytes())
+    assert "general" in meta["eval"]["sets"] and meta["eval"]["samples"], meta["eval"]
+    published = load_file(str(version / "model.safetensors"))
+    assert max_difference(published, whole_weights(newest.path, demo_model)) == 0.0
+
+    # Rank 1's shard of the newest checkpoint rots on disk.
+    shard = newest.path / "__1_0.distcp"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    item = enqueue_sample(layout, tmp_path, records=200, seed=2, name="second")
+    alone = open_base(shutil.copytree(layout.root, tmp_path / "alone" / "base", symlinks=True))
+
+    second = daemons(layout, "--nproc", "2", "--exit-when-idle")
+    workers = wait_ranks(second)
+    second.wait_for(lambda: second.step() >= newest.step + 4, timeout=180, what="4 steps into the second item")
+    os.kill(workers[1], signal.SIGKILL)
+    assert second.finish(300) == 0, second.output()
+    one = daemons(alone, "--exit-when-idle")
+    assert one.finish(300) == 0, one.output()
+
+    for run in (layout, alone):
+        assert (run.root / "checkpoints" / "quarantine" / newest.path.name).is_dir()
+        assert queue.find(run, item).state is ItemState.DONE
+    assert "was interrupted; back to the head of its queue" in log_of(second)
+    assert max_difference(whole_weights(CheckpointStore(layout.root / "checkpoints").latest_valid().path, demo_model),
+                          final_weights(alone)) <= 1e-5

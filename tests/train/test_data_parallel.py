@@ -13,6 +13,7 @@ from helpers.common import REPO
 torch = pytest.importorskip("torch")
 
 from trainer.demo.sample_data import write_sample_chat  # noqa: E402
+from trainer.train.checkpoint import CheckpointStore  # noqa: E402
 from trainer.train.world import shard_indices  # noqa: E402
 
 
@@ -82,3 +83,43 @@ def test_a_checkpoint_written_by_two_ranks_resumes_in_one_process_and_the_revers
         assert len(resumed["losses"]) == whole["steps"] - 4
         worst = max((whole["params"][n] - resumed["params"][n]).abs().max().item() for n in whole["params"])
         assert worst <= 1e-6, (split, worst)
+
+
+def test_sharded_ranks_compute_the_same_update_as_one_process(tmp_path, demo_model):
+    """distributed.strategy = "fsdp" (FSDP2, gloo): the same parity over >= 20 steps. The
+    gradients are reduce-scattered as sums in each backward pass, and clipped by a norm summed
+    in float64 (step.clip_gradients), so the split adds no visible error."""
+    data = write_sample_chat(tmp_path / "d.jsonl", 560, seed=3)
+    runs = {}
+    for nproc, strategy in ((1, "ddp"), (2, "fsdp")):
+        base = tmp_path / f"world-{nproc}"
+        shutil.copytree(demo_model, base / "models" / "base")
+        runs[nproc] = _train(nproc, base, data, tmp_path / f"out-{nproc}.pt", micro=4, accum=2, strategy=strategy)
+    one, two = runs[1], runs[2]
+    assert one["steps"] >= 20 and len(one["losses"]) == len(two["losses"]) == one["steps"]
+    for step, (a, b) in enumerate(zip(one["losses"], two["losses"])):
+        assert abs(a - b) <= 1e-5 * abs(a), f"step {step}: {a} vs {b}"
+    worst = max((one["params"][n] - two["params"][n]).abs().max().item() for n in one["params"])
+    assert worst <= 1e-6, worst
+    checkpoint = CheckpointStore(tmp_path / "world-2" / "rank-0" / "checkpoints").latest_valid()
+    assert {".metadata", "__0_0.distcp", "__1_0.distcp"} <= set(checkpoint.manifest["files"])
+
+
+def test_sharded_checkpoints_resume_in_one_process_and_whole_ones_in_sharded_ranks(tmp_path, demo_model):
+    """The world size and the strategy can change at any checkpoint: one process reads every
+    shard of a sharded checkpoint; sharded ranks take a whole one from rank 0. Each split run
+    ends where one process alone ends (within 1e-6)."""
+    data = write_sample_chat(tmp_path / "d.jsonl", 240, seed=4)
+    whole_base = tmp_path / "whole"
+    shutil.copytree(demo_model, whole_base / "models" / "base")
+    whole = _train(1, whole_base, data, tmp_path / "whole.pt", micro=4, accum=2)
+    for first, second in (((2, "fsdp"), (1, "ddp")), ((1, "ddp"), (2, "fsdp"))):
+        base = tmp_path / f"{first[1]}-then-{second[1]}"
+        shutil.copytree(demo_model, base / "models" / "base")
+        out = tmp_path / f"{first[1]}-then-{second[1]}.pt"
+        head = _train(first[0], base, data, out, micro=4, accum=2, strategy=first[1], **{"stop-after": 4})
+        assert len(head["losses"]) == 4
+        resumed = _train(second[0], base, data, out, micro=4, accum=2, strategy=second[1])
+        assert len(resumed["losses"]) == whole["steps"] - 4
+        worst = max((whole["params"][n] - resumed["params"][n]).abs().max().item() for n in whole["params"])
+        assert worst <= 1e-6, (first, second, worst)

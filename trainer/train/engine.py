@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import os
 import random
 import time
 from collections.abc import Callable
@@ -25,25 +24,24 @@ import psutil
 import torch
 
 from trainer.config import CheckpointConfig, Config
-from trainer.errors import ConfigError, DiskUnwritable, ItemFailed
-from trainer.spool.fsutil import FILE_MODE, append_line, disk_refusal
-from trainer.train import lineage, step
+from trainer.errors import DiskUnwritable, ItemFailed
+from trainer.spool.fsutil import append_line, disk_refusal
+from trainer.train import lineage, step, weights_io
 from trainer.train import model as model_io
 from trainer.train.checkpoint import Checkpoint, CheckpointStore
 from trainer.train.data import Cursor, HeldOut, RowStream, survey
 from trainer.train.examples import RecordEncoder
+from trainer.train.leader import Leader
 from trainer.train.packing import Row
 from trainer.train.protocol import ItemPlan, Progress, TrainState
 from trainer.train.schedule import lr_at, should_checkpoint
-from trainer.train.leader import Leader
-from trainer.train.world import World, place
+from trainer.train.weights_io import OPTIMIZER_FILE, WEIGHTS_FILE  # noqa: F401  (named from here too)
+from trainer.train.world import World
 
 log = logging.getLogger("trainer.engine")
 
 LOSS_WINDOW = 50
 STATE_FILE = "train_state.json"
-WEIGHTS_FILE = "trainable.safetensors"
-OPTIMIZER_FILE = "optimizer.pt"
 RNG_FILE = "rng.pt"
 
 
@@ -206,32 +204,12 @@ class Engine:
     def _write_checkpoint(self, directory: Path) -> None:
         if self.sharded:
             self.leader.tell("save", str(directory))
-            self.save_shards(directory)
+            weights_io.save_shards(self, directory)
         else:
-            self._write_weights(directory)
+            weights_io.write_whole(self, directory)
         torch.save(_rng_state(), directory / RNG_FILE)
         self.state.world_size = self.world.size
         (directory / STATE_FILE).write_bytes(orjson.dumps(asdict(self.state), option=orjson.OPT_INDENT_2))
-
-    def save_shards(self, directory: Path) -> None:
-        """Every rank: its shard of the weights and optimizer state into the checkpoint being
-        written (``sharding.py``), unless a rank holds a weight that is not finite."""
-        from trainer.train import sharding
-
-        if self.world.any(not sharding.finite(self.params.values())):
-            raise ItemFailed("refusing to checkpoint non-finite weights", transient=True)
-        sharding.save(self.model, self.optimizer, directory)
-
-    def _write_weights(self, directory: Path) -> None:
-        from safetensors.torch import save_file
-
-        # format=pt: for full fine-tuning this file is a valid HF model.safetensors, so a
-        # snapshot can hard-link it instead of writing the weights again.
-        save_file({name: p.detach().contiguous().cpu() for name, p in self.params.items()},
-                  str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
-        # safetensors creates its file 0600; a version hard-links it, and the group must read it.
-        os.chmod(directory / WEIGHTS_FILE, FILE_MODE)
-        torch.save(self.optimizer.state_dict(), directory / OPTIMIZER_FILE)
 
     def checkpoint(self) -> Checkpoint:
         """Save the whole training state (never weights that are not finite).
@@ -281,7 +259,7 @@ class Engine:
         """The checkpoint's state; its weights too, unless sharded: every rank then takes its
         shard in ``share_with_followers``, which follows."""
         if not self.sharded:
-            self._load_weights(checkpoint.path)
+            weights_io.load_whole(self, checkpoint.path)
         _set_rng_state(torch.load(checkpoint.path / RNG_FILE, weights_only=True))
         self.state = TrainState(**orjson.loads((checkpoint.path / STATE_FILE).read_bytes()))
         self.last_checkpoint = checkpoint
@@ -290,57 +268,6 @@ class Engine:
             log.warning("checkpoint %s was made with another model/train config; continuing with the "
                         "current one", checkpoint.path.name)
         log.info("restored checkpoint %s (step %d)", checkpoint.path.name, self.state.global_step)
-
-    def _load_weights(self, path: Path) -> None:
-        """Weights and optimizer state of a checkpoint into a model this process holds whole."""
-        from trainer.train import sharding
-
-        if sharding.holds_shards(path):  # written sharded: read every shard here
-            return sharding.load(self.model, self.optimizer, path, alone=True)
-        weights, optimizer = self._read_plain(path)
-        with torch.no_grad():
-            for name, p in self.params.items():
-                p.copy_(weights[name].to(p.device, p.dtype))
-        self.optimizer.load_state_dict(optimizer)
-
-    def _read_plain(self, path: Path) -> tuple[dict, dict]:
-        from safetensors.torch import load_file
-
-        weights = load_file(str(path / WEIGHTS_FILE))
-        missing = set(self.params) - set(weights)
-        if missing:
-            raise RuntimeError(f"checkpoint {path.name} lacks {len(missing)} trained tensors "
-                               f"(was it made with another model or LoRA setting?)")
-        return weights, torch.load(path / OPTIMIZER_FILE, weights_only=True, map_location="cpu")
-
-    def take_shards(self, source: str | None, probe: str) -> None:
-        """Every sharded rank, after (re)loading the model: the weights and optimizer state of
-        checkpoint ``source`` (sharded or plain), or those the model files gave every rank alike
-        (None). ``probe``: a file the leader put in the checkpoint directory, which every rank
-        must see, since each writes its shards there."""
-        from trainer.train import sharding
-
-        seen = self.world.gather((place(), (self.store.root / probe).exists()))
-        self.leader.places = [where for where, _ in seen]
-        if not all(ok for _, ok in seen):
-            blind = [rank for rank, (_, ok) in enumerate(seen) if not ok]
-            raise ConfigError(f"distributed.strategy = \"fsdp\": rank(s) {blind} cannot see {self.store.root}, where "
-                              f"every rank writes its shards: put the base dir on a filesystem every node mounts "
-                              f"at the same path, or use strategy = \"ddp\"")
-        if source is None:
-            return
-        if sharding.holds_shards(Path(source)):
-            return sharding.load(self.model, self.optimizer, Path(source), alone=False)
-        weights, optimizer = self._read_plain(Path(source)) if self.world.is_leader else ({}, {})
-        sharding.load_full(self.model, self.optimizer, weights, optimizer, list(self.params))
-
-    def full_weights(self) -> dict:
-        """Sharded: every weight whole on the leader (for a publication; every rank takes part)."""
-        from trainer.train import sharding
-
-        if self.world.is_leader:
-            self.leader.tell("gather")
-        return sharding.full_weights(self.model)
 
     def rollback(self) -> None:
         """Back to the last checkpoint (or the loaded weights' state if there is none)."""
@@ -493,15 +420,7 @@ class Engine:
         """After the weights changed other than by a step (start, rollback, a new base).
         Sharded: every rank takes its shard of checkpoint ``source`` (``take_shards``)."""
         if self.sharded:
-            probe = f".ranks-{os.urandom(4).hex()}"
-            (self.store.root / probe).touch()
-            try:
-                self.leader.tell("load", self.state.base, self.state.micro_batch_size,
-                                 None if source is None else str(source), probe)
-                self.take_shards(None if source is None else str(source), probe)
-            finally:
-                (self.store.root / probe).unlink(missing_ok=True)
-            return
+            return weights_io.share_shards(self, source)
         self.leader.share(self.state.base, self.state.micro_batch_size, list(self.params.values()),
                           self.optimizer.state_dict() if self.world.distributed else {})
 

@@ -10,11 +10,10 @@ gradients at every step.
 from __future__ import annotations
 
 import logging
-
 from pathlib import Path
 
 from trainer.errors import ItemFailed
-from trainer.train import sharding, step
+from trainer.train import sharding, step, weights_io
 from trainer.train.engine import Engine, seed_everything
 from trainer.train.world import place
 
@@ -42,11 +41,11 @@ def follow(engine: Engine) -> int:
             engine.state.micro_batch_size = micro_batch_size
         elif kind == "save":  # sharded: this rank's part of the checkpoint the leader is writing
             try:
-                engine.save_shards(Path(command[1]))
+                weights_io.save_shards(engine, Path(command[1]))
             except Exception as exc:  # the leader saw it too (the save is collective) and decides
                 log.warning("rank %d: checkpoint shard not written: %s", engine.world.rank, exc)
         elif kind == "gather":  # sharded: the leader publishes the whole weights
-            engine.full_weights()
+            weights_io.full_weights(engine)
         elif kind == "forward":  # sharded: the leader runs a forward pass of its own
             sharding.follow_forward(engine.model, engine.device)
         elif kind == "alive":  # the leader is idle or paused: nothing to do, the group lives on
@@ -65,7 +64,7 @@ def _load(engine: Engine, base: str | None, sharded: list) -> None:
         engine.state.base = base
     if sharded:
         source, probe = sharded
-        return engine.take_shards(source, probe)
+        return weights_io.take_shards(engine, source, probe)
     engine.world.share_tensors(engine.params.values())
     engine.optimizer.load_state_dict(engine.world.share())
     engine.leader.places = engine.world.gather(place())

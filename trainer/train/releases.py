@@ -37,9 +37,16 @@ import torch
 from trainer.errors import NotEnoughSpace
 from trainer.spool import candidates
 from trainer.spool import versions as published
-from trainer.spool.fsutil import FILE_MODE, disk_refusal, free_bytes, fsync_dir, remove_dirs, write_atomic
+from trainer.spool.fsutil import (
+    FILE_MODE,
+    disk_refusal,
+    free_bytes,
+    fsync_dir,
+    remove_dirs,
+    write_atomic,
+)
 from trainer.timefmt import iso, utc_now
-from trainer.train import card, lineage
+from trainer.train import card, lineage, weights_io
 from trainer.train.engine import WEIGHTS_FILE, Engine, config_hash
 
 log = logging.getLogger("trainer.publish")
@@ -168,7 +175,7 @@ def _export_gathered(engine: Engine, dest: Path) -> None:
     device is not loaded to compare outputs, as ``_verify`` does)."""
     from safetensors.torch import load_file, save_file
 
-    weights = {name: tensor.contiguous() for name, tensor in engine.full_weights().items()}
+    weights = {name: tensor.contiguous() for name, tensor in weights_io.full_weights(engine).items()}
     save_file(weights, str(dest / "model.safetensors"), metadata={"format": "pt"})
     _copy_model_files(engine.model_path, dest)
     written = load_file(str(dest / "model.safetensors"))

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from trainer.errors import ItemFailed
+from trainer.errors import ItemFailed, WorldLost
 from trainer.train.loss import forward_packed, summed_loss
 from trainer.train.packing import Row
 
@@ -36,8 +36,16 @@ def apply_step(engine: Engine, mine: list[Row], targets: int, lr: float,
     if engine.sharded:
         from trainer.train.sharding import padded
 
-        mine = padded(mine, rows_each, engine.pad_id)
-    loss, grad_norm = gradients(engine, mine, targets)
+        try:
+            loss, grad_norm = gradients(engine, padded(mine, rows_each, engine.pad_id), targets)
+        except Exception as exc:
+            # Sharded, the collectives run inside the forward and backward passes: a rank that
+            # failed there (a lost peer, out of memory, anything) has left the others mid-way
+            # through one, and only a restart of the group from the last checkpoint mends it.
+            raise WorldLost(f"rank {engine.world.rank}: a sharded step failed ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
+    else:
+        loss, grad_norm = gradients(engine, mine, targets)
     applied = math.isfinite(loss) and (grad_norm is None or math.isfinite(grad_norm))
     if applied:
         for group in engine.optimizer.param_groups:
