@@ -253,3 +253,48 @@ def test_event_segments_are_kept_forever_by_default(layout):
     noon = datetime(2031, 5, 14, 12, 0, tzinfo=timezone.utc)
     daemon.tick(Now(utc=noon, local=noon, monotonic=0.0))
     assert "2001-01" in events.months(layout)
+
+
+def test_the_engine_s_heartbeat_between_claim_and_first_step_reaches_the_watchdog(layout, tmp_path, monkeypatch):
+    """Re-validating and surveying a large item take minutes with no step: the engine's
+    heartbeat (called by the survey and the validation's reads) publishes the state, which
+    pings systemd's watchdog."""
+    import socket
+
+    from trainer.daemon import reporter
+    from trainer.daemon.notify import Notifier
+
+    monkeypatch.setattr(reporter, "STATE_WRITE_INTERVAL_S", 0.0)  # every heartbeat publishes
+    path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.setblocking(False)
+
+    def drain() -> list[bytes]:
+        got = []
+        while True:
+            try:
+                got.append(sock.recv(4096))
+            except BlockingIOError:
+                return got
+
+    during: list[bytes] = []
+
+    class Surveying(FakeEngine):
+        def prepare(self, *args):
+            drain()  # what came before the survey
+            for _ in range(3):
+                self.heartbeat()
+            during.extend(drain())
+            monkeypatch.setattr(reporter, "STATE_WRITE_INTERVAL_S", 1.0)  # no one reads on: do not fill the socket
+            return super().prepare(*args)
+
+    enqueue_sample(layout, tmp_path, records=5)
+    daemon = Daemon(layout, load_config(layout.config_file), engine_factory=lambda root, config: Surveying(root, config),
+                    notifier=Notifier({"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "30000000"}))
+    try:
+        daemon.start()
+        assert daemon.tick(at(DAY))
+    finally:
+        sock.close()
+    assert sum(b"WATCHDOG=1" in message for message in during) == 3, during

@@ -36,6 +36,7 @@ class FakeEngine:
         self.last_checkpoint: FakeCheckpoint | None = None
         self.load_seconds = 0.0
         self.space_guard: Callable[[int], None] = lambda estimate: None
+        self.heartbeat: Callable[[], None] = lambda: None
         self.disk_wait: Callable[[DiskUnwritable], None] = _raise
         self.snapshots: list[str] = []
         self.versions: list[str] = []

@@ -218,3 +218,15 @@ def test_a_model_loaded_by_the_engine_uses_the_chosen_kernel_and_the_layout_foll
     assert loaded.model.config._attn_implementation == "sdpa" and not wants_flat_rows(loaded.model)
     eager = model_io.load(tmp_path, ModelConfig(device="cpu", attention="eager"))
     assert eager.model.config._attn_implementation == "eager"
+
+
+def test_a_survey_calls_its_tick_every_few_hundred_records(demo, tmp_path):
+    """The daemon feeds the watchdog from the tick: a large item's survey takes minutes."""
+    from trainer.demo.sample_data import write_sample_chat
+    from trainer.train.data import TICK_RECORDS, survey
+
+    _, tokenizer = demo
+    path = write_sample_chat(tmp_path / "d.jsonl", 2 * TICK_RECORDS + 1, seed=6)
+    ticks = []
+    survey(path, RecordEncoder(tokenizer, max_length=128), 128, tokenizer.pad_token_id, tick=lambda: ticks.append(1))
+    assert len(ticks) == 3  # at records 0, TICK_RECORDS and 2 * TICK_RECORDS

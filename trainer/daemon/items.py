@@ -147,7 +147,7 @@ class ItemTrainer:
         try:
             while True:
                 try:
-                    check_data(self.layout, item, self.host.config)
+                    check_data(self.layout, item, self.host.config, tick=self.engine.heartbeat)
                     return self._train(item, self.engine.prepare(item.id, item.meta.sha256, item.data_path))
                 except Exception as exc:
                     refused = disk_refusal(exc)
@@ -274,8 +274,9 @@ class ItemTrainer:
         return Outcome.FAILED
 
 
-def check_data(layout: Layout, item: Item, config: Config) -> None:
-    """Validate again at claim: the queued copy must still be what was validated."""
+def check_data(layout: Layout, item: Item, config: Config, tick: Callable[[], None] = lambda: None) -> None:
+    """Validate again at claim: the queued copy must still be what was validated (``tick``:
+    called often, a large file takes a while)."""
     if item.meta is None:
         raise ItemFailed(f"its metadata is unreadable ({item.meta_problem}): trainctl retry {item.id} rebuilds it",
                          transient=False)
@@ -287,7 +288,7 @@ def check_data(layout: Layout, item: Item, config: Config) -> None:
                          f"make it readable to the daemon's user or group, then trainctl retry {item.id}",
                          transient=False)
     try:
-        report = validate_item_data(item, config.spool)
+        report = validate_item_data(item, config.spool, tick)
     except (InvalidData, TrainerError) as exc:
         raise ItemFailed(str(exc), transient=False) from None
     if not report.ok:

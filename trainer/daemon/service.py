@@ -243,6 +243,9 @@ class Daemon:
                                          until_written=self.until_written)
         self.engine.space_guard = self.housekeeping.space_guard
         self.engine.disk_wait = self.wait_for_disk
+        # Between claiming an item and its first step (validated again, surveyed): the state
+        # file and the watchdog, at most once a second (the reporter's throttle).
+        self.engine.heartbeat = lambda: self.publish(DaemonState.TRAINING, force=False)
         self.engine.start()
         self.activity.model_load_s = round(imports_s + self.engine.load_seconds, 3)
         self._scanner = InboxScanner(self.layout.inbox, self.config.spool.inbox_settle_seconds)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -288,7 +289,8 @@ def delete_source(queued: Queued) -> str | None:
     return None
 
 
-def validate_item_data(item: Item, limits: SpoolConfig) -> Report:
+def validate_item_data(item: Item, limits: SpoolConfig, tick: Callable[[], None] = lambda: None) -> Report:
+    """The queued copy's data validated again; ``tick`` is called before each read."""
     if os.path.islink(item.path):
         # O_NOFOLLOW below guards only the last component; the item dir itself must not be a
         # link to data outside the base dir (retry would then write meta.json there too).
@@ -301,7 +303,7 @@ def validate_item_data(item: Item, limits: SpoolConfig) -> Report:
     except OSError as exc:
         raise WrongState(f"{item.id}: its data cannot be opened ({exc.strerror}): remove it") from None
     try:
-        return validate_stream(lambda n: os.read(fd, n), max_line_bytes=limits.max_line_bytes,
+        return validate_stream(lambda n: (tick(), os.read(fd, n))[1], max_line_bytes=limits.max_line_bytes,
                                max_file_bytes=limits.max_file_bytes)
     finally:
         os.close(fd)

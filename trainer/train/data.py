@@ -7,7 +7,7 @@ run would have produced next. Records are re-read from the (immutable) queued co
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -122,6 +122,7 @@ class RowStream:
 
 
 CACHE_TOKENS = 16_000_000
+TICK_RECORDS = 256  # a few milliseconds of tokenizing between two calls of survey's tick
 """Items up to this many tokens keep their encoded examples in memory from the survey to the
 training pass (tokenizing is ~10% of a small model's step time); larger ones are re-read."""
 
@@ -138,16 +139,19 @@ class HeldOut:
 def survey(path: Path, encoder: RecordEncoder, row_length: int, pad_id: int,
            cache_tokens: int = CACHE_TOKENS, *, holdout: float = 0.0,
            eval_keys: frozenset[bytes] = frozenset(), held: HeldOut | None = None,
-           ) -> tuple[TokenStats, int, list[Example | None] | None]:
+           tick: Callable[[], None] = lambda: None) -> tuple[TokenStats, int, list[Example | None] | None]:
     """One pass over the item's training share: token statistics, rows per epoch, and (when
-    small enough) the encoded examples for ``RowStream`` (None for a held-out record)."""
+    small enough) the encoded examples for ``RowStream`` (None for a held-out record).
+    ``tick`` is called every ``TICK_RECORDS`` records (a large file takes minutes)."""
     stats = TokenStats()
     held = held if held is not None else HeldOut()
     packer = Packer(row_length, pad_id)
     rows = 0
     cache: list[Example | None] | None = []
     cached_tokens = 0
-    for record in records(path):
+    for count, record in enumerate(records(path)):
+        if count % TICK_RECORDS == 0:
+            tick()
         key = record_key(record)
         if is_held_out(key, holdout):
             held.records += 1

@@ -80,6 +80,9 @@ class Engine:
         # there for a while (or raises to give up), then the write is tried again. Without a
         # daemon the refusal is raised.
         self.disk_wait: Callable[[DiskUnwritable], None] = _raise
+        # Called often while an item is surveyed (a large file takes minutes): the daemon feeds
+        # the watchdog there. The default does nothing.
+        self.heartbeat: Callable[[], None] = lambda: None
 
     # --- start-up ------------------------------------------------------------------------
 
@@ -460,8 +463,13 @@ def _survey(engine: Engine, data_path: Path, holdout: float):
         keys = frozenset(evalsets.record_key(r) for s in evalsets.named_sets(engine.base, engine.config.spool)
                          for r in s.records)
     held = HeldOut()
+
+    def tick() -> None:
+        engine.heartbeat()
+        engine.keep_alive()  # the other ranks wait for the first step meanwhile
+
     stats, rows, examples = survey(data_path, engine.encoder, engine.config.train.max_length, engine.pad_id,
-                                   holdout=holdout, eval_keys=keys, held=held)
+                                   holdout=holdout, eval_keys=keys, held=held, tick=tick)
     return stats, rows, examples, held
 
 

@@ -99,7 +99,9 @@ class TrainingEngine(Protocol):
     it returns False; ``space_guard`` is called with the estimated size before every save
     and may block until the disk has room; ``disk_wait`` is called when the disk refused a
     write the engine cannot go on without (a metrics line, a checkpoint): it blocks a while,
-    or raises to give up, and the engine then tries the same write again.
+    or raises to give up, and the engine then tries the same write again. ``heartbeat`` is
+    called often during long work between steps (surveying a large item in ``prepare``), so
+    that the daemon goes on feeding the watchdog and the state file.
     """
 
     state: TrainState
@@ -107,6 +109,7 @@ class TrainingEngine(Protocol):
     load_seconds: float
     space_guard: Callable[[int], None]
     disk_wait: Callable[[DiskUnwritable], None]
+    heartbeat: Callable[[], None]
 
     def start(self) -> CheckpointRef | None: ...
 
