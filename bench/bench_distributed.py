@@ -8,7 +8,9 @@ chat data (bench_train.py's), 8 rows of 256 tokens a step, fp32:
 - 1 process x 1 thread;
 - 1 process x 2 threads (torch's intra-op threads: the other way to use a second core);
 - 2 ranks x 1 thread, under torch's elastic agent (gloo): rank 0 leads (reads the data, posts
-  each rank its half of every step's rows), rank 1 follows (trainer/train/world.py, follower.py).
+  each rank its half of every step's rows), rank 1 follows (trainer/train/world.py, follower.py);
+- the same 2 ranks with ``distributed.strategy = "fsdp"`` (FSDP2: each holds half the weights,
+  gradients and optimizer state; trainer/train/sharding.py).
 
 Reported: real tokens/s and the ratio to 1 x 1; for the 2 ranks, the share of the leader's
 training time in each collective at its cost (the time of the last rank to arrive, who waited
@@ -41,12 +43,13 @@ sys.path.insert(0, str(REPO / "bench"))
 from bench_train import BATCH, LR, MODELS, ROW, WARMUP, make_data  # noqa: E402
 
 
-def _config(rows: int):
-    from trainer.config import CheckpointConfig, Config, TrainConfig
+def _config(rows: int, strategy: str = "ddp"):
+    from trainer.config import CheckpointConfig, Config, DistributedConfig, TrainConfig
 
     return Config(train=TrainConfig(max_length=ROW, micro_batch_size=rows, learning_rate=LR, warmup_steps=WARMUP,
                                     max_grad_norm=1.0),
-                  checkpoint=CheckpointConfig(every_steps=0, every_minutes=0))
+                  checkpoint=CheckpointConfig(every_steps=0, every_minutes=0),
+                  distributed=DistributedConfig(strategy=strategy))
 
 
 COLLECTIVES = ("post", "receive", "any", "gather_numbers", "sum", "sum_gradients")
@@ -90,12 +93,14 @@ def timed_world(world, log: dict[str, list[float]]):
     return TimedWorld(world.rank, world.size)
 
 
-def train(model_dir: str, data: str, out: str, threads: int, rows: int) -> None:
+def train(model_dir: str, data: str, out: str, threads: int, rows: int, strategy: str = "ddp") -> None:
     """One rank's (or the lone process's) run: the leader trains the item, the followers serve
     it (``follower.follow``). Every rank writes its collectives' times to ``out.rank-R``; the
-    leader also its throughput and final weights to ``out``."""
+    leader also its throughput and final weights to ``out``. Sharded, the ranks share one base
+    dir (``model_dir``'s parent's parent, made by ``run``)."""
     import torch
 
+    from trainer.train import weights_io
     from trainer.train.engine import Engine
     from trainer.train.follower import follow
     from trainer.train.world import World
@@ -105,10 +110,12 @@ def train(model_dir: str, data: str, out: str, threads: int, rows: int) -> None:
     if world.distributed:
         torch.distributed.init_process_group("gloo")
     log: dict[str, list[float]] = {}
-    base = Path(tempfile.mkdtemp(prefix=f"dist-bench-{world.rank}-"))
+    sharded = strategy == "fsdp"
+    base = Path(model_dir).parent.parent if sharded else Path(tempfile.mkdtemp(prefix=f"dist-bench-{world.rank}-"))
     try:
-        shutil.copytree(model_dir, base / "models" / "base")
-        engine = Engine(base, _config(rows), timed_world(world, log))
+        if not sharded:
+            shutil.copytree(model_dir, base / "models" / "base")
+        engine = Engine(base, _config(rows, strategy), timed_world(world, log))
         if not world.is_leader:
             follow(engine)
             torch.save(log, f"{out}.rank-{world.rank}")
@@ -125,14 +132,18 @@ def train(model_dir: str, data: str, out: str, threads: int, rows: int) -> None:
             return True
 
         engine.train(plan, step)
+        if engine.sharded:
+            params = {n: t for n, t in weights_io.full_weights(engine).items() if n in engine.params}
+        else:
+            params = {n: p.detach().clone() for n, p in engine.params.items()}
         engine.release_followers()
         seconds = marks[-1] - marks[0]
         torch.save(log, f"{out}.rank-0")
         torch.save({"tokens_per_s": tokens / seconds, "seconds": seconds, "steps": len(marks) - 1,
-                    "step_s": [b - a for a, b in zip(marks, marks[1:])],
-                    "params": {n: p.detach().clone() for n, p in engine.params.items()}}, out)
+                    "step_s": [b - a for a, b in zip(marks, marks[1:])], "params": params}, out)
     finally:
-        shutil.rmtree(base, ignore_errors=True)
+        if not sharded:
+            shutil.rmtree(base, ignore_errors=True)
         if world.distributed:
             torch.distributed.destroy_process_group()
 
@@ -201,7 +212,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(nproc: int, model_dir: Path, data: Path, out: Path, threads: int, rows: int) -> None:
+def launch(nproc: int, model_dir: Path, data: Path, out: Path, threads: int, rows: int, strategy: str) -> None:
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id="bench", rdzv_backend="c10d",
@@ -210,13 +221,18 @@ def launch(nproc: int, model_dir: Path, data: Path, out: Path, threads: int, row
     if data is None:  # --control-only
         elastic_launch(config, control_loop)(str(out), threads, rows)
     else:
-        elastic_launch(config, train)(str(model_dir), str(data), str(out), threads, rows)
+        elastic_launch(config, train)(str(model_dir), str(data), str(out), threads, rows, strategy)
 
 
-def run(nproc: int, threads: int, model_dir: Path, data: Path, work: Path, rows: int = BATCH) -> dict:
-    out = work / f"out-{nproc}-{threads}-{rows}.pt"
+def run(nproc: int, threads: int, model_dir: Path, data: Path, work: Path, rows: int = BATCH,
+        strategy: str = "ddp") -> dict:
+    out = work / f"out-{nproc}-{threads}-{rows}-{strategy}.pt"
+    if strategy == "fsdp":  # the ranks share one base dir (each writes its shards there): a fresh one
+        shared = work / f"shared-{os.urandom(3).hex()}"
+        shutil.copytree(model_dir, shared / "models" / "base")
+        model_dir = shared / "models" / "base"
     argv = [sys.executable, __file__, "--launch", str(nproc), "--threads", str(threads), "--rows", str(rows),
-            "--model-dir", str(model_dir), "--data", str(data), "--out", str(out)]
+            "--model-dir", str(model_dir), "--data", str(data), "--out", str(out), "--strategy", strategy]
     done = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
     if done.returncode != 0:
         raise SystemExit(f"{nproc} x {threads} failed:\n{done.stderr[-3000:]}")
@@ -225,6 +241,8 @@ def run(nproc: int, threads: int, model_dir: Path, data: Path, work: Path, rows:
     result = torch.load(out, weights_only=True)
     logs = [torch.load(f"{out}.rank-{rank}", weights_only=True) for rank in range(nproc)]
     result.update(overheads(logs, result["seconds"]))
+    if strategy == "fsdp":
+        shutil.rmtree(model_dir.parent.parent, ignore_errors=True)
     return result
 
 
@@ -264,6 +282,7 @@ def main() -> None:
     parser.add_argument("--model-dir", type=Path)
     parser.add_argument("--data", type=Path)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--strategy", default="ddp")
     parser.add_argument("--control-only", type=int, metavar="N",
                         help="time N control agreements alone (step scatter + out-of-memory agreement), 2 ranks")
     args = parser.parse_args()
@@ -271,7 +290,7 @@ def main() -> None:
         control_only(args.control_only)
         return
     if args.launch:
-        launch(args.launch, args.model_dir, args.data, args.out, args.threads, args.rows)
+        launch(args.launch, args.model_dir, args.data, args.out, args.threads, args.rows, args.strategy)
         return
 
     from trainer.train.demo_model import build_demo_model
@@ -281,14 +300,15 @@ def main() -> None:
         data = make_data(work / "chat.jsonl", args.records)
         print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
         print(f"data: {args.records} records, {os.cpu_count()} cores, fp32 CPU, gloo; {load_average()}\n")
-        contenders = {"1 process x 1 thread": (1, 1), "1 process x 2 threads": (1, 2), "2 ranks x 1 thread": (2, 1)}
+        contenders = {"1 process x 1 thread": (1, 1, "ddp"), "1 process x 2 threads": (1, 2, "ddp"),
+                      "2 ranks x 1 thread": (2, 1, "ddp"), "2 ranks x 1 thread, fsdp": (2, 1, "fsdp")}
         for name in args.models.split(","):
             model_dir = work / name / "models" / "base"
             build_demo_model(model_dir, **MODELS[name])
             results: dict[str, list[dict]] = {label: [] for label in contenders}
             for _ in range(args.runs):
-                for label, (nproc, threads) in contenders.items():
-                    results[label].append(run(nproc, threads, model_dir, data, work))
+                for label, (nproc, threads, strategy) in contenders.items():
+                    results[label].append(run(nproc, threads, model_dir, data, work, strategy=strategy))
             floor = statistics.median(r["tokens_per_s"] for r in results["1 process x 1 thread"])
             print(f"### {name} model ({load_average()})\n")
             print("| contender | real tokens/s (median) | vs 1 x 1 | train s (median) | step ms (median) |")
@@ -310,6 +330,12 @@ def main() -> None:
             print(f"| {' | '.join(cells)} |\n{len(two[0]['step_s'])} steps a run\n")
             one, two = (run(n, 1, model_dir, data, work, rows=7) for n in (1, 2))
             worst = max((one["params"][k] - two["params"][k]).abs().max().item() for k in one["params"])
+            sharded = statistics.median(r["tokens_per_s"] for r in results["2 ranks x 1 thread, fsdp"])
+            fsdp_weights = results["2 ranks x 1 thread, fsdp"][0]["params"]
+            apart = max((fsdp_weights[k] - results["1 process x 1 thread"][0]["params"][k]).abs().max().item()
+                        for k in fsdp_weights)
+            print(f"fsdp against ddp, 2 ranks each: {sharded / statistics.median(r['tokens_per_s'] for r in results['2 ranks x 1 thread']):.2f}x "
+                  f"the tokens/s; its final weights {apart:.2e} from one process's (8 rows a step)")
             print(f"\n7 rows a step (ranks of 4 and 3, the one process in one micro-batch of 7): final weights "
                   f"max |dw| = {worst:.2e}\n")
     finally:

@@ -137,7 +137,8 @@ def _world_lines(world: object) -> list[str]:
     if not isinstance(world, dict) or not isinstance(world.get("ranks"), list):
         return []
     nodes = world.get("nodes")
-    lines = [f"world       {display(world.get('size'))} ranks on {display(nodes)} node{'s' if nodes != 1 else ''}"]
+    sharded = ", the model sharded (fsdp)" if world.get("strategy") == "fsdp" else ""
+    lines = [f"world       {display(world.get('size'))} ranks on {display(nodes)} node{'s' if nodes != 1 else ''}{sharded}"]
     for rank in world["ranks"]:
         if not isinstance(rank, dict):
             continue

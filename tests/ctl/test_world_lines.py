@@ -17,6 +17,12 @@ def test_each_rank_shows_where_it_runs_and_its_memory():
     ]
 
 
+def test_a_sharded_world_says_so():
+    world = {"size": 2, "nodes": 1, "strategy": "fsdp", "ranks": [{"rank": 0, "host": "h", "pid": 1}]}
+    assert _world_lines(world)[0] == "world       2 ranks on 1 node, the model sharded (fsdp)"
+    assert _world_lines({**world, "strategy": "ddp"})[0] == "world       2 ranks on 1 node"
+
+
 def test_alone_or_damaged_the_world_shows_nothing_and_a_host_name_is_escaped():
     assert _world_lines(None) == [] and _world_lines({"size": 2}) == [] and _world_lines("x") == []
     lines = _world_lines({"size": 4, "nodes": 2, "ranks": [{"rank": 0, "host": "evil\x1b[2Jhost", "pid": 1}, 7]})

@@ -311,6 +311,7 @@ def test_sharded_ranks_publish_plain_versions_and_fall_back_together_from_a_corr
     wait_ranks(first)
     assert first.finish(300) == 0, first.output()
 
+    assert first.state()["world"]["strategy"] == "fsdp"
     newest = CheckpointStore(layout.root / "checkpoints").latest_valid()
     files = set(newest.manifest["files"])
     assert {".metadata", "__0_0.distcp", "__1_0.distcp"} <= files and WEIGHTS_FILE not in files, files

@@ -431,7 +431,8 @@ class Engine:
         self.leader.keep_alive(self.config.distributed.timeout_seconds)
 
     def world_view(self) -> dict | None:
-        return self.leader.view()
+        view = self.leader.view()
+        return None if view is None else {**view, "strategy": self.config.distributed.strategy}
 
     def release_followers(self) -> None:
         self.leader.release()
