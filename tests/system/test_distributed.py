@@ -249,6 +249,10 @@ def test_a_locked_base_dir_exits_73_and_a_bad_group_78_before_any_worker(base, t
     base.config_file.write_text(small_config(distributed={"nnodes": 2}))
     bad = _trainer(base)
     assert bad.returncode == 78 and "distributed.rendezvous" in bad.stderr and "Traceback" not in bad.stderr
+    base.config_file.write_text(small_config(model={"lora": True}, distributed={"strategy": "fsdp"}))
+    sharded_adapter = _trainer(base, "--nproc", "2")
+    assert sharded_adapter.returncode == 78 and 'use strategy = "ddp"' in sharded_adapter.stderr
+    assert "Traceback" not in sharded_adapter.stderr
 
 
 def test_two_nodes_on_one_machine_train_one_model(tmp_path, demo_model):
@@ -343,3 +347,17 @@ def test_sharded_ranks_publish_plain_versions_and_fall_back_together_from_a_corr
     assert "was interrupted; back to the head of its queue" in log_of(second)
     assert max_difference(whole_weights(CheckpointStore(layout.root / "checkpoints").latest_valid().path, demo_model),
                           final_weights(alone)) <= 1e-5
+
+
+def test_sigterm_stops_sharded_ranks_on_the_same_step_with_a_sharded_checkpoint(tmp_path, demo_model, daemons):
+    layout = _base(tmp_path / "base", demo_model, SHARDED)
+    enqueue_sample(layout, tmp_path, records=300)
+    daemon = daemons(layout, "--nproc", "2")
+    workers = wait_ranks(daemon)
+    daemon.wait_for(lambda: daemon.step() >= 3, timeout=180, what="step 3")
+    daemon.proc.send_signal(signal.SIGTERM)
+    assert daemon.finish(120) == 0, daemon.output()
+    last = CheckpointStore(layout.root / "checkpoints").latest_valid()
+    assert "__1_0.distcp" in last.manifest["files"] and last.step == daemon.state()["last_checkpoint"]["step"]
+    assert followers_stop_steps(log_of(daemon)) == [last.step]  # the follower took every step the leader took
+    wait_gone(workers.values(), what="sharded workers after a stop")

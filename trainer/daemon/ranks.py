@@ -1,8 +1,12 @@
 """One worker of the distributed launcher (``launch.py``): rank 0 runs the daemon, the others follow.
 
-Started by torch's elastic agent in a fresh interpreter (``spawn``). It blocks the signals the
-launcher relays until its own handlers are set, and takes its rank's process name (by which
-the launcher finds it). It makes sure it cannot outlive the launcher and leaves the terminal's
+Started by torch's elastic agent in a fresh interpreter (``spawn``). Until its role's handlers
+are set, it keeps the signals the launcher relays for them (``EARLY``: a Python handler that
+notes them, replayed once the role's handlers are in place), and takes its rank's process
+name (by which the launcher finds it). Not a signal mask: importing torch has started native
+threads before this code runs, and a process-directed signal goes to any thread that does
+not block it, where the default action (SIGTERM: death) applies to the whole process (seen: a
+stop relayed to a new rank 0 during a restart killed it, four attempts in a row). It makes sure it cannot outlive the launcher and leaves the terminal's
 process group (Ctrl-C reaches the launcher only, which relays it); then it joins the process
 group and takes its role:
 
@@ -26,7 +30,7 @@ from pathlib import Path
 
 from trainer.config import load_config
 from trainer.daemon import logs
-from trainer.daemon.launch import RANK_NAME, RELAYED
+from trainer.daemon.launch import RANK_NAME
 from trainer.daemon.notify import Notifier
 from trainer.errors import ConfigError, TrainerError, WorldLost
 from trainer.exitcodes import ExitCode
@@ -38,11 +42,25 @@ log = logging.getLogger("trainer.rank")
 PR_SET_PDEATHSIG = 1
 PR_SET_NAME = 15
 
+EARLY = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)  # SIGABRT is faulthandler's from the start
+_early: list[int] = []  # the signals taken before the role's handlers were set, in order
+
+
+def _keep(signum: int, frame) -> None:
+    _early.append(signum)
+
+
+def _replay_early() -> None:
+    """The signals kept before the role's handlers were set, to those handlers now."""
+    while _early:
+        signal.raise_signal(_early.pop(0))
+
 
 def run_rank(root: str, config_path: str | None, exit_when_idle: bool, launcher_pid: int) -> int:
     """The worker's entry point (picklable, for the agent's ``spawn``): the daemon's exit code on
     rank 0, 0 on the others."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, RELAYED)  # until this rank's own handlers are set
+    for signum in EARLY:  # until this rank's role sets its own (the module's docstring)
+        signal.signal(signum, _keep)
     _die_with(launcher_pid)
     os.setpgid(0, 0)
     faulthandler.enable(all_threads=True)  # SIGABRT, SIGSEGV...: every thread's stack on stderr
@@ -85,7 +103,7 @@ def _lead(layout, config, config_path, world, exit_when_idle: bool, launcher_pid
                     engine_factory=lambda root, cfg: Engine(root, cfg, world), metrics=sinks_for(layout, config))
     daemon.reporter.pid = launcher_pid  # the daemon, as trainctl knows it, is the lock's holder
     daemon.signals.install()
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, RELAYED)
+    _replay_early()
     log.info("rank 0 of %d: the daemon (queue, control, checkpoints)", world.size)
     try:
         code = daemon.run(exit_when_idle=exit_when_idle, lock=LauncherLock(layout, launcher_pid))
@@ -107,7 +125,7 @@ def _follow(layout, config, world) -> None:
     # Exit at once, but through a handler: a SIGTERM with the default action kills even a
     # stopped process on arrival, before the launcher can make it print its stack (abort_all).
     signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(128 + signum))
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, RELAYED)
+    _replay_early()
     log.info("rank %d of %d: following rank 0", world.rank, world.size)
     try:
         steps = follow(Engine(layout.root, config, world))
