@@ -7,7 +7,8 @@
   dependencies (click + orjson: what issue 14 names) as the floor;
 - the target: `trainctl status` at --items pending over the bare import, as a ratio;
 - with --against REV: `trainctl status` as it was at git revision REV, in the same rounds
-  (both started the same way, `python -c "from ctl.cli import main; main()"`);
+  (both started the same way, `python -c` with each tree's entry point: `ctl.entry.main`, or
+  `ctl.cli.main` in a tree from before it);
 - `trainctl enqueue` of --files small valid files in one call: per-file cost, next to a
   plain copy of the same files with fsync (the floor for crash-safe queueing);
 - with --against REV: `trainctl enqueue` as it was at git revision REV, side by side with
@@ -70,10 +71,13 @@ def extract_revision(rev: str, into: Path) -> Path:
     return into
 
 
+# Each tree's own entry point: ctl.entry where it has one, ctl.cli's main before that.
+START = "try:\n    from ctl.entry import main\nexcept ImportError:\n    from ctl.cli import main\nmain()"
+
+
 def started_in(tree: Path, base: Path, *args: str) -> list[str]:
     """trainctl run from the packages in ``tree`` (first on sys.path: the current directory)."""
-    return ["env", "-C", str(tree), sys.executable, "-c", "import sys; from ctl.cli import main; main()",
-            "--base-dir", str(base), *args]
+    return ["env", "-C", str(tree), sys.executable, "-c", START, "--base-dir", str(base), *args]
 
 
 def timed_enqueue(tree: Path, base: Path, files: list[Path]) -> float:
