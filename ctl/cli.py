@@ -66,7 +66,10 @@ COMMANDS = {
 }
 
 
-HELP_NAMES = ["-h", "--help"]
+# click builds a command's help option on first use, and its --version option, with their
+# words from gettext, whose first call imports locale (~1 ms of every command's start-up, for
+# translations click does not ship): trainctl makes both itself, with the same words.
+HELP_NAMES = ["-h", "--help"]  # the group's, which every command inherits
 
 
 def _show_help(ctx: click.Context, param: click.Parameter, value: bool) -> None:
@@ -84,10 +87,9 @@ def _show_version(ctx: click.Context, param: click.Parameter, value: bool) -> No
 
 
 def with_help(command: click.Command) -> click.Command:
-    """``command`` with the help option click would make it, made here. (click makes it on
-    first use, and its --version option, with their words from gettext, whose first call
-    imports locale: ~1 ms of every command's start-up, for translations click does not ship.
-    The option goes where click keeps it once made; were that to change, click makes its own.)"""
+    """``command`` with the help option click would make for it, made here (see HELP_NAMES).
+    It goes where click keeps the one it made; were that to change, click makes its own (and
+    tests/ctl/test_output.py finds locale imported again)."""
     if getattr(command, "_help_option", False) is None:
         command._help_option = click.Option([*HELP_NAMES, "_help"], is_flag=True, expose_value=False, is_eager=True,
                                             help="Show this message and exit.", callback=_show_help)
