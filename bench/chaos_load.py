@@ -35,10 +35,11 @@ from bench_ctl import trainctl, walls  # noqa: E402
 from helpers.chaos_base import ENQUEUER, PeakRss, clone_pending, small_base, synthetic_events  # noqa: E402
 
 from trainer.config import Config, default_config_toml  # noqa: E402
+from trainer.eventkinds import Event  # noqa: E402
 from trainer.intake import enqueue  # noqa: E402
 from trainer.spool import events, queue  # noqa: E402
 from trainer.spool.layout import init_base  # noqa: E402
-from trainer.states import Event, ItemState  # noqa: E402
+from trainer.states import ItemState  # noqa: E402
 
 
 def big_queue(work: Path, items: int, runs: int) -> None:

@@ -1,3 +1,3 @@
-from ctl.cli import main
+from ctl.entry import main
 
 main()

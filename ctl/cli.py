@@ -66,6 +66,36 @@ COMMANDS = {
 }
 
 
+# click builds a command's help option on first use, and its --version option, with their
+# words from gettext, whose first call imports locale (~1 ms of every command's start-up, for
+# translations click does not ship): trainctl makes both itself, with the same words.
+HELP_NAMES = ["-h", "--help"]  # the group's, which every command inherits
+
+
+def _show_help(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(ctx.get_help(), color=ctx.color)
+        ctx.exit()
+
+
+def _show_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        from importlib.metadata import version
+
+        click.echo(f"trainctl, version {version('trainer')}", color=ctx.color)
+        ctx.exit()
+
+
+def with_help(command: click.Command) -> click.Command:
+    """``command`` with the help option click would make for it, made here (see HELP_NAMES).
+    It goes where click keeps the one it made; were that to change, click makes its own (and
+    tests/ctl/test_output.py finds locale imported again)."""
+    if getattr(command, "_help_option", False) is None:
+        command._help_option = click.Option([*HELP_NAMES, "_help"], is_flag=True, expose_value=False, is_eager=True,
+                                            help="Show this message and exit.", callback=_show_help)
+    return command
+
+
 class LazyGroup(click.Group):
     """A group whose commands are imported on first use, from ``COMMANDS``."""
 
@@ -77,17 +107,19 @@ class LazyGroup(click.Group):
         if where is None:
             return None
         module, function = where.split(":")
-        return getattr(importlib.import_module(f"ctl.commands.{module}"), function)
+        return with_help(getattr(importlib.import_module(f"ctl.commands.{module}"), function))
 
 
-@click.group(cls=LazyGroup, invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@with_help
+@click.group(cls=LazyGroup, invoke_without_command=True, context_settings={"help_option_names": HELP_NAMES})
 # Plain strings, made paths below: ours are the checks (an unreadable base dir is exit 77,
 # naming the group to join; open_base and load_config name any other problem), and click.Path
 # would cost every command ~1 ms of start-up (it imports locale).
 @click.option("--base-dir", metavar="DIRECTORY", envvar=BASE_DIR_ENV, default=DEFAULT_BASE_DIR, show_default=True,
               help=f"The trainer's base directory (or set {BASE_DIR_ENV}).")
 @click.option("--config", "config_path", metavar="FILE", help="Config file (default: BASE_DIR/config.toml).")
-@click.version_option(package_name="trainer", prog_name="trainctl")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, help="Show the version and exit.",
+              callback=_show_version)
 @click.pass_context
 def cli(ctx: click.Context, base_dir: str, config_path: str | None) -> None:
     """Feed and steer the trainer daemon. With no command, shows its status."""

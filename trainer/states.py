@@ -44,27 +44,3 @@ class Liveness(str, Enum):
     UNRESPONSIVE = "unresponsive"  # lock held, heartbeat stale: hung or stuck in a long call
     UNKNOWN = "unknown"  # lock held, no heartbeat to judge: the state file is damaged, missing or unwritable
     NOT_RUNNING = "not-running"  # lock free: no daemon (a crash leaves a stale state file)
-
-
-class Event(str, Enum):
-    """Kinds of lines in the event log."""
-
-    ENQUEUED = "enqueued"
-    CLAIMED = "claimed"
-    REQUEUED = "requeued"
-    DONE = "done"
-    FAILED = "failed"
-    SKIPPED = "skipped"
-    HELD = "held"
-    RELEASED = "released"
-    REMOVED = "removed"
-    RETRIED = "retried"
-    MOVED = "moved"
-    REJECTED = "rejected"  # an inbox file that failed validation (kept, as a failed item)
-    RESTORED = "restored"  # a half-ingested inbox file put back after a crash
-    EVALUATED = "evaluated"  # an item's held-out share was evaluated at its end
-    HELD_BACK = "held_back"  # the regression gate kept a consolidated version aside
-    PROMOTED = "promoted"  # a held-back candidate became a version (trainctl promote)
-    DISCARDED = "discarded"  # a held-back candidate was removed (trainctl discard)
-    CONSOLIDATED = "consolidated"  # a new version was published (id: None; version, parent, items)
-    ROLLED_BACK = "rolled_back"  # training continues from an earlier version (id: None)

@@ -181,8 +181,22 @@ def test_a_plain_status_imports_no_live_view_no_config_and_no_event_log(layout):
     assert "daemon" in result.stdout
     unwanted = {"rich", "trainer.config", "tomllib", "trainer.spool.events", "trainer.intake", "shutil",
                 "ctl.itemview", "ctl.commands.queue", "torch", "subprocess",
-                "pathlib", "trainer.spool.item", "trainer.spool.origin"}  # status reads through PlainLayout
+                "pathlib", "trainer.spool.item", "trainer.spool.origin",  # status reads through PlainLayout
+                "trainer.spool.queue", "trainer.eventkinds",  # it counts through spool.listing
+                "locale"}  # imported by gettext's first call: trainctl gives click's help and version words
     assert not unwanted & loaded, unwanted & loaded
+
+
+def test_trainctl_runs_its_command_with_its_start_up_frozen_and_the_collector_back_on(layout):
+    """The entry point keeps the garbage collector off while trainctl's modules load and freezes
+    them; the command itself runs with it on (status --watch and wait run for hours)."""
+    probe = ("import gc, sys\nfrom ctl import entry\ntry:\n    entry.main(sys.argv[1:])\nexcept SystemExit:\n"
+             "    pass\nprint('GC', gc.isenabled(), gc.get_freeze_count())\n")
+    result = subprocess.run([sys.executable, "-c", probe, "--base-dir", str(layout.root), "status"],
+                            capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert "daemon" in result.stdout, result.stderr
+    enabled, frozen = result.stdout.rsplit("GC ", 1)[1].split()
+    assert enabled == "True" and int(frozen) > 10_000, result.stdout
 
 
 def test_enqueue_json_lists_what_was_queued(layout, chat_file):

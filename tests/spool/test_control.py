@@ -175,8 +175,8 @@ def test_a_fifo_or_a_link_to_a_device_in_place_of_a_control_file_neither_hangs_n
 
 
 def test_the_event_log_replaced_by_a_symlink_is_not_appended_through(layout, tmp_path):
+    from trainer.eventkinds import Event
     from trainer.spool import events
-    from trainer.states import Event
     from trainer.timefmt import utc_now
 
     victim = tmp_path / "victim"

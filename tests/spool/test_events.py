@@ -19,9 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from trainer.config import default_config_toml
+from trainer.eventkinds import Event
 from trainer.spool import events, upgrade
 from trainer.spool.layout import Layout, format_version, init_base
-from trainer.states import Event
 from trainer.timefmt import iso, parse_iso
 
 UTC = timezone.utc
@@ -359,7 +359,7 @@ APPENDER = """
 import sys
 from trainer.spool import events
 from trainer.spool.layout import Layout
-from trainer.states import Event
+from trainer.eventkinds import Event
 
 layout = Layout(__import__("pathlib").Path(sys.argv[1]))
 print("go", flush=True)

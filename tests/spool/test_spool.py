@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 from datetime import timedelta
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from helpers.common import write_jsonl
 
 from trainer.errors import InvalidData, NoSuchItem, WrongState
 from trainer.intake import enqueue
-from trainer.spool import events, queue
+from trainer.ids import ID_LENGTH
+from trainer.spool import events, listing, queue
 from trainer.spool.item import META_NAME
 from trainer.states import ItemState, Priority
 from trainer.timefmt import iso, utc_now
@@ -205,6 +209,35 @@ def test_counts_split_pending_by_priority(layout, limits, chat_file):
     enqueue.enqueue(layout, chat_file(), limits=limits, hold=True)
     c = queue.counts(layout)
     assert (c["pending"], c["pending.low"], c["pending.high"], c["held"]) == (2, 2, 0, 1)
+
+
+def test_counts_are_of_items_only_whatever_else_lies_in_a_queue_dir(layout, limits, chat_file):
+    for _ in range(3):
+        enqueue.enqueue(layout, chat_file(), limits=limits)
+    assert queue.counts(layout)["pending"] == 3
+    pending = layout.pending(Priority.NORMAL)
+    item_id = queue.list_items(layout, [ItemState.PENDING])[0].id
+    (pending / ("." + item_id[1:])).write_text("an editor's swap file, as long as an id")
+    (pending / "notes.txt").write_text("hello")
+    (pending / (item_id + "x")).mkdir()
+    assert queue.counts(layout)["pending"] == 3
+    (pending / ("-" + item_id[1:])).mkdir()  # sorts before a dotfile: counted, as long as an id
+    assert queue.counts(layout)["pending"] == 4
+
+
+@given(st.lists(st.sampled_from([b"20261128T194440.123456Z-3fa9c1b2", b".0261128T194440.123456Z-3fa9c1b2",
+                                  b"-0261128T194440.123456Z-3fa9c1b2", b"20261128T194440.123456Z-3fa9c1b", b"x",
+                                  b".swp", "é".encode() * 16, b"20261128T194440.123456Z-3fa9c1b2x"])
+                | st.binary(min_size=1, max_size=40).filter(lambda b: b"/" not in b and b"\0" not in b),
+                max_size=30))
+def test_a_dir_counts_its_names_as_long_as_an_id_and_no_dotfile(names):
+    with tempfile.TemporaryDirectory() as directory:
+        for name in set(names):
+            if name not in (b".", b".."):
+                os.mkdir(os.path.join(os.fsencode(directory), name))
+        listed = os.listdir(os.fsencode(directory))
+        expected = sum(1 for n in listed if len(n) == ID_LENGTH and not n.startswith(b"."))
+        assert listing._count(directory) == expected
 
 
 def test_every_published_file_is_complete_and_group_readable(layout, limits, chat_file):

@@ -15,9 +15,10 @@ import pytest
 from helpers.common import REPO, trainctl, write_jsonl
 
 from trainer.config import Config
+from trainer.eventkinds import Event
 from trainer.intake import enqueue
 from trainer.spool import events, queue
-from trainer.states import Event, ItemState, Priority
+from trainer.states import ItemState, Priority
 
 
 def test_eight_enqueuers_while_the_real_daemon_trains_lose_and_duplicate_nothing(tmp_path, request):

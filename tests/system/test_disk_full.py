@@ -24,11 +24,12 @@ from helpers.daemon_proc import DaemonProcess, enqueue_sample, small_config
 
 from trainer.config import default_config_toml
 from trainer.errors import DiskUnwritable
+from trainer.eventkinds import Event
 from trainer.spool import control, events, metrics, queue
 from trainer.spool.fsutil import append_line, disk_refusal
 from trainer.spool.layout import init_base
 from trainer.spool.lock import DaemonLock
-from trainer.states import Event, ItemState, Priority
+from trainer.states import ItemState, Priority
 from trainer.timefmt import utc_now
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (to mount a tmpfs)")

@@ -21,10 +21,10 @@ from trainer.config import Config
 from trainer.daemon.notify import Notifier
 from trainer.daemon.policy import snapshot_due, space_needed
 from trainer.errors import NotEnoughSpace
+from trainer.eventkinds import Event
 from trainer.spool import candidates, events, versions
 from trainer.spool.fsutil import free_bytes, write_atomic
 from trainer.spool.layout import Layout
-from trainer.states import Event
 from trainer.train.protocol import TrainingEngine
 
 log = logging.getLogger("trainer.daemon")

@@ -24,12 +24,13 @@ from trainer.daemon import logs
 from trainer.daemon.policy import MAX_RETRY_DELAY_S, first_sight_deadline, retry_delay
 from trainer.daemon.reporter import Activity
 from trainer.errors import DiskUnwritable, InvalidData, ItemFailed, RestartRequested, Shutdown, TrainerError
+from trainer.eventkinds import Event
 from trainer.intake.enqueue import validate_item_data
 from trainer.spool import control, queue
 from trainer.spool.fsutil import disk_refusal
 from trainer.spool.item import Item, display_name
 from trainer.spool.layout import Layout
-from trainer.states import DaemonState, Event, ItemState
+from trainer.states import DaemonState, ItemState
 from trainer.timefmt import iso, parse_iso, utc_now
 from trainer.train.protocol import ItemPlan, Progress, TrainingEngine
 

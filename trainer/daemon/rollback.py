@@ -14,10 +14,10 @@ import logging
 from collections.abc import Callable
 
 from trainer.config import Config
+from trainer.eventkinds import Event
 from trainer.intake import requeue
 from trainer.spool import control, events, versions
 from trainer.spool.layout import Layout
-from trainer.states import Event
 from trainer.timefmt import parse_iso, utc_now
 from trainer.train.protocol import TrainingEngine
 

@@ -34,9 +34,10 @@ from trainer.spool.fsutil import (
     unlink_durably,
     write_atomic,
 )
+from trainer.eventkinds import Event
 from trainer.spool.item import DATA_NAME, META_NAME, Item, ItemMeta, display_name
 from trainer.spool.layout import Layout
-from trainer.states import Event, ItemState, Priority
+from trainer.states import ItemState, Priority
 from trainer.timefmt import iso, utc_now
 
 _COPY_CHUNK = 1 << 20

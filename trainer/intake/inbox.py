@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trainer.config import SpoolConfig
+from trainer.eventkinds import Event
 from trainer.ids import new_id
 from trainer.intake.enqueue import duplicate_line, new_meta, same_content_items
 from trainer.intake.seen import SeenIndex
@@ -31,7 +32,7 @@ from trainer.spool.fsutil import StagingDir, rename_durably, unlink_durably, wri
 from trainer.spool.item import DATA_NAME, META_NAME, ItemError, display_name
 from trainer.spool.layout import Layout, is_candidate_name
 from trainer.spool.origin import ORIGIN_NAME, origin_record, restore_to_inbox
-from trainer.states import Event, ItemState, Priority
+from trainer.states import ItemState, Priority
 
 MAX_REREADS = 3  # a file still growing after this many reads is rejected, not looped on
 

@@ -16,12 +16,13 @@ from datetime import datetime, timedelta
 
 from trainer.config import SpoolConfig
 from trainer.errors import NoSuchItem
+from trainer.eventkinds import Event
 from trainer.intake.enqueue import copy_validated, new_meta
 from trainer.spool import events, queue
 from trainer.spool.fsutil import StagingDir, rename_durably, write_atomic
 from trainer.spool.item import DATA_NAME, META_NAME
 from trainer.spool.layout import Layout
-from trainer.states import Event, ItemState, Priority
+from trainer.states import ItemState, Priority
 
 SOURCE = "rollback"  # meta.json's "source" of a copy queued again by a rollback
 

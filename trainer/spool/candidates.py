@@ -20,10 +20,10 @@ from pathlib import Path
 import orjson
 
 from trainer.errors import GateRefused, UnknownVersion, WrongState
+from trainer.eventkinds import Event
 from trainer.spool import events
 from trainer.spool.fsutil import fsync_dir, read_regular, remove_dirs, write_atomic
 from trainer.spool.layout import Layout
-from trainer.states import Event
 
 CANDIDATES = ".candidates"
 VERSION_FILE = "trainer_version.json"

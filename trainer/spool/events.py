@@ -33,10 +33,10 @@ from typing import BinaryIO
 
 import orjson
 
+from trainer.eventkinds import Event
 from trainer.ids import id_time, is_id
 from trainer.spool.fsutil import DISK_ERRNOS, append_to, make_group_dir, read_regular, unlink_durably
 from trainer.spool.layout import Layout
-from trainer.states import Event
 from trainer.timefmt import iso, parse_iso, utc_now
 
 SEGMENT_NAME = re.compile(r"([0-9]{4}-(?:0[1-9]|1[0-2]))\.jsonl")

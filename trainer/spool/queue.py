@@ -17,10 +17,13 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from trainer.errors import NoSuchItem, WrongState
-from trainer.ids import ID_LENGTH, check_id, is_id
+from trainer.eventkinds import Event
+from trainer.ids import check_id
 from trainer.spool.fsutil import exclusive_lock, rename_durably, write_atomic
 from trainer.spool.layout import Layout, is_candidate_name
-from trainer.states import Event, ItemState, Priority
+from trainer.spool.listing import active_id, counts  # here too: queue.counts, queue.active_id
+from trainer.spool.listing import entries as _entries
+from trainer.states import ItemState, Priority
 from trainer.timefmt import iso, parse_iso, utc_now
 
 if TYPE_CHECKING:
@@ -48,14 +51,6 @@ def _log_event(layout: Layout, event: Event, item_id: str, **details: object) ->
 
 
 # --- reading -------------------------------------------------------------------------------
-
-def _entries(directory: Path) -> list[str]:
-    """Item ids in ``directory``, sorted (= queue order); foreign names are ignored."""
-    try:
-        return sorted(name for name in os.listdir(directory) if is_id(name))
-    except FileNotFoundError:
-        return []
-
 
 def _locations(layout: Layout) -> Iterable[tuple[Path, ItemState, Priority | None]]:
     for priority in Priority.in_service_order():
@@ -99,25 +94,6 @@ def list_items(layout: Layout, states: Iterable[ItemState]) -> list[Item]:
     return found
 
 
-def _count(directory: Path) -> int:
-    # Counting runs on every `trainctl status`: a length check instead of the id pattern
-    # keeps 10,000 items cheap, and still skips dotfiles such as an editor's swap file.
-    try:
-        return sum(1 for name in os.listdir(directory) if len(name) == ID_LENGTH and name[0] != ".")
-    except FileNotFoundError:
-        return 0
-
-
-def counts(layout: Layout) -> dict[str, int]:
-    """How many items each state holds (pending split by priority): one listdir each (a
-    ``PlainLayout`` will do)."""
-    result = {f"pending.{p.value}": _count(layout.pending(p)) for p in Priority}
-    result["pending"] = sum(result[f"pending.{p.value}"] for p in Priority)
-    for state in (ItemState.ACTIVE, ItemState.HELD, ItemState.FAILED, ItemState.DONE):
-        result[state.value] = _count(layout.state_dir(state))
-    return result
-
-
 def inbox_waiting(layout: Layout) -> int:
     """Inbox files not yet taken, plus those being taken right now (staged with an origin)."""
     from trainer.spool.origin import ORIGIN_NAME  # here: `trainctl status` never asks, nor loads it
@@ -140,12 +116,6 @@ def is_idle(layout: Layout) -> bool:
         if q["pending"] or q["active"] or inbox_waiting(layout):
             return False
     return True
-
-
-def active_id(layout: Layout) -> str | None:
-    """The id of the item the daemon has claimed, if any (a ``PlainLayout`` will do)."""
-    ids = _entries(layout.state_dir(ItemState.ACTIVE))
-    return ids[0] if ids else None
 
 
 def active_item(layout: Layout) -> Item | None:

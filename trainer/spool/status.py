@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from trainer import clock
-from trainer.spool import control, queue
+from trainer.spool import control, listing
 from trainer.spool.layout import Layout
 from trainer.spool.lock import lock_holder
 from trainer.states import Liveness
@@ -165,11 +165,11 @@ def collect(layout: Layout, config: Config | Callable[[], Config], now: clock.Re
     holder = lock_holder(layout)
     # Listed now, its metadata read only if shown (the daemon's own progress says more): while
     # it trains, status does not load the item module (~1.5 ms of its start-up).
-    active_id = queue.active_id(layout)
+    active_id = listing.active_id(layout)
     active = None if active_id is None else lambda: _active(layout)
     return summarize(
         holder=holder, state=state, state_problem=problem,
-        requests=control.read_requests(layout), queues=queue.counts(layout), active=active,
+        requests=control.read_requests(layout), queues=listing.counts(layout), active=active,
         disk=disk_usage(layout), lock_age_s=_lock_age(layout, now),
         now=now, stale_after_s=stale_after(state, holder, config), base_dir=str(layout.root),
         held_back=_held_back(layout),
@@ -178,6 +178,8 @@ def collect(layout: Layout, config: Config | Callable[[], Config], now: clock.Re
 
 def _active(layout: Layout) -> dict | None:
     """The active item's name and records (None if it has just left)."""
+    from trainer.spool import queue  # only then: its state changes are no part of a status
+
     current = queue.active_item(layout)
     if current is None:
         return None

@@ -21,12 +21,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from trainer.eventkinds import Event
 from trainer.spool import events
 from trainer.spool.fsutil import is_locked_by_someone
 from trainer.spool.item import DATA_NAME
 from trainer.spool.layout import Layout
 from trainer.spool.origin import ORIGIN_NAME, origin_name, restore_to_inbox
-from trainer.states import Event
 
 
 @dataclass
