@@ -117,10 +117,13 @@ def at_consolidation(engine, models: Path) -> dict:
     sets = eval_sets(engine.base, config)
     mine = _score_all(score, engine.model, engine.device, sets)
     dtype = next(engine.model.parameters()).dtype
+    # A model sharded over the ranks may not fit one device whole: its references (loaded
+    # whole, when their numbers are not recorded yet) are scored on rank 0's CPU instead.
+    where = torch.device("cpu") if getattr(engine, "sharded", False) else engine.device
     references: dict[str, dict[str, dict]] = {}
     parent = candidates.latest(models)
     if parent is not None and (models / parent).is_dir():
-        references[parent] = _reference(models / parent, sets, score, dtype, engine.device)
+        references[parent] = _reference(models / parent, sets, score, dtype, where)
     named = [s for s in sets if s.name != HOLDOUT]
     base_dir = model_io.model_dir(engine.base, config.model)
     if named and base_dir.is_dir():
@@ -130,7 +133,7 @@ def at_consolidation(engine, models: Path) -> dict:
         if parent is not None:
             recorded = ((read_version(models / parent).get("eval") or {}).get("gate") or {}).get("references") or {}
             cache.update({k: v for k, v in (recorded.get("base") or {}).items() if k not in cache})
-        references["base"] = _reference(base_dir, named, score, dtype, engine.device, cache)
+        references["base"] = _reference(base_dir, named, score, dtype, where, cache)
     verdict = gate.decide(mine, references, config.eval.gate_tolerance)
     if not config.eval.gate:
         verdict = gate.Verdict(True, None, verdict.compared_with, verdict.tolerance)
