@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 
 from trainer.errors import ItemFailed
-from trainer.train import sharding, step, weights_io
+from trainer.train import step, weights_io
 from trainer.train.engine import Engine, seed_everything
 from trainer.train.world import place
 
@@ -47,7 +47,9 @@ def follow(engine: Engine) -> int:
         elif kind == "gather":  # sharded: the leader publishes the whole weights
             weights_io.full_weights(engine)
         elif kind == "forward":  # sharded: the leader runs a forward pass of its own
-            sharding.follow_forward(engine.model, engine.device)
+            from trainer.train.sharding import follow_forward  # FSDP's modules: sharded ranks only
+
+            follow_forward(engine.model, engine.device)
         elif kind == "alive":  # the leader is idle or paused: nothing to do, the group lives on
             continue
         elif kind == "stop":
